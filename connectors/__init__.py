@@ -1,0 +1,1 @@
+"""Builders for the job's Kafka sources/sinks and the Redis writer."""

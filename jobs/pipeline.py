@@ -1,0 +1,95 @@
+"""Wire the job: sources -> parse/validate -> watermarks -> key by user -> profile -> sinks.
+
+Sources and sinks are injected (:class:`PipelineIO`) so tests can swap Kafka and Redis for
+collections and collectors, as in flink-training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.table import StreamTableEnvironment
+
+from connectors.kafka import OUTPUT_TYPE, SourceSpec, attach_kafka_sink, kafka_source
+from connectors.redis_writer import ProfileSink, RedisProfileWriterFactory
+from jobs.adapters import DEAD_LETTERS, EVENT_TYPE, EventTimeAssigner, ParseEvents, UserProfileFunction, user_key
+from operators.profile import ProfileOperator
+from operators.validation import Limits
+from personalize.settings import Settings
+
+SourceBuilder = Callable[[StreamExecutionEnvironment, StreamTableEnvironment], DataStream]
+SinkBuilder = Callable[[StreamTableEnvironment, DataStream], None]
+
+
+@dataclass(frozen=True)
+class PipelineIO:
+    """The job's edges: a source of raw Kafka-shaped rows, a sink for output rows, a Redis writer."""
+
+    source: SourceBuilder
+    sink: SinkBuilder
+    redis: Callable[[], ProfileSink]
+
+
+def create_environment(settings: Settings, jars: list[Path]) -> tuple[StreamExecutionEnvironment,
+                                                                        StreamTableEnvironment]:
+    config = Configuration()
+    config.set_string("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in jars))
+    config.set_string("python.execution-mode", settings.job.execution_mode)
+    config.set_string("pipeline.name", settings.job.name)
+    # Bounded restarts: a job failing on every attempt must surface, not loop forever.
+    config.set_string("restart-strategy.type", "fixed-delay")
+    config.set_string("restart-strategy.fixed-delay.attempts", str(settings.job.restart_attempts))
+    config.set_string("restart-strategy.fixed-delay.delay", f"{settings.job.restart_delay_ms} ms")
+    env = StreamExecutionEnvironment.get_execution_environment(config)
+    env.set_parallelism(settings.job.parallelism)
+    env.enable_checkpointing(settings.job.checkpoint_interval_ms)
+    t_env = StreamTableEnvironment.create(env)
+    t_env.get_config().set("table.local-time-zone", "UTC")
+    return env, t_env
+
+
+def kafka_io(settings: Settings, spec: SourceSpec, transactional_id_prefix: str | None = None) -> PipelineIO:
+    """Production edges: Kafka in and out (exactly-once), Redis for serving."""
+    topics = settings.kafka.topics
+    prefix = transactional_id_prefix or settings.kafka.transactional_id_prefix
+    return PipelineIO(
+        source=lambda env, t_env: kafka_source(t_env, settings.kafka, spec),
+        sink=lambda t_env, stream: attach_kafka_sink(
+            t_env, stream, settings.kafka, [topics.profiles.name, topics.deadletter.name], prefix
+        ),
+        redis=RedisProfileWriterFactory(settings.redis),
+    )
+
+
+def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, settings: Settings,
+                   io: PipelineIO) -> DataStream:
+    """Add the job's operators to ``env``; returns the output stream handed to ``io.sink``."""
+    job, topics, validation = settings.job, settings.kafka.topics, settings.validation
+    limits = Limits(validation.max_payload_bytes, validation.min_event_time_ms, validation.max_future_skew_ms)
+    parsed = (
+        io.source(env, t_env)
+        .process(ParseEvents(limits, topics.deadletter.name), output_type=EVENT_TYPE)
+        .name("parse-validate").uid("parse-validate")
+    )
+    watermarks = (
+        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(job.max_out_of_orderness_ms))
+        .with_idleness(Duration.of_millis(job.idleness_ms))
+        .with_timestamp_assigner(EventTimeAssigner())
+    )
+    profiles = (
+        parsed.assign_timestamps_and_watermarks(watermarks).name("event-time").uid("event-time")
+        .key_by(user_key, key_type=Types.STRING())
+        .process(
+            UserProfileFunction(ProfileOperator(job.dedup_window_ms, job.dedup_max_ids_per_user),
+                                topics.profiles.name, job.state_ttl_ms, io.redis, settings.redis.flush_interval_ms),
+            output_type=OUTPUT_TYPE,
+        )
+        .name("user-profile").uid("user-profile")
+    )
+    output = profiles.union(parsed.get_side_output(DEAD_LETTERS))
+    io.sink(t_env, output)
+    return output

@@ -1,0 +1,1 @@
+"""Pure per-event logic. Nothing in this package imports pyflink."""

@@ -1,0 +1,3 @@
+"""Real-time personalization engine on Apache Flink (PyFlink)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,220 @@
+"""One frozen, validated configuration object for the whole job and its tools.
+
+Sources, later wins: ``config/defaults.yaml``, an optional YAML file (``--config`` or
+``PERSONALIZE_CONFIG``), then environment variables ``PERSONALIZE__SECTION__KEY=value``
+(values are parsed as YAML scalars, so ``PERSONALIZE__JOB__PARALLELISM=1`` is an int).
+The merged mapping is validated against ``config/settings.schema.json`` before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from personalize.paths import CONFIG_DIR
+
+ENV_PREFIX = "PERSONALIZE__"
+
+
+class SettingsError(ValueError):
+    """The configuration is invalid; the message names the offending field."""
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    partitions: int
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    run_dir: str
+    kafka_port: int
+    redis_port: int
+    start_timeout_s: int
+
+
+@dataclass(frozen=True)
+class Topics:
+    behavior: Topic
+    profile: Topic
+    consent: Topic
+    rules: Topic
+    deadletter: Topic
+    profiles: Topic
+    segments: Topic
+    recommendations: Topic
+
+    def all(self) -> list[Topic]:
+        return [self.behavior, self.profile, self.consent, self.rules, self.deadletter, self.profiles,
+                self.segments, self.recommendations]
+
+    def inputs(self) -> list[Topic]:
+        """Topics carrying user events, in the order the job reads them."""
+        return [self.behavior, self.profile, self.consent]
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    group_id: str
+    transactional_id_prefix: str
+    transaction_timeout_ms: int
+    topics: Topics
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str
+    key_prefix: str
+    user_ttl_s: int
+    flush_max_ops: int
+    flush_interval_ms: int
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    name: str
+    parallelism: int
+    execution_mode: str
+    checkpoint_interval_ms: int
+    checkpoint_dir: str
+    restart_attempts: int
+    restart_delay_ms: int
+    max_out_of_orderness_ms: int
+    idleness_ms: int
+    dedup_window_ms: int
+    dedup_max_ids_per_user: int
+    state_ttl_ms: int
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    max_payload_bytes: int
+    min_event_time_ms: int
+    max_future_skew_ms: int
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    seed: int
+    users: int
+    events: int
+    items: int
+    categories: tuple[str, ...]
+    start_ms: int
+    malformed_share: float
+    duplicate_share: float
+    out_of_order_share: float
+    max_disorder_ms: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack: StackSettings
+    kafka: KafkaSettings
+    redis: RedisSettings
+    job: JobSettings
+    validation: ValidationSettings
+    generator: GeneratorSettings
+
+
+def iso_to_ms(text: str) -> int:
+    """Parse an ISO-8601 instant (``Z`` or offset required) into epoch milliseconds."""
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise SettingsError(f"timestamp {text!r} has no time zone")
+    return int(parsed.timestamp() * 1000)
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn ``PERSONALIZE__A__B=v`` variables into ``{"a": {"b": v}}``."""
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
+        if not path:
+            continue
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return overrides
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise SettingsError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
+    return loaded
+
+
+def validate(raw: Mapping[str, Any]) -> None:
+    schema = json.loads((CONFIG_DIR / "settings.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in errors]
+        raise SettingsError("invalid configuration:\n" + "\n".join(lines))
+
+
+def from_mapping(raw: Mapping[str, Any]) -> Settings:
+    validate(raw)
+    kafka = dict(raw["kafka"])
+    topics = Topics(**{key: Topic(**value) for key, value in kafka.pop("topics").items()})
+    validation = dict(raw["validation"])
+    generator = dict(raw["generator"])
+    return Settings(
+        stack=StackSettings(**raw["stack"]),
+        kafka=KafkaSettings(topics=topics, **kafka),
+        redis=RedisSettings(**raw["redis"]),
+        job=JobSettings(**raw["job"]),
+        validation=ValidationSettings(
+            max_payload_bytes=validation["max_payload_bytes"],
+            min_event_time_ms=iso_to_ms(validation["min_event_time"]),
+            max_future_skew_ms=validation["max_future_skew_ms"],
+        ),
+        generator=GeneratorSettings(
+            seed=generator["seed"], users=generator["users"], events=generator["events"],
+            items=generator["items"], categories=tuple(generator["categories"]),
+            start_ms=iso_to_ms(generator["start"]), malformed_share=generator["malformed_share"],
+            duplicate_share=generator["duplicate_share"], out_of_order_share=generator["out_of_order_share"],
+            max_disorder_ms=generator["max_disorder_ms"],
+        ),
+    )
+
+
+def raw_settings(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    environ = os.environ if environ is None else environ
+    merged = _read_yaml(CONFIG_DIR / "defaults.yaml")
+    config_file = config_file or environ.get("PERSONALIZE_CONFIG")
+    if config_file:
+        merged = deep_merge(merged, _read_yaml(Path(config_file)))
+    return deep_merge(merged, env_overrides(environ))
+
+
+def load(config_file: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate settings; raises :class:`SettingsError` with every problem listed."""
+    return from_mapping(raw_settings(config_file, environ))

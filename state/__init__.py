@@ -1,0 +1,1 @@
+"""Keyed-state descriptors, TTLs and the versioned codecs of state objects."""

@@ -1,0 +1,145 @@
+"""The local stack really starts, is reused, refuses ports it does not own, stops only its own processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from kafka import KafkaAdminClient
+
+from personalize import settings, stack
+from personalize.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct ports nobody listens on (all held at once while choosing, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _environ(run_dir: Path, kafka_port: int, redis_port: int, *, urls: bool = True) -> dict[str, str]:
+    environ = {
+        "PERSONALIZE__STACK__RUN_DIR": str(run_dir),
+        "PERSONALIZE__STACK__KAFKA_PORT": str(kafka_port),
+        "PERSONALIZE__STACK__REDIS_PORT": str(redis_port),
+        "PERSONALIZE__STACK__START_TIMEOUT_S": "15",
+    }
+    if urls:
+        environ["PERSONALIZE__KAFKA__BOOTSTRAP_SERVERS"] = f"127.0.0.1:{kafka_port}"
+        environ["PERSONALIZE__REDIS__URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    return environ
+
+
+@pytest.fixture
+def stack_settings(tmp_path: Path) -> Iterator[Settings]:
+    kafka_port, redis_port = _free_ports(2)
+    loaded = settings.load(environ=_environ(tmp_path / "stack", kafka_port, redis_port))
+    yield loaded
+    stack.down(loaded)
+
+
+def _state(run_dir: Path) -> dict[str, dict[str, object]]:
+    components: dict[str, dict[str, object]] = json.loads((run_dir / "state.json").read_text())["components"]
+    return components
+
+
+def test_up_creates_topics_and_a_second_up_reuses_the_stack(stack_settings: Settings) -> None:
+    info = stack.up(stack_settings)
+
+    assert info.started == ["kafka", "redis"]
+    assert stack.settings_for(stack_settings, info) == stack_settings
+    admin = KafkaAdminClient(bootstrap_servers=info.bootstrap_servers)
+    try:
+        described = admin.describe_topics([topic.name for topic in stack_settings.kafka.topics.all()])
+    finally:
+        admin.close()
+    assert {t["name"]: len(t["partitions"]) for t in described} == {
+        topic.name: topic.partitions for topic in stack_settings.kafka.topics.all()
+    }
+    assert redis.Redis.from_url(info.redis_url).ping()
+
+    pids = {name: record["pid"] for name, record in _state(info.run_dir).items()}
+    # Same stack ports but settings that never mention the URLs: reused, and the URLs follow the ports.
+    only_ports = settings.load(environ=_environ(info.run_dir, stack_settings.stack.kafka_port,
+                                                stack_settings.stack.redis_port, urls=False))
+    again = stack.up(only_ports)
+    assert again.started == []
+    assert (again.bootstrap_servers, again.redis_url) == (info.bootstrap_servers, info.redis_url)
+    assert {name: record["pid"] for name, record in _state(info.run_dir).items()} == pids
+    status = stack.status(stack_settings)
+    assert status["kafka"]["status"] == status["redis"]["status"] == "up"
+    assert status["kafka"]["topics"]["control.rules"] == 1
+
+
+def test_a_crashed_component_is_restarted_alone(stack_settings: Settings) -> None:
+    info = stack.up(stack_settings)
+    kafka_pid = int(str(_state(info.run_dir)["kafka"]["pid"]))
+    os.kill(kafka_pid, signal.SIGKILL)
+    os.waitpid(kafka_pid, 0)  # our child: reap it, as its parent would
+
+    again = stack.up(stack_settings)
+
+    assert again.started == ["kafka"]
+    assert stack.status(stack_settings)["kafka"]["topics"]["events.behavior"] == 4
+
+
+def test_port_taken_by_another_process_is_refused_clearly(stack_settings: Settings) -> None:
+    port = stack_settings.stack.kafka_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(stack.StackError) as caught:
+            stack.up(stack_settings)
+
+    message = str(caught.value)
+    assert f"port {port}" in message
+    assert "stack.kafka_port" in message
+    assert "PERSONALIZE__STACK__KAFKA_PORT" in message
+    run_dir = Path(stack_settings.stack.run_dir)
+    assert not (run_dir / "state.json").exists()
+    assert stack.status(stack_settings)["redis"]["status"] == "down"  # nothing was half-started
+
+
+def test_down_stops_the_stack_and_status_reports_down(stack_settings: Settings) -> None:
+    info = stack.up(stack_settings)
+
+    assert stack.down(stack_settings) == ["kafka", "redis"]
+
+    assert not (info.run_dir / "state.json").exists()
+    status = stack.status(stack_settings)
+    assert (status["kafka"]["status"], status["redis"]["status"]) == ("down", "down")
+    assert stack.down(stack_settings) == []
+
+
+def test_down_never_signals_a_process_it_did_not_start(stack_settings: Settings) -> None:
+    info = stack.up(stack_settings)
+    state = json.loads((info.run_dir / "state.json").read_text())
+    redis_pid = state["components"]["redis"]["pid"]
+    impostor = subprocess.Popen(["sleep", "30"])
+    state["components"]["redis"]["pid"] = impostor.pid  # as if the pid had been recycled
+    (info.run_dir / "state.json").write_text(json.dumps(state))
+    try:
+        assert stack.down(stack_settings) == ["kafka"]
+        assert impostor.poll() is None
+        # The real Redis is no longer recorded, so it now counts as somebody else's.
+        assert stack.status(stack_settings)["redis"]["status"] == "port in use by another process"
+    finally:
+        impostor.kill()
+        impostor.wait()
+        os.kill(redis_pid, signal.SIGTERM)
+        os.waitpid(redis_pid, 0)
