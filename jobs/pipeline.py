@@ -6,6 +6,8 @@ collections and collectors, as in flink-training.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +36,25 @@ class PipelineIO:
     redis: Callable[[], ProfileSink]
 
 
+def put_interpreter_first_on_path() -> None:
+    """Make thread-mode workers (PemJa) use this interpreter's environment, the project's venv.
+
+    PemJa runs the ``python`` found on the JVM's PATH; given a venv interpreter through
+    ``python.executable`` it fails with "No module named 'pemja'". The JVM inherits PATH when
+    PyFlink starts it, so this must run before the first PyFlink object is created.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "")
+    if not path.startswith(bin_dir + os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + path
+
+
 def create_environment(settings: Settings, jars: list[Path]) -> tuple[StreamExecutionEnvironment,
                                                                         StreamTableEnvironment]:
+    put_interpreter_first_on_path()
     config = Configuration()
+    if settings.job.execution_mode == "process":
+        config.set_string("python.executable", sys.executable)
     config.set_string("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in jars))
     config.set_string("python.execution-mode", settings.job.execution_mode)
     config.set_string("pipeline.name", settings.job.name)

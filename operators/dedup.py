@@ -20,8 +20,8 @@ class RecentIds:
     """Fingerprints of a user's recently seen events with their event times.
 
     Holds at most ``max_ids`` entries; when full, entries older than ``window_ms`` before the
-    newest event time go first, then the oldest. A re-send older than that window is not
-    recognised and counts as new; ``job.dedup_window_ms`` is sized to cover producer retries.
+    newest event time go first, then the oldest. A re-send whose original was evicted counts
+    as new; ``job.dedup_max_ids_per_user`` and ``job.dedup_window_ms`` bound how far back that is.
     """
 
     seen: dict[int, int]
@@ -31,15 +31,20 @@ class RecentIds:
         return cls(seen={})
 
     def check_and_add(self, event_id: str, ts: int, newest_ts: int, window_ms: int, max_ids: int) -> bool:
-        """Return True if ``event_id`` was seen already; otherwise remember it and return False."""
+        """Return True if ``event_id`` was seen already; otherwise remember it and return False.
+
+        Every new id is remembered, however old: topics are read at different speeds, so a
+        user's event time can jump ahead on one topic while another still replays older events.
+        The window only decides which ids are evicted first when the set is full.
+        """
         key = fingerprint(event_id)
         if key in self.seen:
             return True
-        horizon = max(newest_ts, ts) - window_ms
-        if ts < horizon:
-            return False
         self.seen[key] = ts
         if len(self.seen) > max_ids:
-            kept = sorted(((t, k) for k, t in self.seen.items() if t >= horizon), reverse=True)[:max_ids]
-            self.seen = {k: t for t, k in kept}
+            horizon = max(newest_ts, ts) - window_ms
+            for expired in [k for k, seen_ts in self.seen.items() if seen_ts < horizon]:
+                del self.seen[expired]
+            for oldest in sorted(self.seen, key=self.seen.__getitem__)[: len(self.seen) - max_ids]:
+                del self.seen[oldest]
         return False
