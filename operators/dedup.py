@@ -45,6 +45,6 @@ class RecentIds:
             horizon = max(newest_ts, ts) - window_ms
             for expired in [k for k, seen_ts in self.seen.items() if seen_ts < horizon]:
                 del self.seen[expired]
-            for oldest in sorted(self.seen, key=self.seen.__getitem__)[: len(self.seen) - max_ids]:
+            for oldest in sorted(self.seen, key=self.seen.__getitem__)[: max(0, len(self.seen) - max_ids)]:
                 del self.seen[oldest]
         return False

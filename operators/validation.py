@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from operators.events import (
@@ -26,6 +26,8 @@ MAX_ID_LENGTH = 256
 MAX_PRICE = 1e9
 MAX_QUANTITY = 10_000
 ATTRIBUTE_FIELDS = ("context", "properties", "traits", "consent", "query", "order_id")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
 
 # Reason codes: stable, documented in docs/events.md, counted on the dashboard.
 PAYLOAD_TOO_LARGE = "payload_too_large"
@@ -98,7 +100,7 @@ def _timestamp_ms(value: Any) -> int:
             raise _Invalid(INVALID_FIELD, "ts must be epoch milliseconds or ISO-8601") from None
         if parsed.tzinfo is None:
             raise _Invalid(INVALID_FIELD, "ts needs a time zone (Z or +hh:mm)")
-        return int(parsed.timestamp() * 1000)
+        return (parsed - _EPOCH) // _MILLISECOND  # exact; float timestamp() * 1000 can be 1 ms off
     raise _Invalid(INVALID_FIELD, "ts must be epoch milliseconds or ISO-8601")
 
 
@@ -106,7 +108,8 @@ def _price(doc: dict[str, Any]) -> float:
     value = doc.get("price")
     if value is None:
         return 0.0
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            isinstance(value, float) and not math.isfinite(value)):  # math.isfinite overflows on huge ints
         raise _Invalid(INVALID_FIELD, "price must be a number")
     if not 0 <= value <= MAX_PRICE:
         raise _Invalid(INVALID_FIELD, f"price must be within 0..{MAX_PRICE:g}")
@@ -161,7 +164,7 @@ def _validate(doc: Any, record_ts_ms: int, limits: Limits) -> Event:
     event_type = doc.get("type")
     if event_type is None:
         raise _Invalid(MISSING_FIELD, "type")
-    if event_type not in EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:  # lists/objects are unhashable
         raise _Invalid(UNKNOWN_TYPE, str(event_type)[:64])
     user_id = _require_id(doc, "user_id", required=False)
     anonymous_id = _require_id(doc, "anonymous_id", required=False)
@@ -185,6 +188,10 @@ def _validate(doc: Any, record_ts_ms: int, limits: Limits) -> Event:
     )
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_event(payload: bytes | None, record_ts_ms: int, limits: Limits = Limits()) -> Event | Rejection:
     """Return the validated event, or the reason it was rejected. Never raises on bad input."""
     if not payload:
@@ -196,10 +203,12 @@ def parse_event(payload: bytes | None, record_ts_ms: int, limits: Limits = Limit
     except UnicodeDecodeError as exc:
         return Rejection(NOT_UTF8, f"invalid byte at position {exc.start}")
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_reject_constant)  # NaN/Infinity are not JSON
     except (ValueError, RecursionError) as exc:
         return Rejection(INVALID_JSON, str(exc)[:200])
     try:
         return _validate(doc, record_ts_ms, limits)
     except _Invalid as invalid:
         return invalid.rejection
+    except RecursionError:  # nesting that json.loads just managed but re-encoding the attributes does not
+        return Rejection(INVALID_JSON, "nested too deeply")

@@ -10,14 +10,17 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 
 def read_topic(bootstrap_servers: str, topic: str, partitions: int, idle_timeout_s: float = 3.0,
-               expected: int | None = None) -> Iterator[ConsumerRecord]:
-    """Yield every committed record of ``topic`` from the beginning.
+               expected: int | None = None, committed_only: bool = True) -> Iterator[ConsumerRecord]:
+    """Yield every record of ``topic`` from the beginning (only committed ones by default).
 
     Stops after ``idle_timeout_s`` without new records (once ``expected`` records were seen, if
     given). Not bounded by "latest" offsets on purpose: the local broker reports them wrongly.
-    It also does not filter aborted transactions, so callers compare sets of record ids.
+    It also does not filter aborted transactions, so callers compare sets of record ids; and in
+    long runs its last stable offset can stall, hiding committed records from read_committed
+    consumers (docs/local-stack.md), hence ``committed_only=False`` for summaries.
     """
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, isolation_level="read_committed",
+    isolation = "read_committed" if committed_only else "read_uncommitted"
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, isolation_level=isolation,
                              enable_auto_commit=False, group_id=None)
     try:
         assignment = [TopicPartition(topic, partition) for partition in range(partitions)]

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,17 @@ import yaml
 from personalize.paths import CONFIG_DIR
 
 ENV_PREFIX = "PERSONALIZE__"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML without implicit timestamps: instants stay strings, as the schema and ``iso_to_ms`` expect."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 class SettingsError(ValueError):
@@ -127,12 +138,15 @@ class Settings:
     generator: GeneratorSettings
 
 
-def iso_to_ms(text: str) -> int:
+def iso_to_ms(text: str, field: str = "timestamp") -> int:
     """Parse an ISO-8601 instant (``Z`` or offset required) into epoch milliseconds."""
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SettingsError(f"{field}: {text!r} is not an ISO-8601 instant") from None
     if parsed.tzinfo is None:
-        raise SettingsError(f"timestamp {text!r} has no time zone")
-    return int(parsed.timestamp() * 1000)
+        raise SettingsError(f"{field}: {text!r} has no time zone")
+    return (parsed - _EPOCH) // timedelta(milliseconds=1)
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,13 +171,13 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         node = overrides
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        node[path[-1]] = yaml.load(raw, Loader=_Loader) if raw != "" else ""
     return overrides
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.load(path.read_text(), Loader=_Loader) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise SettingsError(f"cannot read config file {path}: {exc}") from exc
     if not isinstance(loaded, dict):
@@ -193,13 +207,13 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
         job=JobSettings(**raw["job"]),
         validation=ValidationSettings(
             max_payload_bytes=validation["max_payload_bytes"],
-            min_event_time_ms=iso_to_ms(validation["min_event_time"]),
+            min_event_time_ms=iso_to_ms(validation["min_event_time"], "validation.min_event_time"),
             max_future_skew_ms=validation["max_future_skew_ms"],
         ),
         generator=GeneratorSettings(
             seed=generator["seed"], users=generator["users"], events=generator["events"],
             items=generator["items"], categories=tuple(generator["categories"]),
-            start_ms=iso_to_ms(generator["start"]), malformed_share=generator["malformed_share"],
+            start_ms=iso_to_ms(generator["start"], "generator.start"), malformed_share=generator["malformed_share"],
             duplicate_share=generator["duplicate_share"], out_of_order_share=generator["out_of_order_share"],
             max_disorder_ms=generator["max_disorder_ms"],
         ),

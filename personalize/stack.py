@@ -405,6 +405,25 @@ def up(settings: Settings) -> StackInfo:
                      run_dir=run_dir, started=started)
 
 
+def reset_topics(settings: Settings) -> None:
+    """Delete and recreate every configured topic on a running stack: an empty broker for a demo run.
+
+    Only for the local stack (its broker holds data in memory anyway); never point this at a
+    shared cluster.
+    """
+    artifacts = bootstrap.ensure_all()
+    port = settings.stack.kafka_port
+    if not _accepts(port):
+        raise StackError(f"no broker answers on port {port}; run `personalize stack up` first")
+    tansu = str(artifacts.tansu)
+    existing = _topics(tansu, port)
+    for topic in settings.kafka.topics.all():
+        if topic.name in existing:
+            subprocess.run([tansu, "topic", "delete", topic.name, "--broker", _broker_url(port)],
+                           capture_output=True, text=True, timeout=TANSU_CLI_TIMEOUT_S, check=True)
+    _ensure_topics(settings, tansu, port)
+
+
 def down(settings: Settings) -> list[str]:
     """Stop the servers state.json says this module started (if still those processes); forget them."""
     run_dir = _run_dir(settings)

@@ -1,0 +1,145 @@
+"""The ``personalize`` command line. Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from personalize import settings as settings_module
+from personalize import stack
+from personalize.settings import Settings, SettingsError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _write_offsets(path: str | None, end_offsets: dict[str, dict[int, int]]) -> None:
+    if path:
+        Path(path).write_text(json.dumps(end_offsets, indent=2, sort_keys=True) + "\n")
+
+
+def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "up":
+        info = stack.up(settings)
+        started = ", ".join(info.started) or "nothing (reused the running stack)"
+        print(f"broker {info.bootstrap_servers}  redis {info.redis_url}  run dir {info.run_dir}  started: {started}")
+    elif args.action == "down":
+        stopped = stack.down(settings)
+        print("stopped: " + (", ".join(stopped) or "nothing (no stack started by us was running)"))
+    else:
+        print(json.dumps(stack.status(settings), indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize.generator import EventGenerator
+    from personalize.publish import publish, write_jsonl, write_personas
+
+    generator_settings = replace(settings.generator, **{
+        name: value for name, value in (("events", args.events), ("users", args.users), ("seed", args.seed))
+        if value is not None
+    })
+    generator = EventGenerator(generator_settings)
+    if args.personas:
+        write_personas(generator.personas(), args.personas)
+    if args.jsonl:
+        count = write_jsonl(generator.records(), args.jsonl)
+        print(f"wrote {count:,} records to {args.jsonl}")
+        return EXIT_OK
+    result = publish(generator.records(), settings.kafka, total=generator_settings.events)
+    _write_offsets(args.offsets_out, result.end_offsets)
+    print(f"published {result.count:,} records in {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize.publish import publish, read_jsonl
+
+    total = sum(1 for _ in read_jsonl(args.file))
+    result = publish(read_jsonl(args.file), settings.kafka, total=total)
+    _write_offsets(args.offsets_out, result.end_offsets)
+    print(f"replayed {result.count:,} records from {args.file} in {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from jobs.personalize_job import parse_end_offsets, run_job, source_spec
+
+    stack.require_java()
+    end_offsets = parse_end_offsets(args.end_offsets) if args.end_offsets else None
+    result = run_job(settings, source_spec(settings, args.start, end_offsets))
+    print(f"job {result.job_name} finished in {result.seconds:.1f} s")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize.demo import run_demo
+
+    if args.events:
+        settings = replace(settings, generator=replace(settings.generator, events=args.events))
+    summary = run_demo(settings)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="personalize",
+        description="Real-time personalization on Apache Flink: local stack, event tools and the job.",
+        epilog="Configuration: config/defaults.yaml, then --config FILE, then PERSONALIZE__SECTION__KEY env vars.",
+    )
+    parser.add_argument("--config", help="YAML file overriding config/defaults.yaml (or set PERSONALIZE_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    stack_parser = commands.add_parser("stack", help="start, stop or inspect the local broker and Redis")
+    stack_parser.add_argument("action", choices=["up", "down", "status"])
+    stack_parser.set_defaults(handler=cmd_stack)
+
+    produce = commands.add_parser("produce", help="generate seeded events and publish them (or write JSONL)")
+    produce.add_argument("--events", type=int, help="number of records (default: generator.events)")
+    produce.add_argument("--users", type=int, help="number of users (default: generator.users)")
+    produce.add_argument("--seed", type=int, help="random seed (default: generator.seed)")
+    produce.add_argument("--jsonl", help="write records to this JSONL file instead of Kafka")
+    produce.add_argument("--personas", help="write the planted persona of every user to this JSON file")
+    produce.add_argument("--offsets-out", help="write end offsets per topic/partition here (for a bounded run)")
+    produce.set_defaults(handler=cmd_produce)
+
+    replay = commands.add_parser("replay", help="publish a JSONL file written by `produce --jsonl`")
+    replay.add_argument("file")
+    replay.add_argument("--offsets-out", help="write end offsets per topic/partition here (for a bounded run)")
+    replay.set_defaults(handler=cmd_replay)
+
+    run = commands.add_parser("run", help="run the job on a local MiniCluster")
+    run.add_argument("--start", choices=["group", "earliest"], default="group",
+                     help="committed group offsets (default) or the earliest offsets")
+    run.add_argument("--end-offsets", help="JSON end offsets (from --offsets-out): stop there (bounded run)")
+    run.set_defaults(handler=cmd_run)
+
+    demo = commands.add_parser("demo", help="stack up, publish generated events, run the job, print a summary")
+    demo.add_argument("--events", type=int, help="number of records (default: generator.events)")
+    demo.add_argument("--json", help="also write the summary as JSON to this file")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_module.load(args.config)
+        return int(args.handler(args, settings))
+    except SettingsError as exc:
+        print(f"personalize: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except stack.StackError as exc:
+        print(f"personalize: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""``make demo``: stack up, publish generated events, run the job over them, summarise the results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import IO
+
+import redis
+
+from connectors.redis_keys import user_profile_pattern
+from jobs.personalize_job import run_job, source_spec
+from personalize import stack
+from personalize.generator import EventGenerator
+from personalize.kafka_tools import read_topic
+from personalize.paths import resolve
+from personalize.publish import publish, write_personas
+from personalize.settings import Settings
+
+
+@dataclass
+class Summary:
+    published: int = 0
+    publish_seconds: float = 0.0
+    job_seconds: float = 0.0
+    users: int = 0
+    events_in_profiles: int = 0
+    profile_records: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def events_per_second(self) -> float:
+        return self.published / self.job_seconds if self.job_seconds else 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "published": self.published, "publish_seconds": round(self.publish_seconds, 2),
+            "job_seconds": round(self.job_seconds, 2), "events_per_second": round(self.events_per_second),
+            "users": self.users, "events_in_profiles": self.events_in_profiles,
+            "profile_records": self.profile_records, "dead_letters": dict(self.dead_letters),
+        }
+
+
+def clear_redis(settings: Settings) -> int:
+    """Delete this deployment's keys (``redis.key_prefix``) so a fresh run starts from nothing."""
+    client = redis.Redis.from_url(settings.redis.url)
+    deleted = 0
+    batch = []
+    for key in client.scan_iter(f"{settings.redis.key_prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += client.unlink(*batch)
+            batch.clear()
+    if batch:
+        deleted += client.unlink(*batch)
+    return deleted
+
+
+def read_back(settings: Settings, summary: Summary) -> None:
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    pipe = client.pipeline(transaction=False)
+    keys = list(client.scan_iter(user_profile_pattern(settings.redis.key_prefix), count=1000))
+    for key in keys:
+        pipe.hget(key, "total")
+    summary.users = len(keys)
+    summary.events_in_profiles = sum(int(total or 0) for total in pipe.execute())
+    topics = settings.kafka.topics
+    # Distinct record ids, read uncommitted: the local broker neither filters aborted
+    # transactions nor keeps its last stable offset moving in long runs (docs/local-stack.md).
+    summary.profile_records = len({
+        json.loads(record.value)["id"]
+        for record in read_topic(settings.kafka.bootstrap_servers, topics.profiles.name, topics.profiles.partitions,
+                                 expected=summary.events_in_profiles, committed_only=False)
+    })
+    letters = {
+        record.key: json.loads(record.value)["reason"]
+        for record in read_topic(settings.kafka.bootstrap_servers, topics.deadletter.name,
+                                 topics.deadletter.partitions, committed_only=False)
+    }
+    summary.dead_letters = Counter(letters.values())
+
+
+def print_summary(summary: Summary, out: IO[str]) -> None:
+    rows = [
+        ("events published", f"{summary.published:,} in {summary.publish_seconds:.1f} s"),
+        ("job run (MiniCluster start included)", f"{summary.job_seconds:.1f} s, "
+                                                 f"{summary.events_per_second:,.0f} events/s"),
+        ("users with a profile (Redis)", f"{summary.users:,}"),
+        ("events counted in profiles (Redis)", f"{summary.events_in_profiles:,}"),
+        ("distinct profile updates (Kafka)", f"{summary.profile_records:,}"),
+        ("dead letters (Kafka)", f"{sum(summary.dead_letters.values()):,}"),
+    ]
+    rows += [(f"  {reason}", f"{count:,}") for reason, count in summary.dead_letters.most_common()]
+    width = max(len(label) for label, _ in rows)
+    print("\n== personalize demo summary ==", file=out)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}", file=out)
+
+
+def run_demo(settings: Settings, out: IO[str] = sys.stdout) -> Summary:
+    stack.require_java()
+    info = stack.up(settings)
+    settings = stack.settings_for(settings, info)
+    print(f"stack: broker {info.bootstrap_servers}, redis {info.redis_url} (run dir {info.run_dir})", file=out)
+    stack.reset_topics(settings)
+    clear_redis(settings)
+    generator = EventGenerator(settings.generator)
+    personas_path = resolve(settings.stack.run_dir) / "personas.json"
+    write_personas(generator.personas(), personas_path)
+    print(f"planted personas of {settings.generator.users:,} users: {personas_path}", file=out)
+    published = publish(generator.records(), settings.kafka, total=settings.generator.events)
+    summary = Summary(published=published.count, publish_seconds=published.seconds)
+    print(f"running the job on a local MiniCluster (parallelism {settings.job.parallelism})...", file=out)
+    summary.job_seconds = run_job(settings, source_spec(settings, "earliest", published.end_offsets)).seconds
+    read_back(settings, summary)
+    print_summary(summary, out)
+    return summary
