@@ -89,8 +89,23 @@ RECORD_TS_MILLIS = (
 )
 
 
-def kafka_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, spec: SourceSpec) -> DataStream:
-    """One DataStream of :data:`SOURCE_TYPE` rows over all ``spec.topics``."""
+#: Event time for watermarks, read in the source so that every Kafka partition gets its own
+#: watermark (partitions are read at different speeds; a watermark assigned after the source would
+#: run ahead with the fastest one and make the others late). Records whose ``ts`` is not epoch
+#: milliseconds (ISO strings, malformed payloads) fall back to the Kafka record timestamp.
+EVENT_TIME = (
+    "COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(CAST(`payload` AS STRING), '$.ts') AS BIGINT), 3),"
+    " `record_time`)"
+)
+
+
+def kafka_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, spec: SourceSpec,
+                 max_out_of_orderness_ms: int) -> DataStream:
+    """One DataStream of :data:`SOURCE_TYPE` rows over all ``spec.topics``, with event-time watermarks.
+
+    Idle partitions stop holding the watermark back after ``table.exec.source.idle-timeout``.
+    """
+    delay = f"{max_out_of_orderness_ms / 1000:.3f}"
     tables = []
     for index, topic in enumerate(spec.topics):
         name = f"kafka_source_{index}"
@@ -100,7 +115,9 @@ def kafka_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, spec: Sour
               `topic` STRING METADATA VIRTUAL,
               `partition` INT METADATA VIRTUAL,
               `offset` BIGINT METADATA VIRTUAL,
-              `record_time` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL
+              `record_time` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+              `event_time` AS {EVENT_TIME},
+              WATERMARK FOR `event_time` AS `event_time` - INTERVAL '{delay}' SECOND
             ) WITH (
               {_with_clause(source_options(kafka, topic, spec))}
             )""")

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pyflink.common import Row, Types
-from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import OutputTag
 from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
 
@@ -42,11 +41,6 @@ class ParseEvents(ProcessFunction):
             yield DEAD_LETTERS, Row(key, letter, self.deadletter_topic)
         else:
             yield Row(*result)
-
-
-class EventTimeAssigner(TimestampAssigner):
-    def extract_timestamp(self, value: Row, record_timestamp: int) -> int:
-        return value[Event._fields.index("ts")]
 
 
 def user_key(event: Row) -> str:

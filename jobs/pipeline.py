@@ -12,13 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyflink.common import Configuration, Duration, Types, WatermarkStrategy
+from pyflink.common import Configuration, Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
 
 from connectors.kafka import OUTPUT_TYPE, SourceSpec, attach_kafka_sink, kafka_source
 from connectors.redis_writer import ProfileSink, RedisProfileWriterFactory
-from jobs.adapters import DEAD_LETTERS, EVENT_TYPE, EventTimeAssigner, ParseEvents, UserProfileFunction, user_key
+from jobs.adapters import DEAD_LETTERS, EVENT_TYPE, ParseEvents, UserProfileFunction, user_key
 from operators.profile import ProfileOperator
 from operators.validation import Limits
 from personalize.settings import Settings
@@ -29,7 +29,10 @@ SinkBuilder = Callable[[StreamTableEnvironment, DataStream], None]
 
 @dataclass(frozen=True)
 class PipelineIO:
-    """The job's edges: a source of raw Kafka-shaped rows, a sink for output rows, a Redis writer."""
+    """The job's edges: a source of raw Kafka-shaped rows, a sink for output rows, a Redis writer.
+
+    The source also assigns event time and watermarks (the Kafka source does it per partition).
+    """
 
     source: SourceBuilder
     sink: SinkBuilder
@@ -67,6 +70,7 @@ def create_environment(settings: Settings, jars: list[Path]) -> tuple[StreamExec
     env.enable_checkpointing(settings.job.checkpoint_interval_ms)
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")
+    t_env.get_config().set("table.exec.source.idle-timeout", f"{settings.job.idleness_ms} ms")
     return env, t_env
 
 
@@ -75,7 +79,7 @@ def kafka_io(settings: Settings, spec: SourceSpec, transactional_id_prefix: str 
     topics = settings.kafka.topics
     prefix = transactional_id_prefix or settings.kafka.transactional_id_prefix
     return PipelineIO(
-        source=lambda env, t_env: kafka_source(t_env, settings.kafka, spec),
+        source=lambda env, t_env: kafka_source(t_env, settings.kafka, spec, settings.job.max_out_of_orderness_ms),
         sink=lambda t_env, stream: attach_kafka_sink(
             t_env, stream, settings.kafka, [topics.profiles.name, topics.deadletter.name], prefix
         ),
@@ -93,14 +97,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         .process(ParseEvents(limits, topics.deadletter.name), output_type=EVENT_TYPE)
         .name("parse-validate").uid("parse-validate")
     )
-    watermarks = (
-        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(job.max_out_of_orderness_ms))
-        .with_idleness(Duration.of_millis(job.idleness_ms))
-        .with_timestamp_assigner(EventTimeAssigner())
-    )
     profiles = (
-        parsed.assign_timestamps_and_watermarks(watermarks).name("event-time").uid("event-time")
-        .key_by(user_key, key_type=Types.STRING())
+        parsed.key_by(user_key, key_type=Types.STRING())
         .process(
             UserProfileFunction(ProfileOperator(job.dedup_window_ms, job.dedup_max_ids_per_user),
                                 topics.profiles.name, job.state_ttl_ms, io.redis, settings.redis.flush_interval_ms),

@@ -1,0 +1,1 @@
+"""Windowed per-user features: sliding counts, sessions, RFM, affinity and engagement."""
