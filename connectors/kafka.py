@@ -89,23 +89,38 @@ RECORD_TS_MILLIS = (
 )
 
 
-#: Event time for watermarks, read in the source so that every Kafka partition gets its own
-#: watermark (partitions are read at different speeds; a watermark assigned after the source would
-#: run ahead with the fastest one and make the others late). Records whose ``ts`` is not epoch
-#: milliseconds (ISO strings, malformed payloads) fall back to the Kafka record timestamp.
-EVENT_TIME = (
-    "COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(CAST(`payload` AS STRING), '$.ts') AS BIGINT), 3),"
-    " `record_time`)"
-)
+def interval(ms: int) -> str:
+    """A SQL day-time interval literal (plain SECOND literals overflow their precision at a day)."""
+    days, rest = divmod(ms, 86_400_000)
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return f"INTERVAL '{days} {hours:02}:{minutes:02}:{seconds:02}.{millis:03}' DAY TO SECOND(3)"
+
+
+def event_time_expression(min_event_time_ms: int, max_future_skew_ms: int) -> str:
+    """SQL for the event time the watermarks follow.
+
+    Read in the source so that every Kafka partition gets its own watermark (partitions are read
+    at different speeds; a watermark assigned after the source would run ahead with the fastest one
+    and make the others late). Only a plausible ``ts`` counts, by the same bounds as validation:
+    one absurd timestamp (year 2200) would otherwise push the watermark past every later event.
+    Anything else (ISO strings, malformed payloads) falls back to the Kafka record timestamp.
+    """
+    claimed = "TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(CAST(`payload` AS STRING), '$.ts') AS BIGINT), 3)"
+    return (
+        f"CASE WHEN {claimed} >= TO_TIMESTAMP_LTZ({min_event_time_ms}, 3)"
+        f" AND {claimed} <= `record_time` + {interval(max_future_skew_ms)}"
+        f" THEN {claimed} ELSE `record_time` END"
+    )
 
 
 def kafka_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, spec: SourceSpec,
-                 max_out_of_orderness_ms: int) -> DataStream:
+                 max_out_of_orderness_ms: int, event_time_sql: str) -> DataStream:
     """One DataStream of :data:`SOURCE_TYPE` rows over all ``spec.topics``, with event-time watermarks.
 
     Idle partitions stop holding the watermark back after ``table.exec.source.idle-timeout``.
     """
-    delay = f"{max_out_of_orderness_ms / 1000:.3f}"
     tables = []
     for index, topic in enumerate(spec.topics):
         name = f"kafka_source_{index}"
@@ -116,8 +131,8 @@ def kafka_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, spec: Sour
               `partition` INT METADATA VIRTUAL,
               `offset` BIGINT METADATA VIRTUAL,
               `record_time` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-              `event_time` AS {EVENT_TIME},
-              WATERMARK FOR `event_time` AS `event_time` - INTERVAL '{delay}' SECOND
+              `event_time` AS {event_time_sql},
+              WATERMARK FOR `event_time` AS `event_time` - {interval(max_out_of_orderness_ms)}
             ) WITH (
               {_with_clause(source_options(kafka, topic, spec))}
             )""")

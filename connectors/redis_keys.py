@@ -13,3 +13,7 @@ def users_hll_key(prefix: str) -> str:
 
 def user_profile_pattern(prefix: str) -> str:
     return f"{prefix}user:*:profile"
+
+
+def user_features_key(prefix: str, user_key: str) -> str:
+    return f"{prefix}user:{user_key}:features"

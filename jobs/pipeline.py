@@ -9,22 +9,58 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import redis
 from pyflink.common import Configuration, Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
 
-from connectors.kafka import OUTPUT_TYPE, SourceSpec, attach_kafka_sink, kafka_source
-from connectors.redis_writer import ProfileSink, RedisProfileWriterFactory
-from jobs.adapters import DEAD_LETTERS, EVENT_TYPE, ParseEvents, UserProfileFunction, user_key
+from connectors.kafka import OUTPUT_TYPE, SourceSpec, attach_kafka_sink, event_time_expression, kafka_source
+from connectors.population import SharedPopulation
+from connectors.redis_writer import RedisStateWriterFactory, UserStateSink
+from jobs.adapters import DEAD_LETTERS, EVENT_TYPE, LATE_EVENTS, ParseEvents, UserFunction, UserOperators, user_key
+from operators.features.config import DAY_MS, FeatureConfig
+from operators.features.rfm import RFM_METRICS, PopulationScorer
+from operators.features.windows import WindowSpec
 from operators.profile import ProfileOperator
 from operators.validation import Limits
-from personalize.settings import Settings
+from personalize.settings import FeatureSettings, RedisSettings, Settings, SettingsError
 
 SourceBuilder = Callable[[StreamExecutionEnvironment, StreamTableEnvironment], DataStream]
 SinkBuilder = Callable[[StreamTableEnvironment, DataStream], None]
+
+
+def feature_config(features: FeatureSettings) -> FeatureConfig:
+    windows = tuple(WindowSpec(w["name"], w["length_ms"], w["bucket_ms"]) for w in features.windows)
+    config = FeatureConfig(
+        windows=windows, max_items=features.max_items, max_categories=features.max_categories,
+        session_gap_ms=features.session_gap_ms, abandon_return_ms=features.abandon_return_ms,
+        rfm_window=WindowSpec(f"{features.rfm_window_days}d", features.rfm_window_days * DAY_MS, DAY_MS),
+        affinity_half_life_ms=features.affinity_half_life_ms, top_categories=features.top_categories,
+        emit_min_engagement_change=features.emit_min_engagement_change,
+        emit_max_silence_ms=features.emit_max_silence_ms, retention_ms=features.retention_ms,
+    )
+    try:
+        return replace(config, item_window=config.window(features.item_window),
+                       session_window=config.window(features.session_window))
+    except KeyError as exc:
+        raise SettingsError(f"features: {exc.args[0]}") from None
+
+
+@dataclass(frozen=True)
+class SharedPopulationFactory:
+    """Picklable: each parallel instance shares its R/F/M distributions through Redis."""
+
+    redis: RedisSettings
+    refresh_interval_ms: int
+
+    def __call__(self, instance: int) -> PopulationScorer:
+        population = SharedPopulation(redis.Redis.from_url(self.redis.url), self.redis.key_prefix, RFM_METRICS,
+                                      instance, self.refresh_interval_ms)
+        population.restore()
+        return population
 
 
 @dataclass(frozen=True)
@@ -36,7 +72,8 @@ class PipelineIO:
 
     source: SourceBuilder
     sink: SinkBuilder
-    redis: Callable[[], ProfileSink]
+    redis: Callable[[], UserStateSink]
+    population: Callable[[int], PopulationScorer]
 
 
 def put_interpreter_first_on_path() -> None:
@@ -79,11 +116,15 @@ def kafka_io(settings: Settings, spec: SourceSpec, transactional_id_prefix: str 
     topics = settings.kafka.topics
     prefix = transactional_id_prefix or settings.kafka.transactional_id_prefix
     return PipelineIO(
-        source=lambda env, t_env: kafka_source(t_env, settings.kafka, spec, settings.job.max_out_of_orderness_ms),
-        sink=lambda t_env, stream: attach_kafka_sink(
-            t_env, stream, settings.kafka, [topics.profiles.name, topics.deadletter.name], prefix
+        source=lambda env, t_env: kafka_source(
+            t_env, settings.kafka, spec, settings.job.max_out_of_orderness_ms,
+            event_time_expression(settings.validation.min_event_time_ms, settings.validation.max_future_skew_ms),
         ),
-        redis=RedisProfileWriterFactory(settings.redis),
+        sink=lambda t_env, stream: attach_kafka_sink(
+            t_env, stream, settings.kafka, [topic.name for topic in topics.outputs()], prefix
+        ),
+        redis=RedisStateWriterFactory(settings.redis),
+        population=SharedPopulationFactory(settings.redis, settings.features.population_refresh_ms),
     )
 
 
@@ -97,15 +138,18 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         .process(ParseEvents(limits, topics.deadletter.name), output_type=EVENT_TYPE)
         .name("parse-validate").uid("parse-validate")
     )
-    profiles = (
-        parsed.key_by(user_key, key_type=Types.STRING())
-        .process(
-            UserProfileFunction(ProfileOperator(job.dedup_window_ms, job.dedup_max_ids_per_user),
-                                topics.profiles.name, job.state_ttl_ms, io.redis, settings.redis.flush_interval_ms),
-            output_type=OUTPUT_TYPE,
-        )
-        .name("user-profile").uid("user-profile")
+    operators = UserOperators(
+        profile=ProfileOperator(job.dedup_window_ms, job.dedup_max_ids_per_user),
+        features=feature_config(settings.features),
+        topics={"profiles": topics.profiles.name, "features": topics.features.name, "late": topics.late.name},
+        state_ttl_ms=job.state_ttl_ms, allowed_lateness_ms=settings.features.allowed_lateness_ms,
+        redis=io.redis, population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
     )
-    output = profiles.union(parsed.get_side_output(DEAD_LETTERS))
+    users = (
+        parsed.key_by(user_key, key_type=Types.STRING())
+        .process(UserFunction(operators), output_type=OUTPUT_TYPE)
+        .name("user-state").uid("user-state")
+    )
+    output = users.union(parsed.get_side_output(DEAD_LETTERS), users.get_side_output(LATE_EVENTS))
     io.sink(t_env, output)
     return output

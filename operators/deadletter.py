@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
+from operators.events import Event
 from operators.validation import Rejection
 
 #: Payload bytes kept in a dead letter; larger payloads are truncated (their size is recorded).
@@ -31,3 +32,9 @@ def dead_letter(
         record["payload_base64"] = base64.b64encode(kept).decode("ascii")
     key = f"{topic}:{partition}:{offset}".encode()
     return key, json.dumps(record, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def late_record(event: Event) -> bytes:
+    """A late event as it was validated (no raw payload: it was valid), for the late topic."""
+    return json.dumps({"id": event.event_id, "user": event.user_key, "type": event.type, "ts": event.ts,
+                       "event": event._asdict()}, separators=(",", ":"), sort_keys=True).encode("utf-8")

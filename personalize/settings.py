@@ -61,12 +61,18 @@ class Topics:
     rules: Topic
     deadletter: Topic
     profiles: Topic
+    features: Topic
+    late: Topic
     segments: Topic
     recommendations: Topic
 
     def all(self) -> list[Topic]:
         return [self.behavior, self.profile, self.consent, self.rules, self.deadletter, self.profiles,
-                self.segments, self.recommendations]
+                self.features, self.late, self.segments, self.recommendations]
+
+    def outputs(self) -> list[Topic]:
+        """Topics the job writes (one exactly-once sink routes records among them)."""
+        return [self.profiles, self.features, self.deadletter, self.late]
 
     def inputs(self) -> list[Topic]:
         """Topics carrying user events, in the order the job reads them."""
@@ -129,6 +135,27 @@ class GeneratorSettings:
 
 
 @dataclass(frozen=True)
+class FeatureSettings:
+    """Raw ``features`` section; ``features.config.feature_config`` turns it into the operator's config."""
+
+    windows: tuple[dict[str, Any], ...]
+    item_window: str
+    max_items: int
+    max_categories: int
+    session_gap_ms: int
+    session_window: str
+    abandon_return_ms: int
+    rfm_window_days: int
+    affinity_half_life_ms: int
+    top_categories: int
+    emit_min_engagement_change: float
+    emit_max_silence_ms: int
+    allowed_lateness_ms: int
+    retention_ms: int
+    population_refresh_ms: int
+
+
+@dataclass(frozen=True)
 class Settings:
     stack: StackSettings
     kafka: KafkaSettings
@@ -136,6 +163,7 @@ class Settings:
     job: JobSettings
     validation: ValidationSettings
     generator: GeneratorSettings
+    features: FeatureSettings
 
 
 def iso_to_ms(text: str, field: str = "timestamp") -> int:
@@ -210,6 +238,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
             min_event_time_ms=iso_to_ms(validation["min_event_time"], "validation.min_event_time"),
             max_future_skew_ms=validation["max_future_skew_ms"],
         ),
+        features=FeatureSettings(**{**raw["features"], "windows": tuple(raw["features"]["windows"])}),
         generator=GeneratorSettings(
             seed=generator["seed"], users=generator["users"], events=generator["events"],
             items=generator["items"], categories=tuple(generator["categories"]),

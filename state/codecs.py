@@ -15,6 +15,11 @@ import json
 import struct
 
 from operators.dedup import RecentIds
+from operators.features.affinity import CategoryAffinity
+from operators.features.operator import UserFeatures
+from operators.features.rfm import PurchaseHistory
+from operators.features.sessions import Session, SessionTracker
+from operators.features.windows import SlidingCount
 from operators.profile import UserProfile
 
 PROFILE_CODEC_VERSION = 1
@@ -47,3 +52,68 @@ def decode_profile(data: bytes) -> UserProfile:
     seen = {values[i]: last_seen - values[count + i] * 1000 for i in range(count)}
     return UserProfile(counts=header["c"], first_seen=header["f"], last_seen=last_seen, seq=header["s"],
                        recent=RecentIds(seen=seen))
+
+
+FEATURES_CODEC_VERSION = 1
+
+
+def _pairs(counter: SlidingCount) -> list[float]:
+    """``{bucket: n}`` as a flat ``[bucket, n, bucket, n, ...]`` list (smaller JSON than objects)."""
+    return [value for item in counter.buckets.items() for value in item]
+
+
+def _counter(flat: list[float]) -> SlidingCount:
+    return SlidingCount(buckets={int(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)})
+
+
+def encode_features(features: UserFeatures) -> bytes:
+    sessions, purchases = features.sessions, features.purchases
+    current = sessions.current
+    document = {
+        "v": FEATURES_CODEC_VERSION,
+        "r": features.reference_ts,
+        "c": {t: {w: _pairs(c) for w, c in per.items() if c.buckets} for t, per in features.counts.items()},
+        "i": {k: _pairs(c) for k, c in features.items.items()},
+        "k": {k: _pairs(c) for k, c in features.categories.items()},
+        "s": [None if current is None else [current.start, current.end, current.depth, int(current.carted),
+                                           int(current.purchased)],
+              sessions.previous_end, sessions.abandoned_at, sessions.returned_at, sessions.out_of_order,
+              sessions.timer_at],
+        "ss": _pairs(features.session_starts), "sl": _pairs(features.session_lengths),
+        "sd": _pairs(features.session_depths),
+        "p": [_pairs(purchases.count), _pairs(purchases.spend), purchases.last_purchase_ts,
+              None if purchases.scored is None else list(purchases.scored)],
+        "a": {k: [round(score, 6), ts] for k, (score, ts) in features.affinity.scores.items()},
+        "e": [features.version, features.emitted, features.emitted_at],
+    }
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def decode_features(data: bytes) -> UserFeatures:
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise CodecError(f"feature state is not readable: {exc}") from exc
+    if not isinstance(document, dict) or document.get("v") != FEATURES_CODEC_VERSION:
+        raise CodecError(f"unknown feature codec version; expected {FEATURES_CODEC_VERSION}")
+    current, previous_end, abandoned_at, returned_at, out_of_order, timer_at = document["s"]
+    count, spend, last_purchase_ts, scored = document["p"]
+    version, emitted, emitted_at = document["e"]
+    return UserFeatures(
+        reference_ts=document["r"],
+        counts={t: {w: _counter(flat) for w, flat in per.items()} for t, per in document["c"].items()},
+        items={k: _counter(flat) for k, flat in document["i"].items()},
+        categories={k: _counter(flat) for k, flat in document["k"].items()},
+        sessions=SessionTracker(
+            current=None if current is None else Session(current[0], current[1], current[2], bool(current[3]),
+                                                         bool(current[4])),
+            previous_end=previous_end, abandoned_at=abandoned_at, returned_at=returned_at,
+            out_of_order=out_of_order, timer_at=timer_at,
+        ),
+        session_starts=_counter(document["ss"]), session_lengths=_counter(document["sl"]),
+        session_depths=_counter(document["sd"]),
+        purchases=PurchaseHistory(count=_counter(count), spend=_counter(spend), last_purchase_ts=last_purchase_ts,
+                                  scored=None if scored is None else tuple(scored)),
+        affinity=CategoryAffinity(scores={k: (score, ts) for k, (score, ts) in document["a"].items()}),
+        version=version, emitted=emitted, emitted_at=emitted_at,
+    )

@@ -7,6 +7,7 @@ from pyflink.common.time import Time
 from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
 
 PROFILE_STATE = "profile-v1"
+FEATURES_STATE = "features-v1"
 
 
 def ttl_config(ttl_ms: int) -> StateTtlConfig:
@@ -22,12 +23,20 @@ def ttl_config(ttl_ms: int) -> StateTtlConfig:
     )
 
 
-def profile_state(ttl_ms: int) -> ValueStateDescriptor:
-    """The codec's bytes, stored as a pickled ``bytes`` object.
+def _bytes_state(name: str, ttl_ms: int) -> ValueStateDescriptor:
+    """A codec's bytes, stored as a pickled ``bytes`` object.
 
     Not ``PRIMITIVE_ARRAY(BYTE())``: in thread mode PyFlink 2.0.2 fails reading such a value
     state ("'NoneType' object is not iterable"); pickling a ``bytes`` object adds a few bytes.
     """
-    descriptor = ValueStateDescriptor(PROFILE_STATE, Types.PICKLED_BYTE_ARRAY())
+    descriptor = ValueStateDescriptor(name, Types.PICKLED_BYTE_ARRAY())
     descriptor.enable_time_to_live(ttl_config(ttl_ms))
     return descriptor
+
+
+def profile_state(ttl_ms: int) -> ValueStateDescriptor:
+    return _bytes_state(PROFILE_STATE, ttl_ms)
+
+
+def features_state(ttl_ms: int) -> ValueStateDescriptor:
+    return _bytes_state(FEATURES_STATE, ttl_ms)

@@ -53,7 +53,11 @@ def expected_from(records: list[GeneratedRecord], limits: Limits) -> Expected:
 @pytest.fixture(scope="module")
 def job_run(stack_settings: Settings) -> dict[str, Any]:
     settings = isolated(stack_settings)
-    settings = replace(settings, generator=replace(settings.generator, users=120, events=5000, seed=7,
+    # Parallelism 1: with two sink instances, transactions overlap on a partition and the local
+    # broker's last stable offset stalls, hiding committed records from read_committed readers
+    # (docs/local-stack.md). One transactional producer keeps this exact read_committed check valid.
+    settings = replace(settings, job=replace(settings.job, parallelism=1),
+                       generator=replace(settings.generator, users=120, events=5000, seed=7,
                                                    malformed_share=0.03, duplicate_share=0.03))
     stack.up(settings)
     records = list(EventGenerator(settings.generator).records())

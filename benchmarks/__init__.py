@@ -1,0 +1,1 @@
+"""On-demand benchmarks; each writes JSON results under benchmarks/results/."""

@@ -1,0 +1,222 @@
+"""The per-user feature operator: one state object, one call per event, a vector when it matters."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from operators.events import Event
+from operators.features.affinity import CategoryAffinity
+from operators.features.config import DAY_MS, FeatureConfig
+from operators.features.rfm import PopulationScorer, PurchaseHistory, Rfm, rfm_of
+from operators.features.sessions import SessionTracker
+from operators.features.windows import SlidingCount
+
+FEATURES_SCHEMA = "features.v1"
+#: Vector fields whose change alone makes an update worth emitting.
+KEY_FIELDS = ("r_score", "f_score", "m_score", "sessions_30d", "returned_after_abandon", "cart_abandoned",
+              "max_item_views_24h", "add_to_cart_24h", "checkout_start_24h", "purchase_24h", "top_category")
+
+
+@dataclass
+class UserFeatures:
+    """All feature state of one user; bounded by configuration, not by the number of events."""
+
+    reference_ts: int = 0
+    """Newest event time seen: the 'now' of every window (late events never move it back)."""
+    counts: dict[str, dict[str, SlidingCount]] = field(default_factory=dict)
+    items: dict[str, SlidingCount] = field(default_factory=dict)
+    categories: dict[str, SlidingCount] = field(default_factory=dict)
+    sessions: SessionTracker = field(default_factory=SessionTracker)
+    session_starts: SlidingCount = field(default_factory=SlidingCount)
+    session_lengths: SlidingCount = field(default_factory=SlidingCount)
+    session_depths: SlidingCount = field(default_factory=SlidingCount)
+    purchases: PurchaseHistory = field(default_factory=PurchaseHistory)
+    affinity: CategoryAffinity = field(default_factory=CategoryAffinity)
+    version: int = 0
+    emitted: dict[str, Any] = field(default_factory=dict)
+    emitted_at: int = 0
+
+
+@dataclass(frozen=True)
+class FeatureVector:
+    user_key: str
+    version: int
+    ts: int
+    values: dict[str, Any]
+
+    @property
+    def vector_id(self) -> str:
+        return f"{self.user_key}:f{self.version}"
+
+    def to_json(self) -> bytes:
+        return json.dumps({"id": self.vector_id, "schema": FEATURES_SCHEMA, "user": self.user_key,
+                           "version": self.version, "ts": self.ts, "features": self.values},
+                          separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def _bounded_add(counters: dict[str, SlidingCount], key: str, limit: int, config: FeatureConfig, ts: int,
+                 reference_ts: int) -> None:
+    """Count ``key`` in the item window, keeping at most ``limit`` keys (the least recent goes)."""
+    window = config.item_window
+    counter = counters.get(key)
+    if counter is None:
+        counter = counters[key] = SlidingCount()
+    counter.add(window, ts, reference_ts)
+    for stale in [k for k, c in counters.items() if (c.prune(window, reference_ts), len(c))[1] == 0]:
+        del counters[stale]
+    if len(counters) > limit:
+        newest = {k: max(c.buckets) for k, c in counters.items()}
+        # On a tie of recency (same bucket) the key just viewed is the most recent: never evict it first.
+        for evicted in sorted(counters, key=lambda k: (newest[k], k == key, k))[: len(counters) - limit]:
+            del counters[evicted]
+
+
+class FeatureOperator:
+    """Update a user's :class:`UserFeatures` with an event and decide whether to emit a vector."""
+
+    def __init__(self, config: FeatureConfig, population: PopulationScorer) -> None:
+        self.config = config
+        self.population = population
+
+    def process(self, features: UserFeatures | None, event: Event) -> tuple[UserFeatures, FeatureVector | None]:
+        config = self.config
+        features = features or UserFeatures()
+        reference = features.reference_ts = max(features.reference_ts, event.ts)
+        per_type = features.counts.setdefault(event.type, {}) if event.type in config.counted_types else None
+        if per_type is not None:
+            for window in config.windows:
+                per_type.setdefault(window.name, SlidingCount()).add(window, event.ts, reference)
+        if event.type == "product_view":
+            _bounded_add(features.items, event.item_id, config.max_items, config, event.ts, reference)
+            if event.category:
+                _bounded_add(features.categories, event.category, config.max_categories, config, event.ts, reference)
+        if event.type == "purchase":
+            features.purchases.add(config.rfm_window, event.ts, event.price * event.quantity, reference)
+        weight = config.affinity_weights.get(event.type, 0.0)
+        if weight and event.category:
+            features.affinity.add(event.category, weight, event.ts, config.affinity_half_life_ms,
+                                  config.max_categories)
+        previous_session = features.sessions.current
+        closed = features.sessions.observe(event.type, event.ts, config.session_gap_ms, config.abandon_return_ms)
+        if closed is not None:
+            self._record_session(features, closed)
+        if features.sessions.current is not previous_session:
+            features.session_starts.add(config.session_window, features.sessions.current.start, reference)
+        return features, self.maybe_emit(features, event.user_key)
+
+    def close_session(self, features: UserFeatures, user_key: str, now_ts: int) -> FeatureVector | None:
+        """The session gap has passed in event time (a timer fired at ``now_ts``)."""
+        expiry = features.sessions.expiry(self.config.session_gap_ms)
+        if expiry is None or expiry > now_ts:
+            return None
+        closed = features.sessions.close()
+        if closed is not None:
+            self._record_session(features, closed)
+        features.reference_ts = max(features.reference_ts, now_ts)
+        return self.maybe_emit(features, user_key)
+
+    def _record_session(self, features: UserFeatures, session: Any) -> None:
+        window = self.config.session_window
+        features.session_lengths.add(window, session.start, features.reference_ts, session.length_ms)
+        features.session_depths.add(window, session.start, features.reference_ts, session.depth)
+
+    def prune(self, features: UserFeatures) -> None:
+        reference = features.reference_ts
+        for per_type in features.counts.values():
+            for window in self.config.windows:
+                if window.name in per_type:
+                    per_type[window.name].prune(window, reference)
+        for counter in (features.session_starts, features.session_lengths, features.session_depths):
+            counter.prune(self.config.session_window, reference)
+        features.purchases.prune(self.config.rfm_window, reference)
+        for counters in (features.items, features.categories):  # items no longer viewed in the window go
+            for key, counter in list(counters.items()):
+                counter.prune(self.config.item_window, reference)
+                if not counter.buckets:
+                    del counters[key]
+
+    def vector(self, features: UserFeatures) -> dict[str, Any]:
+        """The current feature values (see docs/features.md for every formula)."""
+        config, reference = self.config, features.reference_ts
+        values: dict[str, Any] = {}
+        for event_type in config.counted_types:
+            per_type = features.counts.get(event_type, {})
+            for window in config.windows:
+                counter = per_type.get(window.name)
+                values[f"{event_type}_{window.name}"] = int(counter.total(window, reference)) if counter else 0
+        item_window = config.item_window
+        item_counts = {k: int(c.total(item_window, reference)) for k, c in features.items.items()}
+        category_counts = {k: int(c.total(item_window, reference)) for k, c in features.categories.items()}
+        values["max_item_views_24h"] = max(item_counts.values(), default=0)
+        values["top_item_24h"] = max(sorted(item_counts), key=item_counts.__getitem__) if item_counts else ""
+        values["max_category_views_24h"] = max(category_counts.values(), default=0)
+        values.update(self._session_values(features))
+        rfm = rfm_of(features.purchases, config.rfm_window, reference, self.population)
+        values.update(self._rfm_values(rfm))
+        top = features.affinity.top(reference, config.affinity_half_life_ms, config.top_categories)
+        values["top_categories"] = [[category, round(score, 3)] for category, score in top]
+        values["top_category"] = top[0][0] if top else ""
+        values["engagement"] = self._engagement(values)
+        return values
+
+    def _session_values(self, features: UserFeatures) -> dict[str, Any]:
+        window, reference = self.config.session_window, features.reference_ts
+        tracker = features.sessions
+        started = int(features.session_starts.total(window, reference))
+        depth_sum = features.session_depths.total(window, reference)
+        length_sum = features.session_lengths.total(window, reference)
+        closed_count = max(started - (1 if tracker.current is not None else 0), 0)
+        current = tracker.current
+        gap_days = None
+        if current is not None and tracker.previous_end is not None:
+            gap_days = round((current.start - tracker.previous_end) / DAY_MS, 3)
+        return {
+            "sessions_30d": started,
+            "avg_session_minutes_30d": round(length_sum / closed_count / 60_000, 2) if closed_count else 0.0,
+            "avg_session_depth_30d": round(depth_sum / closed_count, 2) if closed_count else 0.0,
+            "session_depth": current.depth if current else 0,
+            "session_minutes": round(current.length_ms / 60_000, 2) if current else 0.0,
+            "days_since_previous_session": gap_days,
+            "cart_abandoned": tracker.abandoned_at is not None and tracker.returned_at is None,
+            "returned_after_abandon": tracker.returned_at is not None,
+        }
+
+    @staticmethod
+    def _rfm_values(rfm: Rfm) -> dict[str, Any]:
+        return {
+            "recency_days": rfm.recency_days, "frequency_180d": rfm.frequency, "monetary_180d": rfm.monetary,
+            "aov_180d": round(rfm.average_order_value, 2), "r_score": rfm.r, "f_score": rfm.f, "m_score": rfm.m,
+        }
+
+    def _engagement(self, values: dict[str, Any]) -> float:
+        """0..100 from recency of the previous visit, visit frequency, depth and explicit signals."""
+        weights = self.config.engagement_weights
+        gap = values["days_since_previous_session"]
+        recency = 0.5 if gap is None else 0.5 ** (gap / 7)
+        frequency = min(values["sessions_30d"] / 8, 1.0)
+        depth = min(values["avg_session_depth_30d"] / 10, 1.0)
+        explicit = min((values["email_click_30d"] + 2 * values["purchase_30d"] + 0.5 * values["add_to_cart_30d"])
+                       / 6, 1.0)
+        score = (weights["recency"] * recency + weights["frequency"] * frequency + weights["depth"] * depth
+                 + weights["explicit"] * explicit)
+        return round(100 * score / sum(weights.values()), 1)
+
+    def maybe_emit(self, features: UserFeatures, user_key: str) -> FeatureVector | None:
+        """Emit when a key field changed, engagement moved enough, or the last vector is old."""
+        self.prune(features)
+        values = self.vector(features)
+        previous = features.emitted
+        changed = (
+            not previous
+            or any(values.get(name) != previous.get(name) for name in KEY_FIELDS)
+            or abs(values["engagement"] - previous.get("engagement", 0.0)) >= self.config.emit_min_engagement_change
+            or features.reference_ts - features.emitted_at >= self.config.emit_max_silence_ms
+        )
+        if not changed:
+            return None
+        features.version += 1
+        features.emitted = {name: values[name] for name in (*KEY_FIELDS, "engagement")}
+        features.emitted_at = features.reference_ts
+        return FeatureVector(user_key, features.version, features.reference_ts, values)
