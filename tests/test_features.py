@@ -716,8 +716,7 @@ def test_encoded_size_of_a_typical_user() -> None:
     assert size < 2048
 
 
-@pytest.mark.xfail(strict=True, reason="measured 2970 B for this 200-event / 30-day user (absolute bucket ids per "
-                                       "type and window, three 30-day session counters, the emitted dict by name)")
 def test_encoded_size_of_a_busy_user_is_below_2_kb() -> None:
+    """Was 2970 B with absolute bucket ids and the emitted record by name; delta-coded now."""
     size = len(encode_features(busy_user(new_operator())))
     assert size < 2048, f"busy user's feature state is {size} bytes"

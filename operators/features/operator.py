@@ -17,6 +17,8 @@ FEATURES_SCHEMA = "features.v1"
 #: Vector fields whose change alone makes an update worth emitting.
 KEY_FIELDS = ("r_score", "f_score", "m_score", "sessions_30d", "returned_after_abandon", "cart_abandoned",
               "max_item_views_24h", "add_to_cart_24h", "checkout_start_24h", "purchase_24h", "top_category")
+#: What is remembered of the last emitted vector to decide whether the next one is worth sending.
+EMITTED_FIELDS = (*KEY_FIELDS, "engagement")
 
 
 @dataclass
@@ -217,6 +219,6 @@ class FeatureOperator:
         if not changed:
             return None
         features.version += 1
-        features.emitted = {name: values[name] for name in (*KEY_FIELDS, "engagement")}
+        features.emitted = {name: values[name] for name in EMITTED_FIELDS}
         features.emitted_at = features.reference_ts
         return FeatureVector(user_key, features.version, features.reference_ts, values)
