@@ -69,6 +69,7 @@ class UserOperators:
 
     profile: ProfileOperator
     features: FeatureConfig
+    features_enabled: bool
     topics: dict[str, str]
     """Output topic per record kind: profiles, features, late."""
     state_ttl_ms: int
@@ -109,6 +110,9 @@ class UserFunction(KeyedProcessFunction):
         self.sink.stage_profile(update)
         yield Row(update.user_key.encode("utf-8"), update.to_json(), self.operators.topics["profiles"])
         timers = ctx.timer_service()
+        if not self.operators.features_enabled:
+            self._schedule_flush(timers)
+            return
         if event.ts < timers.current_watermark() - self.operators.allowed_lateness_ms:
             self.late_events.inc()
             yield LATE_EVENTS, Row(event.user_key.encode("utf-8"), late_record(event),

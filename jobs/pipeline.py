@@ -98,6 +98,7 @@ def create_environment(settings: Settings, jars: list[Path]) -> tuple[StreamExec
     config.set_string("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in jars))
     config.set_string("python.execution-mode", settings.job.execution_mode)
     config.set_string("pipeline.name", settings.job.name)
+    config.set_string("pipeline.auto-watermark-interval", f"{settings.job.watermark_interval_ms} ms")
     # Bounded restarts: a job failing on every attempt must surface, not loop forever.
     config.set_string("restart-strategy.type", "fixed-delay")
     config.set_string("restart-strategy.fixed-delay.attempts", str(settings.job.restart_attempts))
@@ -141,6 +142,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     operators = UserOperators(
         profile=ProfileOperator(job.dedup_window_ms, job.dedup_max_ids_per_user),
         features=feature_config(settings.features),
+        features_enabled=settings.features.enabled,
         topics={"profiles": topics.profiles.name, "features": topics.features.name, "late": topics.late.name},
         state_ttl_ms=job.state_ttl_ms, allowed_lateness_ms=settings.features.allowed_lateness_ms,
         redis=io.redis, population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,

@@ -17,9 +17,18 @@ from typing import Any
 class PopulationHistogram:
     """Log-binned histogram of current per-user values (>= 0) that supports removal and merging.
 
-    Values in ``[low, high]`` fall into bins of equal width in log space (``bins_per_decade`` per
-    factor of ten; at 16 a bin spans 15.5%, which bounds the relative error of :meth:`quantile`).
-    Values below ``low`` (including zero) share one bin; values above ``high`` join the last bin.
+    Values in ``[low, high)`` fall into bins that each span a factor ``r = 10 ** (1 / bins_per_decade)``
+    (1.155 at 16 per decade). Values below ``low``, zero included, share one bin; values from ``high``
+    up join the last bin.
+
+    Error bound: :meth:`quantile` returns a value in the same bin as the exact q-quantile of the
+    population (its ``ceil(q * count)``-th smallest value), so for values in ``[low, high)`` the
+    relative error is below ``r - 1``: 15.5% at 16 bins per decade. Below ``low`` the absolute error is
+    below ``low``; above ``high`` the error is unbounded (clamped). :meth:`rank` interpolates in log
+    space inside a bin, so it is exact at bin edges and off by at most the share of the population in
+    the value's own bin; a score can only be wrong for values in a bin a score boundary falls into.
+
+    Serialised bin indices (:attr:`bins`, :meth:`to_dict`): ``-1`` is the zero bin, ``0..`` the log bins.
 
     >>> spend = PopulationHistogram()
     >>> for value in [5, 20, 40, 80, 300]:
@@ -27,8 +36,8 @@ class PopulationHistogram:
     >>> spend.score(300), spend.score(5)
     (5, 1)
     >>> spend.move(300, 6)  # that user's spend changed
-    >>> spend.count
-    5
+    >>> spend.count, spend.score(40)
+    (5, 4)
     """
 
     ZERO_BIN = -1
@@ -39,31 +48,30 @@ class PopulationHistogram:
         self.low = low
         self.high = high
         self.bins_per_decade = bins_per_decade
-        self._last_bin = math.ceil(math.log10(high / low) * bins_per_decade) - 1
-        self.bins: dict[int, int] = {}
+        log_bins = math.ceil(math.log10(high / low) * bins_per_decade)
+        # Slot 0 is the zero bin, slot k >= 1 is log bin k - 1: a dense list keeps rank() a C-level sum.
+        self._counts = [0] * (log_bins + 1)
+        self._edges = [0.0] + [low * 10 ** (k / bins_per_decade) for k in range(log_bins + 1)]
+        self._log_ratio = math.log(10) / bins_per_decade
+        self._total = 0
 
-    def _bin(self, value: float) -> int:
+    def _slot(self, value: float) -> int:
         if value < self.low:
-            return self.ZERO_BIN
-        return min(int(math.log10(value / self.low) * self.bins_per_decade), self._last_bin)
-
-    def _edges(self, index: int) -> tuple[float, float]:
-        if index == self.ZERO_BIN:
-            return 0.0, self.low
-        return (self.low * 10 ** (index / self.bins_per_decade),
-                self.low * 10 ** ((index + 1) / self.bins_per_decade))
+            return 0
+        if value >= self.high:
+            return len(self._counts) - 1
+        return int(math.log10(value / self.low) * self.bins_per_decade) + 1
 
     def add(self, value: float) -> None:
-        index = self._bin(value)
-        self.bins[index] = self.bins.get(index, 0) + 1
+        self._counts[self._slot(value)] += 1
+        self._total += 1
 
     def remove(self, value: float) -> None:
-        index = self._bin(value)
-        remaining = self.bins.get(index, 0) - 1
-        if remaining > 0:
-            self.bins[index] = remaining
-        else:
-            self.bins.pop(index, None)
+        """Take one ``value`` out; a value that is not there changes nothing (counts never go negative)."""
+        slot = self._slot(value)
+        if self._counts[slot]:
+            self._counts[slot] -= 1
+            self._total -= 1
 
     def move(self, old: float | None, new: float | None) -> None:
         """One user's value changed from ``old`` to ``new`` (None: not in the population)."""
@@ -73,62 +81,71 @@ class PopulationHistogram:
             self.add(new)
 
     def merged(self, others: Iterable[PopulationHistogram]) -> PopulationHistogram:
+        """A new histogram of this population and ``others`` (disjoint users, same binning)."""
         result = PopulationHistogram(self.low, self.high, self.bins_per_decade)
         for histogram in (self, *others):
-            if (histogram.low, histogram.high, histogram.bins_per_decade) != (self.low, self.high,
-                                                                                 self.bins_per_decade):
+            if (histogram.low, histogram.high, histogram.bins_per_decade) != (
+                    self.low, self.high, self.bins_per_decade):
                 raise ValueError("cannot merge histograms with different binning")
-            for index, count in histogram.bins.items():
-                result.bins[index] = result.bins.get(index, 0) + count
+            result._counts = [mine + theirs for mine, theirs in zip(result._counts, histogram._counts, strict=True)]
+            result._total += histogram._total
         return result
 
     @property
     def count(self) -> int:
-        return sum(self.bins.values())
+        return self._total
+
+    @property
+    def bins(self) -> dict[int, int]:
+        """Non-empty bins by index (``ZERO_BIN`` for values below ``low``)."""
+        return {slot - 1: count for slot, count in enumerate(self._counts) if count}
 
     def rank(self, value: float) -> float:
-        """Fraction of the population at or below ``value``, interpolated (in log space) inside its bin."""
-        total = self.count
-        if not total:
+        """Fraction of the population at or below ``value``, interpolated inside its bin (0.5 when empty)."""
+        if not self._total:
             return 0.5
-        index = self._bin(value)
-        below = sum(count for bin_index, count in self.bins.items() if bin_index < index)
-        lower, upper = self._edges(index)
-        if index == self.ZERO_BIN:
-            fraction = value / self.low if self.low else 1.0
+        slot = self._slot(value)
+        if slot == 0:
+            fraction = max(value, 0.0) / self.low
         else:
-            fraction = math.log(max(min(value, upper), lower) / lower) / math.log(upper / lower)
-        return (below + fraction * self.bins.get(index, 0)) / total
+            fraction = min(max(math.log(value / self._edges[slot]) / self._log_ratio, 0.0), 1.0)
+        return (sum(self._counts[:slot]) + fraction * self._counts[slot]) / self._total
 
     def quantile(self, q: float) -> float:
-        """Approximate inverse of :meth:`rank` (bin-level accuracy)."""
-        total = self.count
-        if not total:
-            return 0.0
-        target, seen = q * total, 0
-        for index in sorted(self.bins):
-            count = self.bins[index]
-            if seen + count >= target:
-                lower, upper = self._edges(index)
-                fraction = (target - seen) / count
-                if index == self.ZERO_BIN:
-                    return lower + fraction * (upper - lower)
-                return lower * (upper / lower) ** fraction
+        """The smallest value whose :meth:`rank` is ``q``: the inverse of :meth:`rank`."""
+        if not 0 <= q <= 1:
+            raise ValueError("q must be within [0, 1]")
+        if not self._total:
+            raise ValueError("an empty population has no quantiles")
+        target, seen = q * self._total, 0
+        for slot, count in enumerate(self._counts):  # noqa: B007 (used after the loop, which always breaks)
+            if count and seen + count >= target:
+                break
             seen += count
-        return self._edges(max(self.bins))[1]
+        fraction = (target - seen) / count
+        lower, upper = self._edges[slot], self._edges[slot + 1]
+        if slot == 0:
+            return fraction * upper
+        return lower * (upper / lower) ** fraction
 
     def score(self, value: float, levels: int = 5) -> int:
         """1..levels: the quantile band of ``value`` in the population (the middle one when empty)."""
-        if not self.bins:
+        if not self._total:
             return (levels + 1) // 2
         return 1 + min(levels - 1, int(self.rank(value) * levels))
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able, with only the non-empty bins."""
         return {"low": self.low, "high": self.high, "bins_per_decade": self.bins_per_decade,
                 "bins": {str(index): count for index, count in self.bins.items()}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PopulationHistogram:
         histogram = cls(data["low"], data["high"], data["bins_per_decade"])
-        histogram.bins = {int(index): int(count) for index, count in data["bins"].items() if int(count) > 0}
+        for index, count in data["bins"].items():
+            slot = int(index) + 1
+            if not 0 <= slot < len(histogram._counts) or int(count) < 0:
+                raise ValueError(f"bin {index}: {count} does not fit this binning")
+            histogram._counts[slot] = int(count)
+        histogram._total = sum(histogram._counts)
         return histogram

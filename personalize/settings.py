@@ -108,6 +108,7 @@ class JobSettings:
     restart_delay_ms: int
     max_out_of_orderness_ms: int
     idleness_ms: int
+    watermark_interval_ms: int
     dedup_window_ms: int
     dedup_max_ids_per_user: int
     state_ttl_ms: int
@@ -138,6 +139,7 @@ class GeneratorSettings:
 class FeatureSettings:
     """Raw ``features`` section; ``features.config.feature_config`` turns it into the operator's config."""
 
+    enabled: bool
     windows: tuple[dict[str, Any], ...]
     item_window: str
     max_items: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -40,7 +41,7 @@ def scenario() -> Iterator[dict[str, Any]]:
                 quantity=2)
     for minute in range(60, 240):  # carol browses for three hours: event time moves on
         yield event(f"c{minute}", "carol", "page_view", T0 + minute * MINUTE)
-    for n in range(3000):  # processing time for a periodic watermark to pass before the late event
+    for n in range(6000):  # processing time for a periodic watermark to pass before the late event
         yield event(f"d{n}", "dave", "page_view", T0 + 4 * HOUR)
     yield event(LATE_EVENT_ID, "alice", "product_view", T0 + 30 * MINUTE, item_id="item-x", category="books")
     yield event("a5", "alice", "page_view", T0 + 5 * HOUR)  # alice returns after the abandoned cart
@@ -48,7 +49,10 @@ def scenario() -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def features_run(stack_settings: Settings) -> dict[str, Any]:
+    # Watermarks every 10 ms: the late event must find the watermark already past it, which takes
+    # a periodic watermark emission between carol's/dave's events and it.
     settings = isolated(stack_settings)
+    settings = replace(settings, job=replace(settings.job, watermark_interval_ms=10))
     stack.up(settings)
     topic = settings.kafka.topics.behavior.name
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")

@@ -17,6 +17,9 @@ FEATURES_SCHEMA = "features.v1"
 #: Vector fields whose change alone makes an update worth emitting.
 KEY_FIELDS = ("r_score", "f_score", "m_score", "sessions_30d", "returned_after_abandon", "cart_abandoned",
               "max_item_views_24h", "add_to_cart_24h", "checkout_start_24h", "purchase_24h", "top_category")
+#: Window counts the emission policy and the engagement score read on every event.
+DECISION_COUNTS = (("add_to_cart", "24h"), ("checkout_start", "24h"), ("purchase", "24h"),
+                   ("email_click", "30d"), ("purchase", "30d"), ("add_to_cart", "30d"))
 #: What is remembered of the last emitted vector to decide whether the next one is worth sending.
 EMITTED_FIELDS = (*KEY_FIELDS, "engagement")
 
@@ -139,28 +142,44 @@ class FeatureOperator:
                 if not counter.buckets:
                     del counters[key]
 
-    def vector(self, features: UserFeatures) -> dict[str, Any]:
+    def _count(self, features: UserFeatures, event_type: str, window_name: str) -> int:
+        counter = features.counts.get(event_type, {}).get(window_name)
+        if counter is None:
+            return 0
+        return int(counter.total(self.config.window(window_name), features.reference_ts))
+
+    def decision_values(self, features: UserFeatures) -> dict[str, Any]:
+        """The fields the emission policy looks at, and what engagement needs: cheap, every event."""
+        config, reference = self.config, features.reference_ts
+        values: dict[str, Any] = {
+            f"{event_type}_{window}": self._count(features, event_type, window)
+            for event_type, window in DECISION_COUNTS
+        }
+        item_window = config.item_window
+        values["max_item_views_24h"] = max((int(c.total(item_window, reference)) for c in features.items.values()),
+                                           default=0)
+        values.update(self._session_values(features))
+        values.update(self._rfm_values(rfm_of(features.purchases, config.rfm_window, reference, self.population)))
+        top = features.affinity.top(reference, config.affinity_half_life_ms, 1)
+        values["top_category"] = top[0][0] if top else ""
+        values["engagement"] = self._engagement(values)
+        return values
+
+    def vector(self, features: UserFeatures, decision: dict[str, Any] | None = None) -> dict[str, Any]:
         """The current feature values (see docs/features.md for every formula)."""
         config, reference = self.config, features.reference_ts
-        values: dict[str, Any] = {}
-        for event_type in config.counted_types:
-            per_type = features.counts.get(event_type, {})
-            for window in config.windows:
-                counter = per_type.get(window.name)
-                values[f"{event_type}_{window.name}"] = int(counter.total(window, reference)) if counter else 0
+        values: dict[str, Any] = {
+            f"{event_type}_{window.name}": self._count(features, event_type, window.name)
+            for event_type in config.counted_types for window in config.windows
+        }
+        values.update(decision if decision is not None else self.decision_values(features))
         item_window = config.item_window
         item_counts = {k: int(c.total(item_window, reference)) for k, c in features.items.items()}
         category_counts = {k: int(c.total(item_window, reference)) for k, c in features.categories.items()}
-        values["max_item_views_24h"] = max(item_counts.values(), default=0)
         values["top_item_24h"] = max(sorted(item_counts), key=item_counts.__getitem__) if item_counts else ""
         values["max_category_views_24h"] = max(category_counts.values(), default=0)
-        values.update(self._session_values(features))
-        rfm = rfm_of(features.purchases, config.rfm_window, reference, self.population)
-        values.update(self._rfm_values(rfm))
         top = features.affinity.top(reference, config.affinity_half_life_ms, config.top_categories)
         values["top_categories"] = [[category, round(score, 3)] for category, score in top]
-        values["top_category"] = top[0][0] if top else ""
-        values["engagement"] = self._engagement(values)
         return values
 
     def _session_values(self, features: UserFeatures) -> dict[str, Any]:
@@ -206,18 +225,24 @@ class FeatureOperator:
         return round(100 * score / sum(weights.values()), 1)
 
     def maybe_emit(self, features: UserFeatures, user_key: str) -> FeatureVector | None:
-        """Emit when a key field changed, engagement moved enough, or the last vector is old."""
-        self.prune(features)
-        values = self.vector(features)
+        """Emit when a key field changed, engagement moved enough, or the last vector is old.
+
+        The decision reads a handful of fields; the full vector (and pruning of expired buckets,
+        which bounds state) is only computed for the vectors actually emitted, at least once per
+        ``emit_max_silence_ms`` of an active user's event time.
+        """
+        decision = self.decision_values(features)
         previous = features.emitted
         changed = (
             not previous
-            or any(values.get(name) != previous.get(name) for name in KEY_FIELDS)
-            or abs(values["engagement"] - previous.get("engagement", 0.0)) >= self.config.emit_min_engagement_change
+            or any(decision.get(name) != previous.get(name) for name in KEY_FIELDS)
+            or abs(decision["engagement"] - previous.get("engagement", 0.0)) >= self.config.emit_min_engagement_change
             or features.reference_ts - features.emitted_at >= self.config.emit_max_silence_ms
         )
         if not changed:
             return None
+        self.prune(features)
+        values = self.vector(features, decision)
         features.version += 1
         features.emitted = {name: values[name] for name in EMITTED_FIELDS}
         features.emitted_at = features.reference_ts
