@@ -21,7 +21,12 @@ def population_key(prefix: str, metric: str) -> str:
 
 
 class SharedPopulation:
-    """One operator instance's share of the population distributions, synchronised through Redis."""
+    """One operator instance's share of the population distributions, synchronised through Redis.
+
+    :meth:`move` only touches this instance's histograms; :meth:`score` first syncs when
+    ``refresh_interval_ms`` has passed, so every score uses a view at most that old (plus one Redis
+    round trip per interval, never per event).
+    """
 
     def __init__(self, client: redis.Redis, key_prefix: str, metrics: Sequence[str], instance: int,
                  refresh_interval_ms: int, clock: Callable[[], float] = time.monotonic) -> None:
@@ -33,22 +38,19 @@ class SharedPopulation:
         self.clock = clock
         self.local = {metric: PopulationHistogram() for metric in self.metrics}
         self.others: dict[str, list[PopulationHistogram]] = {metric: [] for metric in self.metrics}
+        # The same objects as ``local`` until the first sync, so local moves count straight away.
         self.merged: dict[str, PopulationHistogram] = dict(self.local)
         self.last_sync: float | None = None
 
     def restore(self) -> None:
-        """Reload this instance's last published histograms (after a restart)."""
+        """Reload this instance's last published histograms (after a restart), and everybody else's."""
         pipe = self.client.pipeline(transaction=False)
         for metric in self.metrics:
-            pipe.hget(population_key(self.key_prefix, metric), str(self.instance))
-        for metric, raw in zip(self.metrics, pipe.execute(), strict=True):
-            if raw:
-                self.local[metric] = PopulationHistogram.from_dict(json.loads(raw))
-        self._merge()
+            pipe.hgetall(population_key(self.key_prefix, metric))
+        self._read(pipe.execute(), restore=True)
 
     def move(self, metric: str, old: float | None, new: float | None) -> None:
         self.local[metric].move(old, new)
-        self.maybe_sync()
 
     def maybe_sync(self) -> bool:
         now = self.clock()
@@ -61,20 +63,25 @@ class SharedPopulation:
         """Publish this instance's histograms and merge everybody's, in one pipeline."""
         self.last_sync = self.clock()
         pipe = self.client.pipeline(transaction=False)
-        mine = str(self.instance)
         for metric in self.metrics:
             key = population_key(self.key_prefix, metric)
-            pipe.hset(key, mine, json.dumps(self.local[metric].to_dict(), separators=(",", ":")))
+            pipe.hset(key, str(self.instance), json.dumps(self.local[metric].to_dict(), separators=(",", ":")))
             pipe.hgetall(key)
-        replies = pipe.execute()
-        for metric, fields in zip(self.metrics, replies[1::2], strict=True):
-            self.others[metric] = [PopulationHistogram.from_dict(json.loads(raw))
-                                   for field, raw in fields.items() if field.decode() != mine]
-        self._merge()
+        self._read(pipe.execute()[1::2], restore=False)
 
-    def _merge(self) -> None:
+    def _read(self, replies: list[dict[bytes | str, bytes | str]], restore: bool) -> None:
+        mine = {str(self.instance), str(self.instance).encode()}  # with or without decode_responses
+        for metric, fields in zip(self.metrics, replies, strict=True):
+            others = []
+            for field, raw in fields.items():
+                if field not in mine:
+                    others.append(PopulationHistogram.from_dict(json.loads(raw)))
+                elif restore:
+                    self.local[metric] = PopulationHistogram.from_dict(json.loads(raw))
+            self.others[metric] = others
         self.merged = {metric: self.local[metric].merged(self.others[metric]) for metric in self.metrics}
 
     def score(self, metric: str, value: float) -> int:
         """Score against everybody, as of the last sync (at most ``refresh_interval_ms`` old)."""
+        self.maybe_sync()
         return self.merged[metric].score(value)

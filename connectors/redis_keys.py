@@ -17,3 +17,7 @@ def user_profile_pattern(prefix: str) -> str:
 
 def user_features_key(prefix: str, user_key: str) -> str:
     return f"{prefix}user:{user_key}:features"
+
+
+def user_features_pattern(prefix: str) -> str:
+    return f"{prefix}user:*:features"

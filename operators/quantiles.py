@@ -58,9 +58,8 @@ class PopulationHistogram:
     def _slot(self, value: float) -> int:
         if value < self.low:
             return 0
-        if value >= self.high:
-            return len(self._counts) - 1
-        return int(math.log10(value / self.low) * self.bins_per_decade) + 1
+        last = len(self._counts) - 1  # also catches rounding up just below ``high``
+        return min(int(math.log10(min(value, self.high) / self.low) * self.bins_per_decade) + 1, last)
 
     def add(self, value: float) -> None:
         self._counts[self._slot(value)] += 1
@@ -117,12 +116,11 @@ class PopulationHistogram:
             raise ValueError("q must be within [0, 1]")
         if not self._total:
             raise ValueError("an empty population has no quantiles")
-        target, seen = q * self._total, 0
-        for slot, count in enumerate(self._counts):  # noqa: B007 (used after the loop, which always breaks)
-            if count and seen + count >= target:
-                break
-            seen += count
-        fraction = (target - seen) / count
+        target, seen, slot = q * self._total, 0, 0
+        while not self._counts[slot] or seen + self._counts[slot] < target:
+            seen += self._counts[slot]
+            slot += 1
+        fraction = (target - seen) / self._counts[slot]
         lower, upper = self._edges[slot], self._edges[slot + 1]
         if slot == 0:
             return fraction * upper

@@ -10,7 +10,7 @@ from typing import IO
 
 import redis
 
-from connectors.redis_keys import user_profile_pattern
+from connectors.redis_keys import user_features_pattern, user_profile_pattern
 from jobs.personalize_job import run_job, source_spec
 from personalize import stack
 from personalize.generator import EventGenerator
@@ -28,6 +28,9 @@ class Summary:
     users: int = 0
     events_in_profiles: int = 0
     profile_records: int = 0
+    users_with_features: int = 0
+    feature_vectors: int = 0
+    late_events: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -39,7 +42,9 @@ class Summary:
             "published": self.published, "publish_seconds": round(self.publish_seconds, 2),
             "job_seconds": round(self.job_seconds, 2), "events_per_second": round(self.events_per_second),
             "users": self.users, "events_in_profiles": self.events_in_profiles,
-            "profile_records": self.profile_records, "dead_letters": dict(self.dead_letters),
+            "profile_records": self.profile_records, "users_with_features": self.users_with_features,
+            "feature_vectors": self.feature_vectors, "late_events": self.late_events,
+            "dead_letters": dict(self.dead_letters),
         }
 
 
@@ -74,6 +79,17 @@ def read_back(settings: Settings, summary: Summary) -> None:
         for record in read_topic(settings.kafka.bootstrap_servers, topics.profiles.name, topics.profiles.partitions,
                                  expected=summary.events_in_profiles, committed_only=False)
     })
+    summary.users_with_features = sum(
+        1 for _ in client.scan_iter(user_features_pattern(settings.redis.key_prefix), count=1000))
+    summary.feature_vectors = len({
+        json.loads(record.value)["id"]
+        for record in read_topic(settings.kafka.bootstrap_servers, topics.features.name, topics.features.partitions,
+                                 committed_only=False)
+    })
+    summary.late_events = len({
+        json.loads(record.value)["id"] for record in read_topic(settings.kafka.bootstrap_servers, topics.late.name,
+                                            topics.late.partitions, idle_timeout_s=1.0, committed_only=False)
+    })
     letters = {
         record.key: json.loads(record.value)["reason"]
         for record in read_topic(settings.kafka.bootstrap_servers, topics.deadletter.name,
@@ -90,6 +106,9 @@ def print_summary(summary: Summary, out: IO[str]) -> None:
         ("users with a profile (Redis)", f"{summary.users:,}"),
         ("events counted in profiles (Redis)", f"{summary.events_in_profiles:,}"),
         ("distinct profile updates (Kafka)", f"{summary.profile_records:,}"),
+        ("users with features (Redis)", f"{summary.users_with_features:,}"),
+        ("distinct feature vectors (Kafka)", f"{summary.feature_vectors:,}"),
+        ("late events (Kafka)", f"{summary.late_events:,}"),
         ("dead letters (Kafka)", f"{sum(summary.dead_letters.values()):,}"),
     ]
     rows += [(f"  {reason}", f"{count:,}") for reason, count in summary.dead_letters.most_common()]

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.integration
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000
 HOUR = 60 * MINUTE
+DAY = 24 * HOUR
 LATE_EVENT_ID = "late-a-view"
 
 
@@ -32,6 +33,7 @@ def event(event_id: str, user: str, event_type: str, ts: int, **fields: Any) -> 
 
 def scenario() -> Iterator[dict[str, Any]]:
     """One partition, so the job sees exactly this order (including the late event)."""
+    yield event("e1", "erin", "page_view", T0 - 20 * DAY)  # idle past the 10-day test retention
     yield event("a1", "alice", "product_view", T0, item_id="item-x", category="books")
     yield event("a2", "alice", "product_view", T0 + 10 * MINUTE + 30_000, item_id="item-x", category="books")
     yield event("a0", "alice", "page_view", T0 + 10 * MINUTE)  # out of order by 30 s: within the bound
@@ -43,6 +45,7 @@ def scenario() -> Iterator[dict[str, Any]]:
         yield event(f"c{minute}", "carol", "page_view", T0 + minute * MINUTE)
     for n in range(6000):  # processing time for a periodic watermark to pass before the late event
         yield event(f"d{n}", "dave", "page_view", T0 + 4 * HOUR)
+    yield event("e2", "erin", "page_view", T0 + 4 * HOUR)  # erin is back: a fresh profile
     yield event(LATE_EVENT_ID, "alice", "product_view", T0 + 30 * MINUTE, item_id="item-x", category="books")
     yield event("a5", "alice", "page_view", T0 + 5 * HOUR)  # alice returns after the abandoned cart
 
@@ -52,7 +55,8 @@ def features_run(stack_settings: Settings) -> dict[str, Any]:
     # Watermarks every 10 ms: the late event must find the watermark already past it, which takes
     # a periodic watermark emission between carol's/dave's events and it.
     settings = isolated(stack_settings)
-    settings = replace(settings, job=replace(settings.job, watermark_interval_ms=10))
+    settings = replace(settings, job=replace(settings.job, watermark_interval_ms=10),
+                       features=replace(settings.features, retention_ms=10 * DAY))
     stack.up(settings)
     topic = settings.kafka.topics.behavior.name
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
@@ -68,9 +72,11 @@ def features_run(stack_settings: Settings) -> dict[str, Any]:
     # transactions overlap, docs/local-stack.md); vectors are identified by user and version.
     vectors = [json.loads(r.value) for r in read_topic(settings.kafka.bootstrap_servers, topics.features.name,
                                                         topics.features.partitions, committed_only=False)]
+    profiles = [json.loads(r.value) for r in read_topic(settings.kafka.bootstrap_servers, topics.profiles.name,
+                                                         topics.profiles.partitions, committed_only=False)]
     late = [json.loads(r.value) for r in read_topic(settings.kafka.bootstrap_servers, topics.late.name,
                                                      topics.late.partitions, expected=1, committed_only=False)]
-    return {"settings": settings, "vectors": vectors, "late": late}
+    return {"settings": settings, "vectors": vectors, "late": late, "profiles": profiles}
 
 
 def last_vector(vectors: list[dict[str, Any]], user: str) -> dict[str, Any]:
@@ -104,8 +110,19 @@ def test_rfm_of_bob(features_run: dict[str, Any]) -> None:
 def test_redis_holds_the_newest_vector(features_run: dict[str, Any]) -> None:
     settings: Settings = features_run["settings"]
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
-    for user in ("alice", "bob", "carol", "dave"):
+    for user in ("alice", "bob", "carol", "dave", "erin"):
         stored = client.hgetall(user_features_key(settings.redis.key_prefix, user))
         newest = last_vector(features_run["vectors"], user)
         assert int(stored["version"]) == newest["version"]
         assert int(stored["sessions_30d"]) == newest["features"]["sessions_30d"]
+
+
+def test_a_user_idle_past_retention_leaves_no_state(features_run: dict[str, Any]) -> None:
+    """Erin's state was cleared by her retention timer: her return starts a new profile at seq 1."""
+    erin_updates = [p["id"] for p in features_run["profiles"] if p["user"] == "erin"]
+    assert sorted(set(erin_updates)) == ["erin:1"] and len(erin_updates) >= 2
+    settings: Settings = features_run["settings"]
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    profile = client.hgetall(user_profile_key(settings.redis.key_prefix, "erin"))
+    assert profile["seq"] == "1" and profile["first_seen"] == str(T0 + 4 * HOUR)
+    assert client.hget(user_features_key(settings.redis.key_prefix, "erin"), "version") == "1"

@@ -16,20 +16,9 @@ from kafka import KafkaAdminClient
 
 from personalize import settings, stack
 from personalize.settings import Settings
+from tests.conftest import free_ports
 
 pytestmark = pytest.mark.integration
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct ports nobody listens on (all held at once while choosing, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _environ(run_dir: Path, kafka_port: int, redis_port: int, *, urls: bool = True) -> dict[str, str]:
@@ -47,7 +36,7 @@ def _environ(run_dir: Path, kafka_port: int, redis_port: int, *, urls: bool = Tr
 
 @pytest.fixture
 def stack_settings(tmp_path: Path) -> Iterator[Settings]:
-    kafka_port, redis_port = _free_ports(2)
+    kafka_port, redis_port = free_ports(2)
     loaded = settings.load(environ=_environ(tmp_path / "stack", kafka_port, redis_port))
     yield loaded
     stack.down(loaded)
