@@ -137,6 +137,7 @@ class UserFunction(KeyedProcessFunction):
         features = decode_features(stored_features)
         features.sessions.timer_fired(timestamp)
         if features.reference_ts + self.operators.features.retention_ms <= timestamp:
+            self.features.forget(features)
             self.profile_state.clear()  # idle past retention: nothing of the user stays behind
             self.feature_state.clear()
             self.sink.stage_forget(ctx.get_current_key())

@@ -720,3 +720,14 @@ def test_encoded_size_of_a_busy_user_is_below_2_kb() -> None:
     """Was 2970 B with absolute bucket ids and the emitted record by name; delta-coded now."""
     size = len(encode_features(busy_user(new_operator())))
     assert size < 2048, f"busy user's feature state is {size} bytes"
+
+
+def test_forgetting_a_user_removes_them_from_the_population() -> None:
+    operator = new_operator()
+    population = operator.population
+    assert isinstance(population, LocalPopulation)
+    features, _ = run(operator, [ev("purchase", T0, item="i", category="c", price=30.0)])
+    assert population.histograms["monetary"].count == 1
+    operator.forget(features)
+    assert all(histogram.count == 0 for histogram in population.histograms.values())
+    assert features.purchases.scored is None

@@ -9,7 +9,7 @@ from typing import Any
 from operators.events import Event
 from operators.features.affinity import CategoryAffinity
 from operators.features.config import DAY_MS, FeatureConfig
-from operators.features.rfm import PopulationScorer, PurchaseHistory, Rfm, rfm_of
+from operators.features.rfm import RFM_METRICS, PopulationScorer, PurchaseHistory, Rfm, rfm_of
 from operators.features.sessions import SessionTracker
 from operators.features.windows import SlidingCount
 
@@ -121,6 +121,14 @@ class FeatureOperator:
             self._record_session(features, closed)
         features.reference_ts = max(features.reference_ts, now_ts)
         return self.maybe_emit(features, user_key)
+
+    def forget(self, features: UserFeatures) -> None:
+        """The user's state is being dropped (retention, erasure): remove them from the population."""
+        scored = features.purchases.scored
+        if scored is not None:
+            for metric, value in zip(RFM_METRICS, scored, strict=True):
+                self.population.move(metric, value, None)
+            features.purchases.scored = None
 
     def _record_session(self, features: UserFeatures, session: Any) -> None:
         window = self.config.session_window
