@@ -46,11 +46,17 @@ def populate(population: SharedPopulation, spends: tuple[float, ...]) -> None:
         population.move("frequency", None, 1)
 
 
-def test_instances_with_disjoint_users_converge_on_the_whole_population(client: redis.Redis, prefix: str) -> None:
+def populated_pair(client: redis.Redis, prefix: str) -> tuple[Clock, SharedPopulation, SharedPopulation]:
+    """Instances 0 and 1 owning the low and the high spenders, not yet synced."""
     clock = Clock()
     first, second = instance(client, prefix, 0, clock), instance(client, prefix, 1, clock)
     populate(first, LOW_SPENDERS)
     populate(second, HIGH_SPENDERS)
+    return clock, first, second
+
+
+def test_instances_with_disjoint_users_converge_on_the_whole_population(client: redis.Redis, prefix: str) -> None:
+    _clock, first, second = populated_pair(client, prefix)
     first.sync()
     second.sync()
     first.sync()
@@ -61,10 +67,7 @@ def test_instances_with_disjoint_users_converge_on_the_whole_population(client: 
 
 
 def test_scores_use_the_merged_view(client: redis.Redis, prefix: str) -> None:
-    clock = Clock()
-    first, second = instance(client, prefix, 0, clock), instance(client, prefix, 1, clock)
-    populate(first, LOW_SPENDERS)
-    populate(second, HIGH_SPENDERS)
+    clock, first, second = populated_pair(client, prefix)
     second.sync()
     # Alone, 4 tops the low spenders and 100 is the bottom of the high ones; together both are middling.
     assert (first.local["monetary"].score(4), second.local["monetary"].score(100)) == (5, 1)
@@ -91,10 +94,7 @@ def test_the_clock_decides_when_to_sync(client: redis.Redis, prefix: str) -> Non
 
 
 def test_sync_is_idempotent(client: redis.Redis, prefix: str) -> None:
-    clock = Clock()
-    first, second = instance(client, prefix, 0, clock), instance(client, prefix, 1, clock)
-    populate(first, LOW_SPENDERS)
-    populate(second, HIGH_SPENDERS)
+    _clock, first, second = populated_pair(client, prefix)
     second.sync()
     first.sync()
     published = client.hgetall(population_key(prefix, "monetary"))
@@ -108,10 +108,7 @@ def test_sync_is_idempotent(client: redis.Redis, prefix: str) -> None:
 
 
 def test_restore_recovers_an_instances_histograms(client: redis.Redis, prefix: str) -> None:
-    clock = Clock()
-    first, second = instance(client, prefix, 0, clock), instance(client, prefix, 1, clock)
-    populate(first, LOW_SPENDERS)
-    populate(second, HIGH_SPENDERS)
+    clock, first, second = populated_pair(client, prefix)
     first.sync()
     second.sync()
     restarted = instance(client, prefix, 0, clock)
