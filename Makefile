@@ -41,6 +41,8 @@ bootstrap: venv
 	@$(PY) -m personalize.bootstrap
 
 test: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: bootstrap

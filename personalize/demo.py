@@ -56,10 +56,10 @@ def clear_redis(settings: Settings) -> int:
     for key in client.scan_iter(f"{settings.redis.key_prefix}*", count=1000):
         batch.append(key)
         if len(batch) >= 1000:
-            deleted += client.unlink(*batch)
+            deleted += int(client.unlink(*batch))  # type: ignore[arg-type]
             batch.clear()
     if batch:
-        deleted += client.unlink(*batch)
+        deleted += int(client.unlink(*batch))  # type: ignore[arg-type]
     return deleted
 
 

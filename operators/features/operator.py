@@ -69,8 +69,10 @@ def _bounded_add(counters: dict[str, SlidingCount], key: str, limit: int, config
     if counter is None:
         counter = counters[key] = SlidingCount()
     counter.add(window, ts, reference_ts)
-    for stale in [k for k, c in counters.items() if (c.prune(window, reference_ts), len(c))[1] == 0]:
-        del counters[stale]
+    for name, tracked in list(counters.items()):
+        tracked.prune(window, reference_ts)
+        if not tracked.buckets:
+            del counters[name]
     if len(counters) > limit:
         newest = {k: max(c.buckets) for k, c in counters.items()}
         # On a tie of recency (same bucket) the key just viewed is the most recent: never evict it first.
@@ -107,8 +109,9 @@ class FeatureOperator:
         closed = features.sessions.observe(event.type, event.ts, config.session_gap_ms, config.abandon_return_ms)
         if closed is not None:
             self._record_session(features, closed)
-        if features.sessions.current is not previous_session:
-            features.session_starts.add(config.session_window, features.sessions.current.start, reference)
+        current = features.sessions.current
+        if current is not None and current is not previous_session:
+            features.session_starts.add(config.session_window, current.start, reference)
         return features, self.maybe_emit(features, event.user_key)
 
     def close_session(self, features: UserFeatures, user_key: str, now_ts: int) -> FeatureVector | None:
