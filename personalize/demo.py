@@ -6,7 +6,7 @@ import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 import redis
 
@@ -17,7 +17,7 @@ from personalize.generator import EventGenerator
 from personalize.kafka_tools import read_topic
 from personalize.paths import resolve
 from personalize.publish import publish, write_personas
-from personalize.settings import Settings
+from personalize.settings import Settings, Topic
 
 
 @dataclass
@@ -63,39 +63,29 @@ def clear_redis(settings: Settings) -> int:
     return deleted
 
 
+def distinct_records(settings: Settings, topic: Topic, **read_options: Any) -> dict[str, dict[str, Any]]:
+    """Records of ``topic`` by their deterministic ``id``, read uncommitted: the local broker neither
+    filters aborted transactions nor keeps its last stable offset moving (docs/local-stack.md)."""
+    records = read_topic(settings.kafka.bootstrap_servers, topic.name, topic.partitions, committed_only=False,
+                         **read_options)
+    return {value["id"]: value for value in (json.loads(record.value) for record in records)}
+
+
 def read_back(settings: Settings, summary: Summary) -> None:
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    prefix, topics = settings.redis.key_prefix, settings.kafka.topics
     pipe = client.pipeline(transaction=False)
-    keys = list(client.scan_iter(user_profile_pattern(settings.redis.key_prefix), count=1000))
+    keys = list(client.scan_iter(user_profile_pattern(prefix), count=1000))
     for key in keys:
         pipe.hget(key, "total")
     summary.users = len(keys)
     summary.events_in_profiles = sum(int(total or 0) for total in pipe.execute())
-    topics = settings.kafka.topics
-    # Distinct record ids, read uncommitted: the local broker neither filters aborted
-    # transactions nor keeps its last stable offset moving in long runs (docs/local-stack.md).
-    summary.profile_records = len({
-        json.loads(record.value)["id"]
-        for record in read_topic(settings.kafka.bootstrap_servers, topics.profiles.name, topics.profiles.partitions,
-                                 expected=summary.events_in_profiles, committed_only=False)
-    })
-    summary.users_with_features = sum(
-        1 for _ in client.scan_iter(user_features_pattern(settings.redis.key_prefix), count=1000))
-    summary.feature_vectors = len({
-        json.loads(record.value)["id"]
-        for record in read_topic(settings.kafka.bootstrap_servers, topics.features.name, topics.features.partitions,
-                                 committed_only=False)
-    })
-    summary.late_events = len({
-        json.loads(record.value)["id"] for record in read_topic(settings.kafka.bootstrap_servers, topics.late.name,
-                                            topics.late.partitions, idle_timeout_s=1.0, committed_only=False)
-    })
-    letters = {
-        record.key: json.loads(record.value)["reason"]
-        for record in read_topic(settings.kafka.bootstrap_servers, topics.deadletter.name,
-                                 topics.deadletter.partitions, committed_only=False)
-    }
-    summary.dead_letters = Counter(letters.values())
+    summary.users_with_features = sum(1 for _ in client.scan_iter(user_features_pattern(prefix), count=1000))
+    summary.profile_records = len(distinct_records(settings, topics.profiles, expected=summary.events_in_profiles))
+    summary.feature_vectors = len(distinct_records(settings, topics.features))
+    summary.late_events = len(distinct_records(settings, topics.late, idle_timeout_s=1.0))
+    letters = distinct_records(settings, topics.deadletter)
+    summary.dead_letters = Counter(letter["reason"] for letter in letters.values())
 
 
 def print_summary(summary: Summary, out: IO[str]) -> None:

@@ -86,6 +86,7 @@ class FeatureOperator:
     def __init__(self, config: FeatureConfig, population: PopulationScorer) -> None:
         self.config = config
         self.population = population
+        self.windows_by_name = {window.name: window for window in config.windows}
 
     def process(self, features: UserFeatures | None, event: Event) -> tuple[UserFeatures, FeatureVector | None]:
         config = self.config
@@ -157,7 +158,7 @@ class FeatureOperator:
         counter = features.counts.get(event_type, {}).get(window_name)
         if counter is None:
             return 0
-        return int(counter.total(self.config.window(window_name), features.reference_ts))
+        return int(counter.total(self.windows_by_name[window_name], features.reference_ts))
 
     def decision_values(self, features: UserFeatures) -> dict[str, Any]:
         """The fields the emission policy looks at, and what engagement needs: cheap, every event."""
