@@ -116,16 +116,16 @@ def event_time_expression(min_event_time_ms: int, max_future_skew_ms: int) -> st
 
 
 def kafka_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, spec: SourceSpec,
-                 max_out_of_orderness_ms: int, event_time_sql: str) -> DataStream:
+                 max_out_of_orderness_ms: int, event_time_sql: str, name: str = "kafka_source") -> DataStream:
     """One DataStream of :data:`SOURCE_TYPE` rows over all ``spec.topics``, with event-time watermarks.
 
     Idle partitions stop holding the watermark back after ``table.exec.source.idle-timeout``.
     """
     tables = []
     for index, topic in enumerate(spec.topics):
-        name = f"kafka_source_{index}"
+        table = f"{name}_{index}"
         t_env.execute_sql(f"""
-            CREATE TEMPORARY TABLE {name} (
+            CREATE TEMPORARY TABLE {table} (
               `payload` BYTES,
               `topic` STRING METADATA VIRTUAL,
               `partition` INT METADATA VIRTUAL,
@@ -138,7 +138,7 @@ def kafka_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, spec: Sour
             )""")
         tables.append(t_env.sql_query(
             f"SELECT `payload`, `topic`, `partition`, `offset`, "
-            f"{RECORD_TS_MILLIS} AS record_ts FROM {name}"
+            f"{RECORD_TS_MILLIS} AS record_ts FROM {table}"
         ))
     union = tables[0]
     for table in tables[1:]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, TimeDomain, TimerService
-from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
+from pyflink.datastream.functions import KeyedBroadcastProcessFunction, ProcessFunction, RuntimeContext
 
 from connectors.kafka import OUTPUT_TYPE
 from connectors.redis_writer import UserStateSink
@@ -18,9 +19,12 @@ from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.operator import FeatureOperator, FeatureVector, UserFeatures
 from operators.features.rfm import PopulationScorer
 from operators.profile import ProfileOperator
+from operators.rules.catalog import RuleBook, RuleCatalog, RuleEntry, parse_command
+from operators.rules.engine import RuleState, SegmentChange, SegmentEngine
+from operators.rules.language import RuleError
 from operators.validation import Limits, Rejection, parse_event
-from state.codecs import decode_features, decode_profile, encode_features, encode_profile
-from state.descriptors import features_state, profile_state
+from state.codecs import decode_features, decode_profile, decode_rules, encode_features, encode_profile, encode_rules
+from state.descriptors import RULE_CATALOG, features_state, profile_state, rules_state
 
 EVENT_TYPE = Types.ROW_NAMED(
     list(Event._fields),
@@ -70,8 +74,10 @@ class UserOperators:
     profile: ProfileOperator
     features: FeatureConfig
     features_enabled: bool
+    rules: RuleBook | None
+    """The initial segment rules; None: no segments."""
     topics: dict[str, str]
-    """Output topic per record kind: profiles, features, late."""
+    """Output topic per record kind: profiles, features, late, segments, deadletter."""
     state_ttl_ms: int
     allowed_lateness_ms: int
     redis: Callable[[], UserStateSink]
@@ -80,12 +86,14 @@ class UserOperators:
     flush_interval_ms: int
 
 
-class UserFunction(KeyedProcessFunction):
-    """Keyed by user: dedup + profile + features in one operator (one state read and write each).
+class UserFunction(KeyedBroadcastProcessFunction):
+    """Keyed by user: dedup + profile + features + segment rules in one operator (one state access each).
 
-    Emits profile updates and feature vectors to Kafka, stages both for Redis, sends events later
-    than the allowed lateness to the late side output, closes sessions and expires idle users with
-    event-time timers.
+    Emits profile updates, feature vectors and segment changes to Kafka, stages them for Redis,
+    sends events later than the allowed lateness to the late side output, closes sessions, exits
+    segments and expires idle users with event-time timers. The broadcast input carries rule
+    commands: every instance applies them to its copy of the rule catalog (kept in broadcast
+    state), and users see the new rules at their next event or timer.
     """
 
     def __init__(self, operators: UserOperators) -> None:
@@ -95,12 +103,49 @@ class UserFunction(KeyedProcessFunction):
         ops = self.operators
         self.profile_state = runtime_context.get_state(profile_state(ops.state_ttl_ms))
         self.feature_state = runtime_context.get_state(features_state(ops.state_ttl_ms))
+        self.rule_state = runtime_context.get_state(rules_state(ops.state_ttl_ms))
         self.sink = ops.redis()
-        self.features = FeatureOperator(ops.features, ops.population(subtask_index(runtime_context)))
+        self.subtask = subtask_index(runtime_context)
+        self.features = FeatureOperator(ops.features, ops.population(self.subtask))
         self.late_events = runtime_context.get_metrics_group().counter("late_events")
         self.flush_timer_set = False
+        self.catalog: RuleCatalog | None = None
+        self.engine: SegmentEngine | None = None
 
-    def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+    def _engine(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> SegmentEngine | None:
+        """The compiled rules; loaded once from the broadcast state (restored from a checkpoint)."""
+        book = self.operators.rules
+        if book is None:
+            return None
+        if self.engine is None:
+            applied = [RuleEntry.from_json(data) for _, data in ctx.get_broadcast_state(RULE_CATALOG).items()]
+            self.catalog = book.catalog(applied)
+            rule_set = self.catalog.rule_set(book.compiler())
+            self.engine = SegmentEngine(rule_set)
+            self.sink.write_rules(self.subtask, rule_set.fingerprint, self.catalog.entries.values())
+        return self.engine
+
+    def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
+        """A rule command: apply it, or (one instance for all) emit an error record and change nothing."""
+        payload, topic, partition, offset, record_ts = value
+        book = self.operators.rules
+        if book is None or self._engine(ctx) is None or self.catalog is None:
+            return
+        compiler = book.compiler()
+        try:
+            entry = self.catalog.apply(parse_command(payload, compiler))
+        except RuleError as exc:
+            if self.subtask == 0:
+                key, letter = dead_letter(Rejection("invalid_rule", str(exc)), payload, topic, partition, offset,
+                                          record_ts)
+                yield Row(key, letter, self.operators.topics["deadletter"])
+            return
+        ctx.get_broadcast_state(RULE_CATALOG).put(entry.id, entry.to_json())
+        rule_set = self.catalog.rule_set(compiler)
+        self.engine = SegmentEngine(rule_set)
+        self.sink.write_rules(self.subtask, rule_set.fingerprint, [entry])
+
+    def process_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:
         event = Event(*value)
         stored = self.profile_state.value()
         profile, update = self.operators.profile.process(decode_profile(stored) if stored else None, event)
@@ -110,7 +155,8 @@ class UserFunction(KeyedProcessFunction):
         self.sink.stage_profile(update)
         yield Row(update.user_key.encode("utf-8"), update.to_json(), self.operators.topics["profiles"])
         timers = ctx.timer_service()
-        if not self.operators.features_enabled:
+        engine = self._engine(ctx)
+        if not self.operators.features_enabled and engine is None:
             self._schedule_flush(timers)
             return
         if event.ts < timers.current_watermark() - self.operators.allowed_lateness_ms:
@@ -118,33 +164,75 @@ class UserFunction(KeyedProcessFunction):
             yield LATE_EVENTS, Row(event.user_key.encode("utf-8"), late_record(event),
                                    self.operators.topics["late"])
         else:
-            stored_features = self.feature_state.value()
-            features, vector = self.features.process(
-                decode_features(stored_features) if stored_features else None, event)
-            yield from self._after_features(features, vector, timers)
+            decision: dict[str, Any] = {}
+            if self.operators.features_enabled:
+                stored_features = self.feature_state.value()
+                features, vector = self.features.process(
+                    decode_features(stored_features) if stored_features else None, event)
+                decision = features.decision
+                yield from self._after_features(features, vector, timers)
+            if engine is not None:
+                first_seen = profile.first_seen
+                yield from self._segments(timers, lambda state: engine.observe(state, event, first_seen, decision))
         self._schedule_flush(timers)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+    def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self.flush_timer_set = False
             self.sink.flush()
             return
-        if ctx.timer_service().current_watermark() >= END_OF_INPUT_WATERMARK:
+        timers = ctx.timer_service()
+        if timers.current_watermark() >= END_OF_INPUT_WATERMARK:
             return  # a bounded input ended: that is not time passing, so nothing expires
+        user = ctx.get_current_key()
+        engine = self._engine(ctx)
         stored_features = self.feature_state.value()
-        if not stored_features:
+        if stored_features:
+            features = decode_features(stored_features)
+            if features.reference_ts + self.operators.features.retention_ms <= timestamp:
+                yield from self._forget(user, features, engine, timestamp, timers)
+                return
+            session_timer = features.sessions.timer_at
+            if session_timer is not None and session_timer <= timestamp:  # not a rule timer: close the session
+                features.sessions.timer_fired(timestamp)
+                vector = self.features.close_session(features, user, timestamp)
+                yield from self._after_features(features, vector, timers)
+        if engine is not None and self.rule_state.value():
+            yield from self._segments(timers, lambda state: engine.advance(state, user, timestamp))
+
+    def _forget(self, user: str, features: UserFeatures, engine: SegmentEngine | None, timestamp: int,
+                timers: TimerService) -> Iterator[Row]:
+        """Idle past retention: exit every segment, then nothing of the user stays behind."""
+        self.features.forget(features)
+        stored_rules = self.rule_state.value()
+        if engine is not None and stored_rules:
+            yield from self._emit_changes(engine.forget(decode_rules(stored_rules), user, timestamp, "retention"))
+        self.profile_state.clear()
+        self.feature_state.clear()
+        self.rule_state.clear()
+        self.sink.stage_forget(user)
+        self._schedule_flush(timers)
+
+    def _segments(self, timers: TimerService,
+                  step: Callable[[RuleState], list[SegmentChange]]) -> Iterator[Row]:
+        """Load the user's rule state, run ``step``, store it, set the next rule timer, emit the changes."""
+        stored = self.rule_state.value()
+        state = decode_rules(stored) if stored else RuleState()
+        wake_before = state.wake
+        changes = step(state)
+        self.rule_state.update(encode_rules(state))
+        if state.wake is not None and state.wake != wake_before:
+            timers.register_event_time_timer(state.wake)
+        yield from self._emit_changes(changes)
+
+    def _emit_changes(self, changes: list[SegmentChange]) -> Iterator[Row]:
+        if not changes:
             return
-        features = decode_features(stored_features)
-        features.sessions.timer_fired(timestamp)
-        if features.reference_ts + self.operators.features.retention_ms <= timestamp:
-            self.features.forget(features)
-            self.profile_state.clear()  # idle past retention: nothing of the user stays behind
-            self.feature_state.clear()
-            self.sink.stage_forget(ctx.get_current_key())
-            self._schedule_flush(ctx.timer_service())
-            return
-        vector = self.features.close_session(features, ctx.get_current_key(), timestamp)
-        yield from self._after_features(features, vector, ctx.timer_service())
+        processing_time = int(time.time() * 1000)
+        for change in changes:
+            record = change.to_json(processing_time)
+            self.sink.stage_segment_change(change, record)
+            yield Row(change.user_key.encode("utf-8"), record, self.operators.topics["segments"])
 
     def _after_features(self, features: UserFeatures, vector: FeatureVector | None,
                         timers: TimerService) -> Iterator[Row]:

@@ -15,6 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyflink.common import JobClient
+from pyflink.datastream import StreamExecutionEnvironment
+
 from connectors.kafka import SourceSpec
 from jobs.pipeline import build_pipeline, create_environment, kafka_io
 from personalize import bootstrap
@@ -43,17 +46,28 @@ def connector_jars() -> list[Path]:
     return [artifacts.kafka_connector_jar, artifacts.kafka_clients_jar]
 
 
+def _environment(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None,
+                 transactional_id_prefix: str | None) -> StreamExecutionEnvironment:
+    env, t_env = create_environment(settings, list(jars) if jars is not None else connector_jars())
+    build_pipeline(env, t_env, settings, kafka_io(settings, spec, transactional_id_prefix))
+    return env
+
+
 def run_job(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None = None,
             transactional_id_prefix: str | None = None) -> JobRun:
     """Build and execute the job on the local MiniCluster (or the cluster ``flink run`` targets).
 
     Blocks until a bounded job has consumed its input; an unbounded job runs until cancelled.
     """
-    env, t_env = create_environment(settings, list(jars) if jars is not None else connector_jars())
-    build_pipeline(env, t_env, settings, kafka_io(settings, spec, transactional_id_prefix))
+    env = _environment(settings, spec, jars, transactional_id_prefix)
     started = time.monotonic()
     env.execute(settings.job.name)
     return JobRun(seconds=time.monotonic() - started, job_name=settings.job.name)
+
+
+def start_job(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None = None) -> JobClient:
+    """Submit the job without waiting (an unbounded run to cancel later, e.g. in tests)."""
+    return _environment(settings, spec, jars, None).execute_async(settings.job.name)
 
 
 def parse_end_offsets(path: str) -> dict[str, dict[int, int]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import redis
+import yaml
 from pyflink.common import Configuration, Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
@@ -22,11 +23,16 @@ from connectors.population import SharedPopulation
 from connectors.redis_writer import RedisStateWriterFactory, UserStateSink
 from jobs.adapters import DEAD_LETTERS, EVENT_TYPE, LATE_EVENTS, ParseEvents, UserFunction, UserOperators, user_key
 from operators.features.config import DAY_MS, FeatureConfig
+from operators.features.operator import DECISION_FIELDS
 from operators.features.rfm import RFM_METRICS, PopulationScorer
 from operators.features.windows import WindowSpec
 from operators.profile import ProfileOperator
+from operators.rules.catalog import RuleBook
+from operators.rules.language import RuleError
 from operators.validation import Limits
+from personalize.paths import resolve
 from personalize.settings import FeatureSettings, RedisSettings, Settings, SettingsError
+from state.descriptors import RULE_CATALOG
 
 SourceBuilder = Callable[[StreamExecutionEnvironment, StreamTableEnvironment], DataStream]
 SinkBuilder = Callable[[StreamTableEnvironment, DataStream], None]
@@ -47,6 +53,31 @@ def feature_config(features: FeatureSettings) -> FeatureConfig:
                        session_window=config.window(features.session_window))
     except KeyError as exc:
         raise SettingsError(f"features: {exc.args[0]}") from None
+
+
+#: Rule commands have no event time, and their watermark must never move the users' event time:
+#: while event partitions are idle, a two-input operator follows its other input's watermark, and
+#: a wall-clock watermark there would expire every window at once. Pinned at the epoch, the rules
+#: input holds event time back only until it is idle itself (``job.idleness_ms`` after a command).
+RULES_EVENT_TIME = "TO_TIMESTAMP_LTZ(0, 3)"
+
+
+def rule_book(settings: Settings) -> RuleBook | None:
+    """The initial rules from ``rules.file``, compiled once here so a bad file stops the job at start."""
+    if not settings.rules.enabled:
+        return None
+    path = resolve(settings.rules.file)
+    try:
+        document = yaml.safe_load(path.read_text())
+        book = RuleBook(tuple(document["segments"]), DECISION_FIELDS, settings.rules.timestamps_per_step)
+        book.catalog()
+    except OSError as exc:
+        raise SettingsError(f"rules.file: cannot read {path}: {exc.strerror}") from None
+    except (yaml.YAMLError, TypeError, KeyError) as exc:
+        raise SettingsError(f"rules.file {path}: expected YAML with a 'segments' list ({exc})") from None
+    except RuleError as exc:
+        raise SettingsError(f"rules.file {path}: {exc}") from None
+    return book
 
 
 @dataclass(frozen=True)
@@ -71,6 +102,8 @@ class PipelineIO:
     """
 
     source: SourceBuilder
+    rules: SourceBuilder
+    """Rule commands (rows shaped like the event source's), broadcast to every user-state instance."""
     sink: SinkBuilder
     redis: Callable[[], UserStateSink]
     population: Callable[[int], PopulationScorer]
@@ -116,11 +149,16 @@ def kafka_io(settings: Settings, spec: SourceSpec, transactional_id_prefix: str 
     """Production edges: Kafka in and out (exactly-once), Redis for serving."""
     topics = settings.kafka.topics
     prefix = transactional_id_prefix or settings.kafka.transactional_id_prefix
+    event_time = event_time_expression(settings.validation.min_event_time_ms, settings.validation.max_future_skew_ms)
+    # Rule commands always replay from the start on a fresh start: the topic is the log that rebuilds
+    # the catalog (a restore from a checkpoint resumes from its offsets instead).
+    rules = topics.rules
+    rules_spec = SourceSpec([rules.name], "earliest", spec.end_offsets, {rules.name: rules.partitions})
     return PipelineIO(
         source=lambda env, t_env: kafka_source(
-            t_env, settings.kafka, spec, settings.job.max_out_of_orderness_ms,
-            event_time_expression(settings.validation.min_event_time_ms, settings.validation.max_future_skew_ms),
-        ),
+            t_env, settings.kafka, spec, settings.job.max_out_of_orderness_ms, event_time),
+        rules=lambda env, t_env: kafka_source(
+            t_env, settings.kafka, rules_spec, 0, RULES_EVENT_TIME, "rules_source"),
         sink=lambda t_env, stream: attach_kafka_sink(
             t_env, stream, settings.kafka, [topic.name for topic in topics.outputs()], prefix
         ),
@@ -143,12 +181,15 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         profile=ProfileOperator(job.dedup_window_ms, job.dedup_max_ids_per_user),
         features=feature_config(settings.features),
         features_enabled=settings.features.enabled,
-        topics={"profiles": topics.profiles.name, "features": topics.features.name, "late": topics.late.name},
+        rules=rule_book(settings),
+        topics={"profiles": topics.profiles.name, "features": topics.features.name, "late": topics.late.name,
+                "segments": topics.segments.name, "deadletter": topics.deadletter.name},
         state_ttl_ms=job.state_ttl_ms, allowed_lateness_ms=settings.features.allowed_lateness_ms,
         redis=io.redis, population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
     )
     users = (
         parsed.key_by(user_key, key_type=Types.STRING())
+        .connect(io.rules(env, t_env).broadcast(RULE_CATALOG))
         .process(UserFunction(operators), output_type=OUTPUT_TYPE)
         .name("user-state").uid("user-state")
     )

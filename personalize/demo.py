@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import redis
 
-from connectors.redis_keys import user_features_pattern, user_profile_pattern
+from connectors.redis_keys import segment_counts_key, user_features_pattern, user_profile_pattern
 from jobs.personalize_job import run_job, source_spec
 from personalize import stack
 from personalize.generator import EventGenerator
@@ -31,6 +31,8 @@ class Summary:
     users_with_features: int = 0
     feature_vectors: int = 0
     late_events: int = 0
+    segment_changes: int = 0
+    segment_members: dict[str, int] = field(default_factory=dict)
     dead_letters: Counter[str] = field(default_factory=Counter)
 
     @property
@@ -44,6 +46,7 @@ class Summary:
             "users": self.users, "events_in_profiles": self.events_in_profiles,
             "profile_records": self.profile_records, "users_with_features": self.users_with_features,
             "feature_vectors": self.feature_vectors, "late_events": self.late_events,
+            "segment_changes": self.segment_changes, "segment_members": self.segment_members,
             "dead_letters": dict(self.dead_letters),
         }
 
@@ -84,6 +87,9 @@ def read_back(settings: Settings, summary: Summary) -> None:
     summary.profile_records = len(distinct_records(settings, topics.profiles, expected=summary.events_in_profiles))
     summary.feature_vectors = len(distinct_records(settings, topics.features))
     summary.late_events = len(distinct_records(settings, topics.late, idle_timeout_s=1.0))
+    summary.segment_changes = len(distinct_records(settings, topics.segments))
+    counts = client.hgetall(segment_counts_key(prefix))
+    summary.segment_members = {segment: int(count) for segment, count in sorted(counts.items())}
     letters = distinct_records(settings, topics.deadletter)
     summary.dead_letters = Counter(letter["reason"] for letter in letters.values())
 
@@ -99,6 +105,11 @@ def print_summary(summary: Summary, out: IO[str]) -> None:
         ("users with features (Redis)", f"{summary.users_with_features:,}"),
         ("distinct feature vectors (Kafka)", f"{summary.feature_vectors:,}"),
         ("late events (Kafka)", f"{summary.late_events:,}"),
+        ("distinct segment changes (Kafka)", f"{summary.segment_changes:,}"),
+        ("segment memberships now (Redis)", f"{sum(summary.segment_members.values()):,}"),
+    ]
+    rows += [(f"  {segment}", f"{count:,}") for segment, count in summary.segment_members.items()]
+    rows += [
         ("dead letters (Kafka)", f"{sum(summary.dead_letters.values()):,}"),
     ]
     rows += [(f"  {reason}", f"{count:,}") for reason, count in summary.dead_letters.most_common()]

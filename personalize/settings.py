@@ -72,7 +72,7 @@ class Topics:
 
     def outputs(self) -> list[Topic]:
         """Topics the job writes (one exactly-once sink routes records among them)."""
-        return [self.profiles, self.features, self.deadletter, self.late]
+        return [self.profiles, self.features, self.deadletter, self.late, self.segments]
 
     def inputs(self) -> list[Topic]:
         """Topics carrying user events, in the order the job reads them."""
@@ -95,6 +95,7 @@ class RedisSettings:
     user_ttl_s: int
     flush_max_ops: int
     flush_interval_ms: int
+    changes_stream_maxlen: int
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,33 @@ class FeatureSettings:
 
 
 @dataclass(frozen=True)
+class RuleSettings:
+    enabled: bool
+    file: str
+    """The initial rule set; relative paths are relative to the project root."""
+    timestamps_per_step: int
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Raw ``models`` section: the fields of ``operators.models.config.ModelConfig`` (docs/models.md)."""
+
+    clusterer: str
+    n_clusters: int
+    seed: int
+    train_sample_share: float
+    intent_horizon_ms: int
+    intent_max_pending: int
+    intent_learning_rate: float
+    snapshot_every: int
+    snapshot_interval_ms: int
+    drift_detector: str
+    drift_warmup: int
+    hysteresis_margin: float
+    hysteresis_patience: int
+
+
+@dataclass(frozen=True)
 class Settings:
     stack: StackSettings
     kafka: KafkaSettings
@@ -166,6 +194,8 @@ class Settings:
     validation: ValidationSettings
     generator: GeneratorSettings
     features: FeatureSettings
+    rules: RuleSettings
+    models: ModelSettings
 
 
 def iso_to_ms(text: str, field: str = "timestamp") -> int:
@@ -241,6 +271,8 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
             max_future_skew_ms=validation["max_future_skew_ms"],
         ),
         features=FeatureSettings(**{**raw["features"], "windows": tuple(raw["features"]["windows"])}),
+        rules=RuleSettings(**raw["rules"]),
+        models=ModelSettings(**raw["models"]),
         generator=GeneratorSettings(
             seed=generator["seed"], users=generator["users"], events=generator["events"],
             items=generator["items"], categories=tuple(generator["categories"]),

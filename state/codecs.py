@@ -21,6 +21,8 @@ from operators.features.rfm import PurchaseHistory
 from operators.features.sessions import Session, SessionTracker
 from operators.features.windows import SlidingCount
 from operators.profile import UserProfile
+from operators.rules.engine import Membership, RuleState
+from operators.rules.signals import SignalLog
 
 PROFILE_CODEC_VERSION = 1
 _MAX_AGE_S = 2**32 - 1
@@ -132,4 +134,45 @@ def decode_features(data: bytes) -> UserFeatures:
                                   scored=None if scored is None else tuple(scored)),
         affinity=CategoryAffinity(scores={k: (score, ts) for k, (score, ts) in document["a"].items()}),
         version=version, emitted=emitted, emitted_at=emitted_at,
+    )
+
+
+RULES_CODEC_VERSION = 1
+
+
+def encode_rules(state: RuleState) -> bytes:
+    """Timestamps are stored as ages before ``now`` (short numbers), each log as ``[floor, {entity: ages}]``."""
+    now = state.now
+    document = {
+        "v": RULES_CODEC_VERSION,
+        "n": now,
+        "fs": state.first_seen,
+        "l": {key: [log.floor, {entity: [now - ts for ts in times] for entity, times in log.entities.items()}]
+              for key, log in state.logs.items() if log.entities},
+        "a": state.attributes,
+        "f": state.features,
+        "m": {name: [now - member.since, member.version] for name, member in state.members.items()},
+        "q": {name: now - since for name, since in state.waiting.items()},
+        "s": state.seq,
+        "w": state.wake,
+        "p": state.fingerprint,
+    }
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def decode_rules(data: bytes) -> RuleState:
+    try:
+        document = json.loads(data)
+    except ValueError as exc:
+        raise CodecError(f"rule state is not readable: {exc}") from exc
+    if not isinstance(document, dict) or document.get("v") != RULES_CODEC_VERSION:
+        raise CodecError(f"unknown rule codec version; expected {RULES_CODEC_VERSION}")
+    now = document["n"]
+    return RuleState(
+        logs={key: SignalLog({entity: [now - age for age in ages] for entity, ages in entities.items()}, floor)
+              for key, (floor, entities) in document["l"].items()},
+        attributes=document["a"], features=document["f"],
+        members={name: Membership(now - age, version) for name, (age, version) in document["m"].items()},
+        waiting={name: now - age for name, age in document["q"].items()},
+        now=now, first_seen=document["fs"], seq=document["s"], wake=document["w"], fingerprint=document["p"],
     )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pyflink.common import Types
 from pyflink.common.time import Time
-from pyflink.datastream.state import StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
 PROFILE_STATE = "profile-v1"
 FEATURES_STATE = "features-v1"
+RULES_STATE = "rules-v1"
+#: Broadcast state: rule id -> the RuleEntry JSON of the latest applied command (the same on every instance).
+RULE_CATALOG = MapStateDescriptor("rule-catalog-v1", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 
 
 def ttl_config(ttl_ms: int) -> StateTtlConfig:
@@ -40,3 +43,7 @@ def profile_state(ttl_ms: int) -> ValueStateDescriptor:
 
 def features_state(ttl_ms: int) -> ValueStateDescriptor:
     return _bytes_state(FEATURES_STATE, ttl_ms)
+
+
+def rules_state(ttl_ms: int) -> ValueStateDescriptor:
+    return _bytes_state(RULES_STATE, ttl_ms)

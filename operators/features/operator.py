@@ -20,6 +20,13 @@ KEY_FIELDS = ("r_score", "f_score", "m_score", "sessions_30d", "returned_after_a
 #: Window counts the emission policy and the engagement score read on every event.
 DECISION_COUNTS = (("add_to_cart", "24h"), ("checkout_start", "24h"), ("purchase", "24h"),
                    ("email_click", "30d"), ("purchase", "30d"), ("add_to_cart", "30d"))
+#: Every field of :meth:`FeatureOperator.decision_values`: computed at every event, so rules may compare them.
+DECISION_FIELDS = (
+    *(f"{event_type}_{window}" for event_type, window in DECISION_COUNTS), "max_item_views_24h",
+    "sessions_30d", "avg_session_minutes_30d", "avg_session_depth_30d", "session_depth", "session_minutes",
+    "days_since_previous_session", "cart_abandoned", "returned_after_abandon", "recency_days", "frequency_180d",
+    "monetary_180d", "aov_180d", "r_score", "f_score", "m_score", "top_category", "engagement",
+)
 #: What is remembered of the last emitted vector to decide whether the next one is worth sending.
 EMITTED_FIELDS = (*KEY_FIELDS, "engagement")
 
@@ -42,6 +49,8 @@ class UserFeatures:
     version: int = 0
     emitted: dict[str, Any] = field(default_factory=dict)
     emitted_at: int = 0
+    decision: dict[str, Any] = field(default_factory=dict, compare=False)
+    """The decision values of the latest event, for the rules; transient (the codec does not store it)."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +252,7 @@ class FeatureOperator:
         which bounds state) is only computed for the vectors actually emitted, at least once per
         ``emit_max_silence_ms`` of an active user's event time.
         """
-        decision = self.decision_values(features)
+        decision = features.decision = self.decision_values(features)
         previous = features.emitted
         changed = (
             not previous

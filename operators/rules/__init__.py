@@ -1,0 +1,1 @@
+"""Declarative segment rules: a small condition language evaluated exactly in event time per user."""
