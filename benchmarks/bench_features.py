@@ -6,14 +6,11 @@ microseconds per event for each stage and the encoded state bytes per active use
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 
+from benchmarks.common import run_cli
 from operators.events import Event
 from operators.features.config import FeatureConfig
 from operators.features.operator import FeatureOperator, UserFeatures
@@ -23,8 +20,6 @@ from operators.validation import parse_event
 from personalize import settings as settings_module
 from personalize.generator import EventGenerator
 from state.codecs import decode_features, decode_profile, encode_features, encode_profile
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def run(events: int) -> dict[str, object]:
@@ -69,19 +64,11 @@ def run(events: int) -> dict[str, object]:
             "features_mean": round(statistics.mean(feature_sizes)),
             "features_p95": sorted(feature_sizes)[int(0.95 * len(feature_sizes))], "features_max": max(feature_sizes),
         },
-        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--json", default=str(RESULTS / "features.json"))
-    args = parser.parse_args()
-    result = run(args.events)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    run_cli(__doc__, 100_000, "features.json", lambda args: run(args.events))
 
 
 if __name__ == "__main__":

@@ -8,21 +8,15 @@ as a user of ``personalize run`` sees it).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 from dataclasses import replace
-from pathlib import Path
 
+from benchmarks.common import run_cli
 from jobs.personalize_job import run_job, source_spec
 from personalize import settings as settings_module
 from personalize import stack
 from personalize.demo import clear_redis
 from personalize.generator import EventGenerator
 from personalize.publish import publish
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def run(events: int, parallelism: int) -> dict[str, object]:
@@ -44,20 +38,12 @@ def run(events: int, parallelism: int) -> dict[str, object]:
         "benchmark": "job-features-on-off", "events": events, "parallelism": parallelism, "runs": runs,
         "features_relative_throughput": round(runs["features_on"]["events_per_second"]
                                               / runs["features_off"]["events_per_second"], 2),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--parallelism", type=int, default=2)
-    parser.add_argument("--json", default=str(RESULTS / "job.json"))
-    args = parser.parse_args()
-    result = run(args.events, args.parallelism)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    run_cli(__doc__, 100_000, "job.json", lambda args: run(args.events, args.parallelism),
+            extra=lambda parser: parser.add_argument("--parallelism", type=int, default=2))
 
 
 if __name__ == "__main__":

@@ -8,17 +8,14 @@ and the encoded rule state per user.
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from benchmarks.common import run_cli
 from operators.events import BEHAVIOR_TYPES, Event
 from operators.features.operator import DECISION_FIELDS
 from operators.rules.catalog import RuleBook
@@ -29,7 +26,6 @@ from personalize.generator import EventGenerator
 from personalize.paths import CONFIG_DIR
 from state.codecs import decode_rules, encode_rules
 
-RESULTS = Path(__file__).parent / "results"
 DEFAULT_RULES = yaml.safe_load((CONFIG_DIR / "rules.yaml").read_text())["segments"]
 
 
@@ -91,19 +87,11 @@ def run(events: int) -> dict[str, Any]:
         "benchmark": "pure-rules", "events": len(valid),
         "default_rules": replay(valid, DEFAULT_RULES),
         "scaling": [replay(valid, synthetic_rules(count, generator.categories)) for count in (10, 100, 1000)],
-        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--json", default=str(RESULTS / "rules.json"))
-    args = parser.parse_args()
-    result = run(args.events)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    run_cli(__doc__, 50_000, "rules.json", lambda args: run(args.events))
 
 
 if __name__ == "__main__":

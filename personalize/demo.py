@@ -88,7 +88,7 @@ def read_back(settings: Settings, summary: Summary) -> None:
     summary.feature_vectors = len(distinct_records(settings, topics.features))
     summary.late_events = len(distinct_records(settings, topics.late, idle_timeout_s=1.0))
     summary.segment_changes = len(distinct_records(settings, topics.segments))
-    counts = client.hgetall(segment_counts_key(prefix))
+    counts: dict[str, str] = client.hgetall(segment_counts_key(prefix))  # type: ignore[assignment]
     summary.segment_members = {segment: int(count) for segment, count in sorted(counts.items())}
     letters = distinct_records(settings, topics.deadletter)
     summary.dead_letters = Counter(letter["reason"] for letter in letters.values())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 from operators.dedup import RecentIds
 from operators.features.affinity import CategoryAffinity
@@ -106,13 +107,19 @@ def encode_features(features: UserFeatures) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
-def decode_features(data: bytes) -> UserFeatures:
+def _json_document(data: bytes, kind: str, version: int) -> dict[str, Any]:
+    """A JSON state document of the expected codec version, or a loud :class:`CodecError`."""
     try:
         document = json.loads(data)
     except ValueError as exc:
-        raise CodecError(f"feature state is not readable: {exc}") from exc
-    if not isinstance(document, dict) or document.get("v") != FEATURES_CODEC_VERSION:
-        raise CodecError(f"unknown feature codec version; expected {FEATURES_CODEC_VERSION}")
+        raise CodecError(f"{kind} state is not readable: {exc}") from exc
+    if not isinstance(document, dict) or document.get("v") != version:
+        raise CodecError(f"unknown {kind} codec version; expected {version}")
+    return document
+
+
+def decode_features(data: bytes) -> UserFeatures:
+    document = _json_document(data, "feature", FEATURES_CODEC_VERSION)
     current, previous_end, abandoned_at, returned_at, out_of_order, timer_at = document["s"]
     count, spend, last_purchase_ts, scored = document["p"]
     version, emitted_values, emitted_at = document["e"]
@@ -161,12 +168,7 @@ def encode_rules(state: RuleState) -> bytes:
 
 
 def decode_rules(data: bytes) -> RuleState:
-    try:
-        document = json.loads(data)
-    except ValueError as exc:
-        raise CodecError(f"rule state is not readable: {exc}") from exc
-    if not isinstance(document, dict) or document.get("v") != RULES_CODEC_VERSION:
-        raise CodecError(f"unknown rule codec version; expected {RULES_CODEC_VERSION}")
+    document = _json_document(data, "rule", RULES_CODEC_VERSION)
     now = document["n"]
     return RuleState(
         logs={key: SignalLog({entity: [now - age for age in ages] for entity, ages in entities.items()}, floor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,24 @@ def test_changes_have_deterministic_per_user_ids(user_count: int) -> None:
         user.event("checkout_start", T0)
         user.until(T0 + HOUR)
         assert [change.change_id for change in user.log] == [f"user-{n}:s{i}" for i in range(1, len(user.log) + 1)]
+
+
+def test_forgetting_a_user_exits_every_segment_with_the_cause() -> None:
+    user = User()
+    user.event("checkout_start", T0)
+    changes = user.engine.forget(user.state, user.key, T0 + MINUTE, "retention")
+    assert [(c.action, c.segment, c.cause) for c in changes] == [
+        ("exit", "checkout_in_progress", {"kind": "retention"}), ("exit", "new_visitor", {"kind": "retention"})]
+    assert changes[-1].current == () and user.segments == set()
+
+
+def test_a_deleted_rule_exits_its_members_at_their_next_event() -> None:
+    book_rules = [*DEFAULT_RULES]
+    user = User(book_rules)
+    user.event("checkout_start", T0)
+    catalog = RuleCatalog.from_definitions(book_rules, COMPILER)
+    catalog.entries["checkout_in_progress"] = replace(catalog.entries["checkout_in_progress"], status="deleted",
+                                                      version=2)
+    user.engine = SegmentEngine(catalog.rule_set(COMPILER))
+    assert user.event("page_view", T0 + MINUTE) == [("exit", "checkout_in_progress", T0 + MINUTE)]
+    assert user.log[-1].cause == {"kind": "rule_deleted", "rule": "checkout_in_progress", "version": 2}

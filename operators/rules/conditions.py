@@ -229,19 +229,8 @@ class Compare:
 
 
 @dataclass(frozen=True)
-class All:
+class _Combinator:
     children: tuple[Condition, ...]
-
-    def evaluate(self, facts: Facts, now: int) -> Truth:
-        holds, changes = True, None
-        for child in self.children:
-            child_holds, child_changes = child.evaluate(facts, now)
-            if not child_holds:
-                if child_changes is None:
-                    return False, None  # false until an event changes it, whatever the others do
-                holds = False
-            changes = _earliest(changes, child_changes)
-        return holds, changes
 
     def signals(self) -> Iterator[tuple[Signal, Retention]]:
         for child in self.children:
@@ -253,9 +242,21 @@ class All:
 
 
 @dataclass(frozen=True)
-class Any_:
-    children: tuple[Condition, ...]
+class All(_Combinator):
+    def evaluate(self, facts: Facts, now: int) -> Truth:
+        holds, changes = True, None
+        for child in self.children:
+            child_holds, child_changes = child.evaluate(facts, now)
+            if not child_holds:
+                if child_changes is None:
+                    return False, None  # false until an event changes it, whatever the others do
+                holds = False
+            changes = _earliest(changes, child_changes)
+        return holds, changes
 
+
+@dataclass(frozen=True)
+class Any_(_Combinator):
     def evaluate(self, facts: Facts, now: int) -> Truth:
         holds, changes = False, None
         for child in self.children:
@@ -266,14 +267,6 @@ class Any_:
                 holds = True
             changes = _earliest(changes, child_changes)
         return holds, changes
-
-    def signals(self) -> Iterator[tuple[Signal, Retention]]:
-        for child in self.children:
-            yield from child.signals()
-
-    def inputs(self) -> Iterator[str]:
-        for child in self.children:
-            yield from child.inputs()
 
 
 @dataclass(frozen=True)
