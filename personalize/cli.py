@@ -11,6 +11,7 @@ from pathlib import Path
 
 from personalize import settings as settings_module
 from personalize import stack
+from personalize.cluster import ClusterError
 from personalize.settings import Settings, SettingsError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -86,6 +87,65 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize import cluster
+
+    if args.action == "up":
+        overview = cluster.up(settings.cluster)
+        print(f"Flink {overview['flink-version']}: {overview['taskmanagers']} TaskManagers, "
+              f"{overview['slots-total']} slots; web UI http://localhost:{settings.cluster.rest_port}")
+    elif args.action == "down":
+        cluster.down(settings.cluster)
+        print("stopped the cluster's TaskManagers and JobManager")
+    else:
+        print(json.dumps(cluster.status(settings.cluster), indent=2))
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize import cluster
+
+    job_args = ["--start", args.start]
+    if args.config:
+        job_args += ["--config", str(Path(args.config).resolve())]
+    if args.end_offsets:
+        job_args += ["--end-offsets", str(Path(args.end_offsets).resolve())]
+    job_id = cluster.submit(settings, job_args, savepoint=args.from_savepoint, parallelism=args.parallelism)
+    print(job_id)
+    return EXIT_OK
+
+
+def cmd_savepoint(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize import cluster
+
+    print(cluster.savepoint(settings.cluster, args.job_id, stop=args.stop))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize import cluster
+
+    cluster.cancel(settings.cluster, args.job_id)
+    print(f"cancelled {args.job_id}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    """Offline evaluations run the job's pure operators without Flink; each module owns its options."""
+    return int(args.evaluate(args, settings))
+
+
+def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    from personalize import evaluate_recs, evaluate_segments
+
+    evaluate = commands.add_parser("evaluate", help="offline quality evaluations of the job's pure logic")
+    targets = evaluate.add_subparsers(dest="target", required=True, metavar="TARGET")
+    for name, module in (("recs", evaluate_recs), ("segments", evaluate_segments)):
+        target = targets.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.add_arguments(target)
+        target.set_defaults(handler=cmd_evaluate, evaluate=module.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="personalize",
@@ -123,6 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, help="number of records (default: generator.events)")
     demo.add_argument("--json", help="also write the summary as JSON to this file")
     demo.set_defaults(handler=cmd_demo)
+
+    cluster_parser = commands.add_parser("cluster", help="start, stop or inspect the local standalone Flink cluster")
+    cluster_parser.add_argument("action", choices=["up", "down", "status"])
+    cluster_parser.set_defaults(handler=cmd_cluster)
+
+    submit = commands.add_parser("submit", help="submit the job to the cluster with flink run; prints the job id")
+    submit.add_argument("--start", choices=["group", "earliest"], default="group",
+                        help="committed group offsets (default) or the earliest offsets")
+    submit.add_argument("--end-offsets", help="JSON end offsets (from --offsets-out): a bounded run")
+    submit.add_argument("--from-savepoint", help="resume from this savepoint (path printed by `savepoint`)")
+    submit.add_argument("--parallelism", type=int, help="job parallelism (default: job.parallelism)")
+    submit.set_defaults(handler=cmd_submit)
+
+    savepoint = commands.add_parser("savepoint", help="take a savepoint of a running job; prints its path")
+    savepoint.add_argument("job_id")
+    savepoint.add_argument("--stop", action="store_true", help="stop the job gracefully after the savepoint")
+    savepoint.set_defaults(handler=cmd_savepoint)
+
+    cancel = commands.add_parser("cancel", help="cancel a running job (no savepoint)")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(handler=cmd_cancel)
+
+    _add_evaluate_parser(commands)
     return parser
 
 
@@ -134,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"personalize: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except stack.StackError as exc:
+    except (stack.StackError, ClusterError) as exc:
         print(f"personalize: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:

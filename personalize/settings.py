@@ -186,6 +186,58 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class RecommendationSettings:
+    """Raw ``recommendations`` section: the fields of ``operators.recs.config.RecConfig`` plus the job's
+    own (``enabled``, ``redis_ttl_s``); see docs/recommendations.md."""
+
+    enabled: bool
+    k: int
+    weights: dict[str, float]
+    event_weights: dict[str, float]
+    recent_items: int
+    query_items: int
+    position_decay: float
+    similarity: str
+    max_neighbours: int
+    scored_neighbours: int
+    max_items: int
+    covisit_half_life_ms: int
+    trending_half_life_ms: int
+    trending_pool: int
+    category_pool: int
+    max_segments: int
+    affinity_half_life_ms: int
+    top_categories: int
+    max_categories: int
+    max_cart: int
+    max_purchased: int
+    max_per_category: int
+    exclude_purchased: bool
+    pinned_items: tuple[str, ...]
+    checkout_timeout_ms: int
+    min_change: float
+    redis_ttl_s: int
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """The local standalone Flink cluster (``personalize cluster``)."""
+
+    run_dir: str
+    rest_port: int
+    rpc_port: int
+    taskmanagers: int
+    slots_per_taskmanager: int
+    jobmanager_memory: str
+    taskmanager_memory: str
+    state_backend: str
+    incremental_checkpoints: bool
+    checkpoint_dir: str
+    savepoint_dir: str
+    start_timeout_s: int
+
+
+@dataclass(frozen=True)
 class Settings:
     stack: StackSettings
     kafka: KafkaSettings
@@ -195,7 +247,9 @@ class Settings:
     generator: GeneratorSettings
     features: FeatureSettings
     rules: RuleSettings
+    cluster: ClusterSettings
     models: ModelSettings
+    recommendations: RecommendationSettings
 
 
 def iso_to_ms(text: str, field: str = "timestamp") -> int:
@@ -272,7 +326,10 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
         ),
         features=FeatureSettings(**{**raw["features"], "windows": tuple(raw["features"]["windows"])}),
         rules=RuleSettings(**raw["rules"]),
+        cluster=ClusterSettings(**raw["cluster"]),
         models=ModelSettings(**raw["models"]),
+        recommendations=RecommendationSettings(**{**raw["recommendations"],
+                                                  "pinned_items": tuple(raw["recommendations"]["pinned_items"])}),
         generator=GeneratorSettings(
             seed=generator["seed"], users=generator["users"], events=generator["events"],
             items=generator["items"], categories=tuple(generator["categories"]),

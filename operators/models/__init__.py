@@ -1,0 +1,1 @@
+"""Online-learned segment models: behavioural clusters, purchase intent, drift, versioned snapshots."""

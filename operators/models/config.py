@@ -1,0 +1,34 @@
+"""Model parameters, built from the ``models`` section of the settings (same field names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    clusterer: str = "kmeans"
+    """A name of ``clustering.CLUSTERERS``."""
+    n_clusters: int = 5
+    seed: int = 42
+    train_sample_share: float = 1.0
+    """Share of emitted feature vectors the trainer learns from (chosen by a hash of the vector id)."""
+    intent_horizon_ms: int = 24 * HOUR_MS
+    """An example is positive when the user purchases within this much event time after it."""
+    intent_max_pending: int = 16
+    """Examples awaiting their label per user; the oldest goes when a new one does not fit."""
+    intent_learning_rate: float = 0.05
+    snapshot_every: int = 1000
+    """Publish a snapshot after this many learned examples..."""
+    snapshot_interval_ms: int = 600_000
+    """...or when this much event time has passed since the last one and something was learned."""
+    drift_detector: str = "adwin"
+    """``adwin`` or ``page_hinkley``."""
+    drift_warmup: int = 1000
+    """Values a drift detector sees before it may report: the models converge first."""
+    hysteresis_margin: float = 0.2
+    """Switch cluster at once only when the new one is this much (relatively) closer..."""
+    hysteresis_patience: int = 3
+    """...or has been the closest for this many consecutive scorings."""

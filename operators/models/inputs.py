@@ -1,0 +1,76 @@
+"""Feature vector (``FeatureVector.values``, docs/features.md) -> numeric model inputs.
+
+Models see a few dense, roughly symmetric numbers rather than the raw ~60 fields: counts are
+log-transformed (a heavy user is not 10x as different as a light one), and behaviour is described
+by *rates* with a small prior, so a user's cluster reflects how they shop, not how much history
+they have yet. Reads the feature windows ``1h``, ``24h`` and ``30d`` (the defaults): a missing
+field fails loudly rather than feeding zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+ModelInput = dict[Hashable, float]
+"""Feature name -> value. Names are strings; typed as River's estimators type their inputs."""
+
+PRIOR = 2.0
+"""Pseudo-count added to rate denominators: 1 cart after 1 view is weak evidence of a carting habit."""
+BEHAVIOUR_FEATURES = ("sessions", "cart_rate", "checkout_rate", "purchase_rate", "search_share",
+                      "email_click_rate", "email_open_rate", "order_value", "session_depth")
+"""What the clusterer sees: long-run habits over the 30-day windows and the 180-day order value."""
+ON_SITE_COUNTS = ("page_view_30d", "product_view_30d", "search_30d")
+RECENT_COUNTS = ("product_view_1h", "add_to_cart_1h", "remove_from_cart_1h", "checkout_start_1h", "purchase_1h",
+                 "product_view_24h", "add_to_cart_24h", "checkout_start_24h", "purchase_24h", "purchase_30d")
+OPEN_SESSION = ("open_session_depth", "open_session_minutes", "cart_abandoned", "returned_after_abandon",
+                "purchase_recency", "engagement")
+INTENT_FEATURES = (*BEHAVIOUR_FEATURES, *RECENT_COUNTS, *OPEN_SESSION)
+"""What the intent model sees, in order: pending examples can be stored as bare values in this order."""
+PURCHASE_RECENCY_HALF_LIFE_DAYS = 7.0
+
+
+def has_behaviour(values: Mapping[str, Any]) -> bool:
+    """Whether the user browsed at all in the last 30 days.
+
+    Vectors triggered by consent, profile or identify events alone carry no behaviour; they are
+    neither learned from nor assigned a cluster.
+    """
+    return any(values[name] for name in ON_SITE_COUNTS)
+
+
+def behaviour_input(values: Mapping[str, Any]) -> ModelInput:
+    """The clustering input: habits that separate shoppers, independent of activity volume where possible."""
+    views = values["product_view_30d"]
+    carts = values["add_to_cart_30d"]
+    checkouts = values["checkout_start_30d"]
+    sessions = values["sessions_30d"]
+    browsing = views + values["page_view_30d"] + values["search_30d"]
+    return {
+        "sessions": math.log1p(sessions),
+        "cart_rate": carts / (views + PRIOR),
+        "checkout_rate": checkouts / (carts + PRIOR),
+        "purchase_rate": values["purchase_30d"] / (checkouts + PRIOR),
+        "search_share": values["search_30d"] / (browsing + PRIOR),
+        "email_click_rate": values["email_click_30d"] / (sessions + 1),
+        "email_open_rate": values["email_open_30d"] / (sessions + 1),
+        "order_value": math.log1p(values["aov_180d"]),
+        "session_depth": math.log1p(values["avg_session_depth_30d"]),
+    }
+
+
+def intent_input(values: Mapping[str, Any]) -> ModelInput:
+    """The purchase-intent input: the habits above plus what the user is doing right now."""
+    recency = values["recency_days"]
+    x = behaviour_input(values)
+    x.update({name: math.log1p(values[name]) for name in RECENT_COUNTS})
+    x.update({
+        "open_session_depth": math.log1p(values["session_depth"]),
+        "open_session_minutes": math.log1p(values["session_minutes"]),
+        "cart_abandoned": float(values["cart_abandoned"]),
+        "returned_after_abandon": float(values["returned_after_abandon"]),
+        "purchase_recency": 0.0 if recency is None else 0.5 ** (recency / PURCHASE_RECENCY_HALF_LIFE_DAYS),
+        "engagement": values["engagement"] / 100,
+    })
+    return x

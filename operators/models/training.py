@@ -1,0 +1,177 @@
+"""One logical model: a single trainer publishes versioned snapshots that every scorer loads.
+
+In the job the :class:`ModelTrainer` is a parallelism-1 operator fed with (a sample of) the
+emitted feature vectors and with the labelled intent examples the keyed operator settles; its
+state is the pickled trainer, so a checkpoint restores models, metrics, detectors and the version
+counter together. Every :class:`ModelSnapshot` is broadcast; the parallel keyed operators keep
+the newest in broadcast state and score with a :class:`ModelScorer`, so all subtasks use the same
+model version and a restore brings back the snapshot they were using.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from river import metrics
+
+from operators.models.clustering import (
+    Assignment,
+    BehaviourClusterer,
+    ClusterDescription,
+    ClusterStats,
+    describe_clusters,
+)
+from operators.models.config import ModelConfig
+from operators.models.drift import DriftEvent, DriftMonitor
+from operators.models.inputs import ModelInput, behaviour_input, has_behaviour, intent_input
+from operators.models.intent import IntentClassifier
+
+AUC_THRESHOLDS = 50
+"""River's ROCAUC is approximate; 10 thresholds (its default) misstate AUC by several points here."""
+PROBABILITY_FLOOR = 1e-15
+
+
+def in_training_sample(vector_id: str, share: float) -> bool:
+    """Whether the trainer learns from this vector: a hash of its id, so a replay picks the same ones."""
+    return share >= 1.0 or zlib.crc32(vector_id.encode("utf-8")) < share * 2**32
+
+
+@dataclass
+class SegmentModels:
+    """What a snapshot carries: everything a scorer needs, nothing it does not."""
+
+    clusterer: BehaviourClusterer
+    intent: IntentClassifier
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    version: int
+    ts: int
+    """Event time of the newest example learned before the snapshot."""
+    cause: str
+    """``model`` (regular refresh) or ``drift`` (published early because a drift was detected)."""
+    models: bytes
+    """Pickled :class:`SegmentModels`."""
+    clusters: tuple[ClusterDescription, ...]
+
+    def summary(self) -> dict[str, Any]:
+        """The snapshot without its model bytes: what Redis and the logs show."""
+        return {"version": self.version, "ts": self.ts, "cause": self.cause, "bytes": len(self.models),
+                "clusters": [description.to_dict() for description in self.clusters]}
+
+
+def log_loss(p_true: float, label: bool) -> float:
+    p = min(max(p_true, PROBABILITY_FLOOR), 1 - PROBABILITY_FLOOR)
+    return -math.log(p if label else 1 - p)
+
+
+class ModelTrainer:
+    """Learns both models, tracks progressive validation and drift, and decides when to publish.
+
+    Progressive validation: each labelled example is predicted before it is learned, so ROC AUC
+    and log loss measure the model on data it has not seen.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.models = SegmentModels(BehaviourClusterer(config.clusterer, config.n_clusters, config.seed),
+                                    IntentClassifier(config.intent_learning_rate))
+        self.stats = ClusterStats()
+        self.intent_auc = metrics.ROCAUC(n_thresholds=AUC_THRESHOLDS)
+        self.intent_log_loss = metrics.LogLoss()
+        self.loss_drift = DriftMonitor("intent", "log_loss", config.drift_detector, config.drift_warmup)
+        self.distance_drift = DriftMonitor("clusters", "distance", config.drift_detector, config.drift_warmup)
+        self.version = 0
+        self.now_ts = 0
+        """Newest event time learned from: the trainer's clock (never the wall clock)."""
+        self.snapshot_ts = 0
+        self.since_snapshot = 0
+        self.drifted = False
+        self.vectors_learned = 0
+
+    def learn_vector(self, values: Mapping[str, Any], ts: int) -> DriftEvent | None:
+        """Learn the clusters from one emitted feature vector (assigned first, for sizes and drift)."""
+        if not has_behaviour(values):
+            return None
+        x = behaviour_input(values)
+        clusterer = self.models.clusterer
+        assignment = clusterer.assign(x)
+        clusterer.learn_one(x)
+        self.vectors_learned += 1
+        self._learned(ts)
+        if assignment is None:
+            return None
+        self.stats.add(assignment.cluster, values["top_category"])
+        return self._drift(self.distance_drift.update(assignment.distance, ts, self.version))
+
+    def learn_intent(self, example: ModelInput, label: bool, ts: int) -> DriftEvent | None:
+        """Learn one settled intent example; ``ts`` is when its label became known."""
+        p_true = self.models.intent.predict_proba_one(example).get(True, 0.0)
+        self.intent_auc.update(label, p_true)
+        self.intent_log_loss.update(label, p_true)
+        self.models.intent.learn_one(example, label)
+        self._learned(ts)
+        return self._drift(self.loss_drift.update(log_loss(p_true, label), ts, self.version))
+
+    def _learned(self, ts: int) -> None:
+        self.now_ts = max(self.now_ts, ts)
+        self.since_snapshot += 1
+
+    def _drift(self, event: DriftEvent | None) -> DriftEvent | None:
+        self.drifted |= event is not None
+        return event
+
+    def maybe_snapshot(self) -> ModelSnapshot | None:
+        """A new snapshot when due: after ``snapshot_every`` learned examples (always so for the
+        first), or after ``snapshot_interval_ms`` of event time or a drift, once anything was learned."""
+        config = self.config
+        if not self.since_snapshot:
+            return None
+        if self.since_snapshot < config.snapshot_every and not (self.version and (
+                self.drifted or self.now_ts - self.snapshot_ts >= config.snapshot_interval_ms)):
+            return None
+        cause = "drift" if self.drifted else "model"
+        self.version += 1
+        self.snapshot_ts, self.since_snapshot, self.drifted = self.now_ts, 0, False
+        return ModelSnapshot(self.version, self.now_ts, cause, pickle.dumps(self.models),
+                             describe_clusters(self.models.clusterer, self.stats))
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    version: int
+    assignment: Assignment | None
+    """None for a user without behaviour in the window (or before the clusters have centers)."""
+    intent: float
+    """P(purchase within the horizon)."""
+
+
+class ModelScorer:
+    """Scores feature vectors with the newest snapshot loaded; one per parallel scoring instance."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._models: SegmentModels | None = None
+
+    def load(self, snapshot: ModelSnapshot) -> bool:
+        """Use ``snapshot`` if it is newer than the current one (broadcasts may repeat after a restore)."""
+        if snapshot.version <= self.version:
+            return False
+        self._models = pickle.loads(snapshot.models)
+        self.version = snapshot.version
+        return True
+
+    def score(self, values: Mapping[str, Any]) -> ModelScore | None:
+        """Cluster, distances and intent of a feature vector; None before the first snapshot."""
+        models = self._models
+        if models is None:
+            return None
+        assignment = models.clusterer.assign(behaviour_input(values)) if has_behaviour(values) else None
+        intent = models.intent.predict_proba_one(intent_input(values)).get(True, 0.0)
+        return ModelScore(self.version, assignment, intent)

@@ -1,0 +1,1 @@
+"""Recommendation candidates: co-visitation, category affinity, trending, reminders, business rules."""

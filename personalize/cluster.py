@@ -1,0 +1,235 @@
+"""A local standalone Flink cluster from the distribution bundled in ``apache-flink``, and job control.
+
+``personalize cluster up|down|status`` runs a JobManager and ``cluster.taskmanagers`` TaskManagers
+with Flink's own scripts. Everything lives in one run directory (``cluster.run_dir``): a generated
+``conf/config.yaml``, a ``lib/`` of links to the bundled jars plus the flink-python jar (shipped in
+``opt/``, needed on the classpath of a cluster running Python jobs), logs, pids, checkpoints and
+savepoints. ``submit``, ``savepoint`` and ``cancel`` drive jobs with ``bin/flink``; the REST API
+(``http://localhost:<cluster.rest_port>``) and web UI show them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyflink
+import yaml
+
+from personalize import paths
+from personalize.settings import ClusterSettings, Settings
+
+#: Project packages shipped with the job (``-pyfs``): what a worker without the project installed needs.
+PROJECT_PACKAGES = ("jobs", "operators", "state", "connectors", "personalize", "config")
+JOB_FILE = "jobs/personalize_job.py"
+TERMINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELED"})
+
+
+class ClusterError(RuntimeError):
+    """The cluster or a job command failed; the message says why (with the tool's output)."""
+
+
+@dataclass(frozen=True)
+class ClusterPaths:
+    run_dir: Path
+    conf: Path
+    lib: Path
+    log: Path
+    checkpoints: Path
+    savepoints: Path
+
+    @staticmethod
+    def of(cluster: ClusterSettings) -> ClusterPaths:
+        run_dir = paths.resolve(cluster.run_dir)
+        checkpoints = paths.resolve(cluster.checkpoint_dir) if cluster.checkpoint_dir else run_dir / "checkpoints"
+        savepoints = paths.resolve(cluster.savepoint_dir) if cluster.savepoint_dir else run_dir / "savepoints"
+        return ClusterPaths(run_dir, run_dir / "conf", run_dir / "lib", run_dir / "log", checkpoints, savepoints)
+
+
+def flink_home() -> Path:
+    return Path(pyflink.__file__).parent
+
+
+def _java_opts() -> str:
+    """The JVM module flags the bundled configuration carries (Flink needs them on Java 17)."""
+    bundled = yaml.safe_load((flink_home() / "conf" / "config.yaml").read_text())
+    return str(bundled["env"]["java"]["opts"]["all"])
+
+
+def cluster_config(cluster: ClusterSettings, where: ClusterPaths) -> dict[str, Any]:
+    """``config.yaml`` of the cluster: memory for a small machine, RocksDB, checkpoint and savepoint dirs."""
+    return {
+        "env": {"java": {"opts": {"all": _java_opts()}}, "log": {"dir": str(where.log)},
+                "pid": {"dir": str(where.run_dir / "pids")}},
+        "jobmanager": {"bind-host": "localhost", "rpc": {"address": "localhost", "port": cluster.rpc_port},
+                       "memory": {"process": {"size": cluster.jobmanager_memory}}},
+        "taskmanager": {"bind-host": "localhost", "host": "localhost",
+                        "numberOfTaskSlots": cluster.slots_per_taskmanager,
+                        "memory": {"process": {"size": cluster.taskmanager_memory}}},
+        "rest": {"address": "localhost", "bind-address": "localhost", "port": cluster.rest_port},
+        "state": {"backend": {"type": cluster.state_backend}},
+        "execution": {"checkpointing": {"incremental": cluster.incremental_checkpoints,
+                                        "dir": where.checkpoints.resolve().as_uri(),
+                                        "savepoint-dir": where.savepoints.resolve().as_uri(),
+                                        "num-retained": 3}},
+        # Python workers run this project's interpreter (its venv has the project and PyFlink).
+        "python": {"executable": sys.executable, "client": {"executable": sys.executable}},
+    }
+
+
+def prepare(cluster: ClusterSettings) -> ClusterPaths:
+    """Write the run directory: configuration, logging files, and the jar directory."""
+    where = ClusterPaths.of(cluster)
+    home = flink_home()
+    for directory in (where.conf, where.lib, where.log, where.checkpoints, where.savepoints):
+        directory.mkdir(parents=True, exist_ok=True)
+    (where.conf / "config.yaml").write_text(yaml.safe_dump(cluster_config(cluster, where), sort_keys=False))
+    for name in os.listdir(home / "conf"):
+        if name.startswith(("log4j", "logback")):
+            (where.conf / name).write_bytes((home / "conf" / name).read_bytes())
+    jars = [*sorted((home / "lib").glob("*.jar")), *sorted((home / "opt").glob("flink-python-*.jar"))]
+    for jar in jars:
+        link = where.lib / jar.name
+        if not link.exists():
+            link.symlink_to(jar)
+    return where
+
+
+def environment(cluster: ClusterSettings) -> dict[str, str]:
+    """Flink's scripts read FLINK_CONF_DIR/FLINK_LIB_DIR; thread-mode workers run the ``python`` on PATH."""
+    where = ClusterPaths.of(cluster)
+    env = dict(os.environ)
+    env.update(FLINK_CONF_DIR=str(where.conf), FLINK_LIB_DIR=str(where.lib),
+               PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""))
+    return env
+
+
+def _script(cluster: ClusterSettings, name: str, *args: str, timeout_s: float = 120,
+            extra_env: dict[str, str] | None = None) -> str:
+    command = ["bash", str(flink_home() / "bin" / name), *args]
+    result = subprocess.run(command, env={**environment(cluster), **(extra_env or {})}, capture_output=True,
+                            text=True, timeout=timeout_s, cwd=paths.ROOT, check=False)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise ClusterError(f"{name} {' '.join(args)} failed (exit {result.returncode}):\n{output[-3000:]}")
+    return output
+
+
+def rest(cluster: ClusterSettings, path: str, timeout_s: float = 5) -> Any:
+    """GET a REST API path (``/overview``, ``/jobs/<id>``...); ClusterError when unreachable."""
+    url = f"http://localhost:{cluster.rest_port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError) as exc:
+        raise ClusterError(f"Flink REST API at {url} does not answer ({exc})") from None
+
+
+def _overview(cluster: ClusterSettings) -> dict[str, Any] | None:
+    try:
+        return dict(rest(cluster, "/overview", timeout_s=2))
+    except ClusterError:
+        return None
+
+
+def up(cluster: ClusterSettings) -> dict[str, Any]:
+    """Start the JobManager and TaskManagers unless a cluster already answers on the REST port."""
+    overview = _overview(cluster)
+    if overview is not None and overview["taskmanagers"] >= cluster.taskmanagers:
+        return overview
+    prepare(cluster)
+    if overview is None:
+        _script(cluster, "jobmanager.sh", "start")
+    running = overview["taskmanagers"] if overview else 0
+    for _ in range(cluster.taskmanagers - running):
+        _script(cluster, "taskmanager.sh", "start")
+    return wait_for_taskmanagers(cluster, cluster.taskmanagers)
+
+
+def wait_for_taskmanagers(cluster: ClusterSettings, count: int) -> dict[str, Any]:
+    deadline = time.monotonic() + cluster.start_timeout_s
+    while time.monotonic() < deadline:
+        overview = _overview(cluster)
+        if overview is not None and overview["taskmanagers"] == count:
+            return overview
+        time.sleep(0.5)
+    log = ClusterPaths.of(cluster).log
+    raise ClusterError(f"the cluster did not reach {count} TaskManagers within {cluster.start_timeout_s} s; "
+                       f"see the logs in {log}")
+
+
+def down(cluster: ClusterSettings) -> None:
+    _script(cluster, "taskmanager.sh", "stop-all")
+    _script(cluster, "jobmanager.sh", "stop-all")
+
+
+def status(cluster: ClusterSettings) -> dict[str, Any]:
+    overview = _overview(cluster)
+    if overview is None:
+        return {"running": False, "rest": f"http://localhost:{cluster.rest_port}"}
+    jobs = rest(cluster, "/jobs/overview")["jobs"]
+    return {"running": True, "rest": f"http://localhost:{cluster.rest_port}", **overview,
+            "jobs": [{"id": job["jid"], "name": job["name"], "state": job["state"]} for job in jobs]}
+
+
+def submit(settings: Settings, job_args: Sequence[str], savepoint: str | None = None,
+           parallelism: int | None = None) -> str:
+    """Submit the job detached with ``flink run``; returns the job id.
+
+    ``job_args`` go to ``jobs/personalize_job.py`` (``--config``, ``--start``, ``--end-offsets``).
+    ``parallelism`` overrides ``job.parallelism`` (the job sets its parallelism itself, so ``-p`` would not).
+    """
+    cluster = settings.cluster
+    prepare(cluster)
+    command = ["run", "-d", "-m", f"localhost:{cluster.rest_port}"]
+    if savepoint:
+        command += ["-s", savepoint]
+    extra_env = {"PERSONALIZE__JOB__PARALLELISM": str(parallelism)} if parallelism else {}
+    command += ["-py", str(paths.ROOT / JOB_FILE), "-pyfs", ",".join(str(paths.ROOT / p) for p in PROJECT_PACKAGES),
+                "-pyexec", sys.executable, "-pyclientexec", sys.executable, *job_args]
+    output = _script(settings.cluster, "flink", *command, timeout_s=300, extra_env=extra_env)
+    match = re.search(r"JobID ([0-9a-f]{32})", output)
+    if match is None:
+        raise ClusterError(f"flink run did not report a job id:\n{output[-3000:]}")
+    return match.group(1)
+
+
+def job_state(cluster: ClusterSettings, job_id: str) -> str:
+    return str(rest(cluster, f"/jobs/{job_id}")["state"])
+
+
+def wait_for_state(cluster: ClusterSettings, job_id: str, states: set[str] | frozenset[str],
+                   timeout_s: float = 300) -> str:
+    deadline = time.monotonic() + timeout_s
+    state = "UNKNOWN"
+    while time.monotonic() < deadline:
+        state = job_state(cluster, job_id)
+        if state in states:
+            return state
+        time.sleep(0.5)
+    raise ClusterError(f"job {job_id} did not reach {sorted(states)} within {timeout_s} s (last: {state})")
+
+
+def savepoint(cluster: ClusterSettings, job_id: str, stop: bool = False) -> str:
+    """Take a savepoint (``stop``: and stop the job gracefully); returns its path."""
+    target = ClusterPaths.of(cluster).savepoints.resolve().as_uri()
+    args = ["stop", "--savepointPath", target, job_id] if stop else ["savepoint", job_id, target]
+    output = _script(cluster, "flink", *args, "-m", f"localhost:{cluster.rest_port}", timeout_s=300)
+    match = re.search(r"Savepoint (?:completed|stored in)\.? (?:Path: )?(\S+)", output)
+    if match is None:
+        raise ClusterError(f"no savepoint path in the output of flink {args[0]}:\n{output[-3000:]}")
+    return match.group(1)
+
+
+def cancel(cluster: ClusterSettings, job_id: str) -> None:
+    _script(cluster, "flink", "cancel", "-m", f"localhost:{cluster.rest_port}", job_id)
