@@ -54,6 +54,13 @@ class ParseEvents(ProcessFunction):
             yield Row(*result)
 
 
+def retention_due(features: UserFeatures, config: FeatureConfig) -> int:
+    """When an idle user's state goes: the day boundary after ``retention_ms`` of event-time silence
+    (one retention timer per user and day of activity, not per event)."""
+    retention = features.reference_ts + config.retention_ms
+    return retention - retention % DAY_MS + DAY_MS
+
+
 def user_key(event: Row) -> str:
     return event[2]
 
@@ -146,35 +153,56 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.sink.write_rules(self.subtask, rule_set.fingerprint, [entry])
 
     def process_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:
+        """Apply an event. What a timer would have done before the event's time is done first (a user
+        past retention is forgotten, a session past its gap is closed), so the outputs do not depend
+        on whether the watermark reached the timer before this event arrived."""
         event = Event(*value)
+        ops = self.operators
+        timers = ctx.timer_service()
+        engine = self._engine(ctx)
+        features: UserFeatures | None = None
+        if ops.features_enabled:
+            stored_features = self.feature_state.value()
+            features = decode_features(stored_features) if stored_features else None
+            if features is not None and retention_due(features, ops.features) <= event.ts:
+                yield from self._forget(event.user_key, features, engine, retention_due(features, ops.features),
+                                        timers)
+                features = None
         stored = self.profile_state.value()
-        profile, update = self.operators.profile.process(decode_profile(stored) if stored else None, event)
+        profile, update = ops.profile.process(decode_profile(stored) if stored else None, event)
         if update is None:
             return
         self.profile_state.update(encode_profile(profile))
         self.sink.stage_profile(update)
-        yield Row(update.user_key.encode("utf-8"), update.to_json(), self.operators.topics["profiles"])
-        timers = ctx.timer_service()
-        engine = self._engine(ctx)
-        if not self.operators.features_enabled and engine is None:
+        yield Row(update.user_key.encode("utf-8"), update.to_json(), ops.topics["profiles"])
+        if not ops.features_enabled and engine is None:
             self._schedule_flush(timers)
             return
-        if event.ts < timers.current_watermark() - self.operators.allowed_lateness_ms:
+        if event.ts < timers.current_watermark() - ops.allowed_lateness_ms:
             self.late_events.inc()
-            yield LATE_EVENTS, Row(event.user_key.encode("utf-8"), late_record(event),
-                                   self.operators.topics["late"])
+            yield LATE_EVENTS, Row(event.user_key.encode("utf-8"), late_record(event), ops.topics["late"])
         else:
             decision: dict[str, Any] = {}
-            if self.operators.features_enabled:
-                stored_features = self.feature_state.value()
-                features, vector = self.features.process(
-                    decode_features(stored_features) if stored_features else None, event)
+            if ops.features_enabled:
+                if features is not None:
+                    yield from self._close_due_session(features, event.user_key, event.ts)
+                features, vector = self.features.process(features, event)
                 decision = features.decision
                 yield from self._after_features(features, vector, timers)
             if engine is not None:
                 first_seen = profile.first_seen
                 yield from self._segments(timers, lambda state: engine.observe(state, event, first_seen, decision))
         self._schedule_flush(timers)
+
+    def _close_due_session(self, features: UserFeatures, user: str, now: int) -> Iterator[Row]:
+        """Close the open session if its gap has passed by ``now``, exactly as its timer would."""
+        expiry = features.sessions.expiry(self.operators.features.session_gap_ms)
+        if expiry is not None and expiry <= now:
+            features.sessions.timer_fired(expiry)
+            vector = self.features.close_session(features, user, expiry)
+            if vector is not None:
+                self.sink.stage_features(vector)
+                yield Row(user.encode("utf-8"), vector.to_json(), self.operators.topics["features"])
 
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
@@ -189,7 +217,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         stored_features = self.feature_state.value()
         if stored_features:
             features = decode_features(stored_features)
-            if features.reference_ts + self.operators.features.retention_ms <= timestamp:
+            if retention_due(features, self.operators.features) <= timestamp:
                 yield from self._forget(user, features, engine, timestamp, timers)
                 return
             session_timer = features.sessions.timer_at
@@ -240,9 +268,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         expiry = features.sessions.needs_timer(config.session_gap_ms)
         if expiry is not None:
             timers.register_event_time_timer(expiry)
-        # One retention timer per user and day of activity, not per event.
-        retention = features.reference_ts + config.retention_ms
-        timers.register_event_time_timer(retention - retention % DAY_MS + DAY_MS)
+        timers.register_event_time_timer(retention_due(features, config))
         self.feature_state.update(encode_features(features))
         if vector is not None:
             self.sink.stage_features(vector)
@@ -257,4 +283,6 @@ class UserFunction(KeyedBroadcastProcessFunction):
             self.flush_timer_set = True
 
     def close(self) -> None:
-        self.sink.close()
+        sink = getattr(self, "sink", None)  # absent when open() failed: keep that error visible
+        if sink is not None:
+            sink.close()
