@@ -164,10 +164,11 @@ class UserFunction(KeyedBroadcastProcessFunction):
         if ops.features_enabled:
             stored_features = self.feature_state.value()
             features = decode_features(stored_features) if stored_features else None
-            if features is not None and retention_due(features, ops.features) <= event.ts:
-                yield from self._forget(event.user_key, features, engine, retention_due(features, ops.features),
-                                        timers)
-                features = None
+            if features is not None:
+                due = retention_due(features, ops.features)
+                if due <= event.ts:
+                    yield from self._forget(event.user_key, features, engine, due, timers)
+                    features = None
         stored = self.profile_state.value()
         profile, update = ops.profile.process(decode_profile(stored) if stored else None, event)
         if update is None:

@@ -23,7 +23,7 @@ from connectors.redis_keys import (
 from jobs.personalize_job import run_job, source_spec, start_job
 from operators.rules.catalog import RuleCommand
 from personalize import stack
-from personalize.kafka_tools import read_topic
+from personalize.demo import distinct_records
 from personalize.settings import Settings
 from tests.conftest import isolated
 
@@ -52,12 +52,9 @@ def publish(settings: Settings, topic: str, payloads: Iterable[bytes], partition
     return end
 
 
-def changes_of(settings: Settings, expected: int | None = None) -> list[dict[str, Any]]:
-    topics = settings.kafka.topics
-    records = read_topic(settings.kafka.bootstrap_servers, topics.segments.name, topics.segments.partitions,
-                         expected=expected, committed_only=False)
-    # Parallelism 2 reads uncommitted (docs/local-stack.md): distinct change ids, in per-user order.
-    unique = {change["id"]: change for change in (json.loads(r.value) for r in records)}
+def changes_of(settings: Settings, **read_options: Any) -> list[dict[str, Any]]:
+    """Distinct change records (read uncommitted, docs/local-stack.md), in per-user order."""
+    unique = distinct_records(settings, settings.kafka.topics.segments, **read_options)
     return sorted(unique.values(), key=lambda c: (c["user"], c["seq"]))
 
 
@@ -81,9 +78,7 @@ def segments_run(stack_settings: Settings) -> dict[str, Any]:
     rules_end = publish(settings, topics.rules.name, [b'{"command": "add", "segment": {"id": "Bad Id"}}'])
     run_job(settings, source_spec(settings, "earliest", {topics.behavior.name: {0: events_end},
                                                          topics.rules.name: {0: rules_end}}))
-    dead = [json.loads(r.value) for r in read_topic(settings.kafka.bootstrap_servers, topics.deadletter.name,
-                                                     topics.deadletter.partitions, expected=1,
-                                                     committed_only=False)]
+    dead = list(distinct_records(settings, topics.deadletter, expected=1).values())
     return {"settings": settings, "changes": changes_of(settings), "dead": dead}
 
 
@@ -167,7 +162,7 @@ def test_rule_commands_apply_mid_stream_without_a_restart(stack_settings: Settin
 
     def segment_changes(count: int) -> Callable[[], list[dict[str, Any]]]:
         def check() -> list[dict[str, Any]]:
-            changes = [c for c in changes_of_quick(settings) if c["segment"] == "searcher"]
+            changes = [c for c in changes_of(settings, idle_timeout_s=2) if c["segment"] == "searcher"]
             return changes if len(changes) >= count else []
         return check
 
@@ -211,16 +206,6 @@ def test_rule_commands_apply_mid_stream_without_a_restart(stack_settings: Settin
         client_job.cancel().result()
 
 
-def changes_of_quick(settings: Settings) -> list[dict[str, Any]]:
-    topics = settings.kafka.topics
-    records = read_topic(settings.kafka.bootstrap_servers, topics.segments.name, topics.segments.partitions,
-                         idle_timeout_s=2, committed_only=False)
-    return [json.loads(r.value) for r in records]
-
-
 def _dead_letters(settings: Settings, count: int) -> list[dict[str, Any]]:
-    topics = settings.kafka.topics
-    letters = [json.loads(r.value) for r in read_topic(settings.kafka.bootstrap_servers, topics.deadletter.name,
-                                                        topics.deadletter.partitions, idle_timeout_s=2,
-                                                        committed_only=False)]
+    letters = list(distinct_records(settings, settings.kafka.topics.deadletter, idle_timeout_s=2).values())
     return letters if len(letters) >= count else []

@@ -49,7 +49,8 @@ class Condition(Protocol):
         ...
 
 
-def _earliest(first: int | None, second: int | None) -> int | None:
+def earliest(first: int | None, second: int | None) -> int | None:
+    """The earlier of two change times, either of which may be None (no change due)."""
     if first is None:
         return second
     return first if second is None else min(first, second)
@@ -251,7 +252,7 @@ class All(_Combinator):
                 if child_changes is None:
                     return False, None  # false until an event changes it, whatever the others do
                 holds = False
-            changes = _earliest(changes, child_changes)
+            changes = earliest(changes, child_changes)
         return holds, changes
 
 
@@ -265,7 +266,7 @@ class Any_(_Combinator):
                 if child_changes is None:
                     return True, None  # true until an event changes it
                 holds = True
-            changes = _earliest(changes, child_changes)
+            changes = earliest(changes, child_changes)
         return holds, changes
 
 

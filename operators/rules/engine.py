@@ -15,7 +15,7 @@ from typing import Any
 
 from operators.events import Event
 from operators.rules.catalog import RuleSet
-from operators.rules.conditions import FIRST_SEEN, Facts
+from operators.rules.conditions import FIRST_SEEN, Facts, earliest
 from operators.rules.language import Segment
 from operators.rules.signals import SignalLog
 
@@ -99,11 +99,6 @@ def extract_attributes(attributes_json: str, wanted: frozenset[str]) -> dict[str
     return found
 
 
-def _earliest(first: int | None, second: int | None) -> int | None:
-    if first is None:
-        return second
-    return first if second is None else min(first, second)
-
 
 class SegmentEngine:
     """Applies a :class:`RuleSet` to a user's :class:`RuleState`."""
@@ -186,7 +181,7 @@ class SegmentEngine:
             holds, changes_at = self._holds(segment, state.members.get(name), facts, now)
             qualifies[name] = holds
             if changes_at is not None and changes_at > now:
-                wake = _earliest(wake, changes_at)
+                wake = earliest(wake, changes_at)
         state.wake = wake
         winners = self._resolve_groups(state, qualifies, now)
         return self._changes(state, user_key, qualifies, winners, now, cause)
@@ -202,7 +197,7 @@ class SegmentEngine:
             stays, changes_at = segment.when.evaluate(facts, now)
         dwell_end = member.since + segment.min_dwell_ms
         if not stays and now < dwell_end:
-            return True, _earliest(changes_at, dwell_end)
+            return True, earliest(changes_at, dwell_end)
         return stays, changes_at
 
     def _resolve_groups(self, state: RuleState, qualifies: dict[str, bool], now: int) -> dict[str, str]:
