@@ -51,3 +51,38 @@ def rules_key(prefix: str) -> str:
 def rule_instances_key(prefix: str) -> str:
     """Hash: parallel instance index -> fingerprint of the rule set it runs (all equal once a command applied)."""
     return f"{prefix}rules:instances"
+
+
+def user_recs_key(prefix: str, user_key: str) -> str:
+    """Sorted set: recommended item -> blended score (the current list; TTL ``recommendations.redis_ttl_s``)."""
+    return f"{prefix}user:{user_key}:recs"
+
+
+def user_recs_info_key(prefix: str, user_key: str) -> str:
+    """Hash: ``version``, ``ts``, ``suppressed`` and ``items`` (JSON list of {item, score, reasons})."""
+    return f"{prefix}user:{user_key}:recs:info"
+
+
+def user_model_key(prefix: str, user_key: str) -> str:
+    """Hash: the user's latest model scores: ``version`` (guard), ``model_version``, ``cluster``, ``intent``, ``ts``."""
+    return f"{prefix}user:{user_key}:model"
+
+
+def models_current_key(prefix: str) -> str:
+    """Hash: the newest model snapshot: ``version``, ``ts``, ``cause``, ``intent_auc``, ``intent_log_loss``, ``examples``."""
+    return f"{prefix}models:current"
+
+
+def models_clusters_key(prefix: str) -> str:
+    """Hash: cluster id -> JSON {"description", "share"} of the newest snapshot."""
+    return f"{prefix}models:clusters"
+
+
+def models_drift_key(prefix: str) -> str:
+    """Capped stream of drift events, field ``drift`` = the drift event JSON."""
+    return f"{prefix}models:drift"
+
+
+def deadletter_counts_key(prefix: str) -> str:
+    """Hash: dead-letter reason -> number of records sent to the dead-letter topic for it."""
+    return f"{prefix}deadletters:counts"
