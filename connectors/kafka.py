@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pyflink.common import Types
 from pyflink.datastream import DataStream
 from pyflink.table import StreamTableEnvironment
+from pyflink.table.expressions import col, lit
 
 from personalize.settings import KafkaSettings
 
@@ -167,8 +168,12 @@ def attach_kafka_sink(
     kafka: KafkaSettings,
     topics: Sequence[str],
     transactional_id_prefix: str,
+    skip: Sequence[str] = (),
 ) -> None:
-    """Write :data:`OUTPUT_TYPE` rows exactly-once, each to the topic named in its ``topic`` field."""
+    """Write :data:`OUTPUT_TYPE` rows exactly-once, each to the topic named in its ``topic`` field.
+
+    Rows whose ``topic`` is in ``skip`` (records the job routes internally) are dropped, in Java.
+    """
     t_env.execute_sql(f"""
         CREATE TEMPORARY TABLE kafka_sink (
           `k` BYTES,
@@ -178,5 +183,8 @@ def attach_kafka_sink(
           {_with_clause(sink_options(kafka, topics, transactional_id_prefix))}
         )""")
     statements = t_env.create_statement_set()
-    statements.add_insert("kafka_sink", t_env.from_data_stream(stream))
+    table = t_env.from_data_stream(stream)
+    if skip:
+        table = table.where(~col("topic").in_(*[lit(topic) for topic in skip]))
+    statements.add_insert("kafka_sink", table)
     statements.attach_as_datastream()

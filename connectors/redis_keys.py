@@ -69,7 +69,8 @@ def user_model_key(prefix: str, user_key: str) -> str:
 
 
 def models_current_key(prefix: str) -> str:
-    """Hash: the newest model snapshot: ``version``, ``ts``, ``cause``, ``intent_auc``, ``intent_log_loss``, ``examples``."""
+    """Hash: the newest snapshot: ``version``, ``lineage``, ``ts``, ``cause``, ``bytes`` and progressive
+    validation (``intent_auc``, ``intent_log_loss``, ``examples``)."""
     return f"{prefix}models:current"
 
 
@@ -86,3 +87,8 @@ def models_drift_key(prefix: str) -> str:
 def deadletter_counts_key(prefix: str) -> str:
     """Hash: dead-letter reason -> number of records sent to the dead-letter topic for it."""
     return f"{prefix}deadletters:counts"
+
+
+def models_instances_key(prefix: str) -> str:
+    """Hash: parallel user-state instance index -> ``<lineage>:<version>`` of the snapshot it scores with."""
+    return f"{prefix}models:instances"

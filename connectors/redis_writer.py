@@ -10,29 +10,55 @@ coalesced: each is applied in order, guarded by the user's change ``seq``.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
+from redis.exceptions import NoScriptError
 
 from connectors.redis_keys import (
+    deadletter_counts_key,
+    models_clusters_key,
+    models_current_key,
+    models_drift_key,
+    models_instances_key,
     rule_instances_key,
     rules_key,
     segment_changes_key,
     segment_counts_key,
     segment_members_key,
     user_features_key,
+    user_model_key,
     user_profile_key,
+    user_recs_info_key,
+    user_recs_key,
     user_segments_key,
     users_hll_key,
 )
 from operators.features.operator import FeatureVector
+from operators.models.drift import DriftEvent
+from operators.models.training import ModelSnapshot
 from operators.profile import ProfileUpdate
+from operators.recs.serving import RecList
 from operators.rules.catalog import RuleEntry
 from operators.rules.engine import SegmentChange
 from personalize.settings import RedisSettings
+
+#: Errors a flush waits out: Redis is down, restarting (a restarted server has lost the loaded Lua
+#: scripts) or not answering in time.
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, NoScriptError)
+#: How long a flush retries before the error fails the task; checkpoints wait meanwhile (their
+#: timeout, 10 min by default, must be longer).
+FLUSH_RETRY_DEADLINE_S = 60.0
+RETRY_FIRST_DELAY_S = 0.1
+RETRY_MAX_DELAY_S = 2.0
+#: A hung server must not hang the task forever: its commands time out and are retried.
+SOCKET_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
 
 # ARGV: ttl, version, field, value, ... Writes the hash only if the stored version is lower;
 # refreshes the TTL either way.
@@ -69,6 +95,24 @@ return 1
 """
 
 
+# KEYS: the user's recommendation sorted set and info hash. ARGV: seq, ttl, event time, suppressed,
+# items JSON, then score, item, ... Replaces the list only when seq is above the stored version.
+APPLY_RECS = """
+local stored = tonumber(redis.call('HGET', KEYS[2], 'version') or '-1')
+if tonumber(ARGV[1]) <= stored then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+if #ARGV > 5 then
+  redis.call('ZADD', KEYS[1], unpack(ARGV, 6))
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+redis.call('HSET', KEYS[2], 'version', ARGV[1], 'ts', ARGV[3], 'suppressed', ARGV[4], 'items', ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+
 class UserStateSink(Protocol):
     """What the keyed operator needs from a Redis writer (tests may pass their own)."""
 
@@ -77,6 +121,12 @@ class UserStateSink(Protocol):
     def stage_forget(self, user_key: str) -> None: ...
     def stage_segment_change(self, change: SegmentChange, record: bytes) -> None: ...
     def write_rules(self, instance: int, fingerprint: int, entries: Iterable[RuleEntry]) -> None: ...
+    def stage_model_scores(self, user_key: str, version: int, fields: list[Any]) -> None: ...
+    def stage_recs(self, recs: RecList, ttl_s: int) -> None: ...
+    def stage_forget_recs(self, user_key: str) -> None: ...
+    def write_model(self, snapshot: ModelSnapshot, quality: dict[str, float]) -> None: ...
+    def write_model_instance(self, instance: int, snapshot: ModelSnapshot) -> None: ...
+    def write_drift(self, drift: DriftEvent) -> None: ...
     def due(self) -> bool: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
@@ -107,13 +157,18 @@ def feature_fields(vector: FeatureVector) -> list[Any]:
 class RedisStateWriter:
     """Buffers per-user hashes and writes them in guarded, pipelined batches."""
 
-    def __init__(self, settings: RedisSettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: RedisSettings, clock: Callable[[], float] = time.monotonic,
+                 retry_deadline_s: float = FLUSH_RETRY_DEADLINE_S) -> None:
         self.settings = settings
         self.clock = clock
-        self.client = redis.Redis.from_url(settings.url)
+        self.retry_deadline_s = retry_deadline_s
+        self.client = redis.Redis.from_url(settings.url, socket_timeout=SOCKET_TIMEOUT_S,
+                                           socket_connect_timeout=SOCKET_TIMEOUT_S)
         self.guarded_hset = self.client.register_script(GUARDED_HSET)
         self.apply_segment_change = self.client.register_script(APPLY_SEGMENT_CHANGE)
+        self.apply_recs = self.client.register_script(APPLY_RECS)
         self.pending: dict[str, tuple[int, list[Any]]] = {}
+        self.rec_lists: dict[str, tuple[RecList, int]] = {}
         self.segment_changes: list[tuple[SegmentChange, bytes]] = []
         self.forgotten: set[str] = set()
         self.new_users: set[str] = set()
@@ -154,29 +209,96 @@ class RedisStateWriter:
         pipe.hset(rule_instances_key(prefix), str(instance), str(fingerprint))
         pipe.execute()
 
+    def stage_model_scores(self, user_key: str, version: int, fields: list[Any]) -> None:
+        """The user's latest model scores, guarded by ``version`` (the scored feature vector's)."""
+        self._stage(user_model_key(self.settings.key_prefix, user_key), version, lambda: fields)
+
+    def stage_recs(self, recs: RecList, ttl_s: int) -> None:
+        """Replace the user's recommendation list at the next flush (the newest ``seq`` of the batch)."""
+        current = self.rec_lists.get(recs.user_key)
+        if current is None or recs.seq > current[0].seq:
+            self.rec_lists[recs.user_key] = (recs, ttl_s)
+        prefix = self.settings.key_prefix
+        self.forgotten.difference_update({user_recs_key(prefix, recs.user_key),
+                                          user_recs_info_key(prefix, recs.user_key)})
+
     def stage_forget(self, user_key: str) -> None:
         """Delete the user's hashes (retention passed); pending writes of the user are dropped.
 
         Staged segment changes still apply first: the exits remove the user from the member sets.
         """
         prefix = self.settings.key_prefix
-        keys = [user_profile_key(prefix, user_key), user_features_key(prefix, user_key),
-                user_segments_key(prefix, user_key)]
+        self._forget([user_profile_key(prefix, user_key), user_features_key(prefix, user_key),
+                      user_segments_key(prefix, user_key), user_model_key(prefix, user_key)])
+
+    def stage_forget_recs(self, user_key: str) -> None:
+        """Delete the user's recommendation list (written by the recommender, so forgotten there)."""
+        self.rec_lists.pop(user_key, None)
+        prefix = self.settings.key_prefix
+        self._forget([user_recs_key(prefix, user_key), user_recs_info_key(prefix, user_key)])
+
+    def _forget(self, keys: list[str]) -> None:
         for key in keys:
             self.pending.pop(key, None)
         self.forgotten.update(keys)
 
+    def write_model(self, snapshot: ModelSnapshot, quality: dict[str, float]) -> None:
+        """Publish a new model snapshot's summary and cluster descriptions (rare: written at once)."""
+        prefix = self.settings.key_prefix
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(models_current_key(prefix), mapping={  # type: ignore[arg-type]
+            "version": snapshot.version, "lineage": snapshot.lineage, "ts": snapshot.ts, "cause": snapshot.cause,
+            "bytes": len(snapshot.models), **quality})
+        pipe.delete(models_clusters_key(prefix))
+        clusters = {str(d.cluster): json.dumps({"description": d.text, "share": round(d.share, 4)})
+                    for d in snapshot.clusters}
+        if clusters:
+            pipe.hset(models_clusters_key(prefix), mapping=clusters)  # type: ignore[arg-type]
+        pipe.execute()
+
+    def write_model_instance(self, instance: int, snapshot: ModelSnapshot) -> None:
+        """Which snapshot this scoring instance uses (all equal once a snapshot reached every instance)."""
+        self.client.hset(models_instances_key(self.settings.key_prefix), str(instance),
+                         f"{snapshot.lineage}:{snapshot.version}")
+
+    def write_drift(self, drift: DriftEvent) -> None:
+        self.client.xadd(models_drift_key(self.settings.key_prefix), {"drift": drift.to_json()},
+                         maxlen=self.settings.changes_stream_maxlen, approximate=True)
+
+    def _empty(self) -> bool:
+        return not (self.pending or self.forgotten or self.segment_changes or self.rec_lists)
+
     def due(self) -> bool:
         """Whether the buffer should be written now (size or age limit reached)."""
-        if not self.pending and not self.forgotten and not self.segment_changes:
+        if self._empty():
             return False
         age_ms = (self.clock() - self.last_flush) * 1000
-        size = len(self.pending) + len(self.segment_changes)
+        size = len(self.pending) + len(self.segment_changes) + len(self.rec_lists)
         return size >= self.settings.flush_max_ops or age_ms >= self.settings.flush_interval_ms
 
     def flush(self) -> None:
+        """Write the buffer, waiting out a Redis outage for up to ``retry_deadline_s``.
+
+        While Redis is down the task blocks here: Flink backpressures the sources and nothing is
+        replayed or duplicated. A longer outage fails the task and Flink's restart strategy takes
+        over (restore from the last checkpoint). Re-sending a half-applied batch is safe: every
+        write is version-guarded or idempotent.
+        """
+        delay, deadline = RETRY_FIRST_DELAY_S, time.monotonic() + self.retry_deadline_s
+        while True:
+            try:
+                self._flush_once()
+                return
+            except TRANSIENT_ERRORS as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("Redis write failed (%r); retrying in %.1f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY_S)
+
+    def _flush_once(self) -> None:
         self.last_flush = self.clock()
-        if not self.pending and not self.forgotten and not self.segment_changes:
+        if self._empty():
             return
         pipe = self.client.pipeline(transaction=False)
         self._segment_changes(pipe)
@@ -184,6 +306,7 @@ class RedisStateWriter:
             pipe.unlink(*self.forgotten)
         for key, (version, fields) in self.pending.items():
             self.guarded_hset(keys=[key], args=[self.settings.user_ttl_s, version, *fields], client=pipe)
+        self._rec_lists(pipe)
         if self.new_users:
             pipe.pfadd(users_hll_key(self.settings.key_prefix), *self.new_users)
         pipe.execute()
@@ -191,6 +314,17 @@ class RedisStateWriter:
         self.forgotten.clear()
         self.new_users.clear()
         self.segment_changes.clear()
+        self.rec_lists.clear()
+
+    def _rec_lists(self, pipe: Any) -> None:
+        prefix = self.settings.key_prefix
+        for user, (recs, ttl_s) in self.rec_lists.items():
+            members: list[Any] = []
+            for candidate in recs.ranking.candidates:
+                members += [candidate.score, candidate.item_id]
+            items = json.dumps(recs.items(), separators=(",", ":"))
+            self.apply_recs(keys=[user_recs_key(prefix, user), user_recs_info_key(prefix, user)],
+                            args=[recs.seq, ttl_s, recs.ts, recs.ranking.suppressed, items, *members], client=pipe)
 
     def _segment_changes(self, pipe: Any) -> None:
         prefix, settings = self.settings.key_prefix, self.settings
@@ -214,3 +348,54 @@ class RedisStateWriterFactory:
 
     def __call__(self) -> UserStateSink:
         return RedisStateWriter(self.settings)
+
+
+class DeadLetterCounter:
+    """Counts dead letters per reason for the dashboard (``deadletters:counts``), added to Redis with
+    ``HINCRBY`` at most every ``redis.flush_interval_ms``.
+
+    At least once: a replay after a failure counts its dead letters again (the topic is the exact
+    record). Redis errors never fail the job for a summary: the counts wait for the next flush.
+    """
+
+    def __init__(self, settings: RedisSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.client = redis.Redis.from_url(settings.url, socket_timeout=SOCKET_TIMEOUT_S,
+                                           socket_connect_timeout=SOCKET_TIMEOUT_S)
+        self.counts: dict[str, int] = {}
+        self.last_flush = clock()
+
+    def count(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        if (self.clock() - self.last_flush) * 1000 >= self.settings.flush_interval_ms:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = self.clock()
+        if not self.counts:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        key = deadletter_counts_key(self.settings.key_prefix)
+        for reason, count in self.counts.items():
+            pipe.hincrby(key, reason, count)
+        try:
+            pipe.execute()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("dead-letter counts not written (%r); kept for the next flush", exc)
+            return
+        self.counts = {}
+
+    def close(self) -> None:
+        self.flush()
+        self.client.close()
+
+
+@dataclass(frozen=True)
+class DeadLetterCounterFactory:
+    """Picklable factory of a :class:`DeadLetterCounter` per parse instance."""
+
+    settings: RedisSettings
+
+    def __call__(self) -> DeadLetterCounter:
+        return DeadLetterCounter(self.settings)

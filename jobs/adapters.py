@@ -2,29 +2,67 @@
 
 from __future__ import annotations
 
+import pickle
 import time
-from collections.abc import Callable, Iterator
+import uuid
+import zlib
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, TimeDomain, TimerService
-from pyflink.datastream.functions import KeyedBroadcastProcessFunction, ProcessFunction, RuntimeContext
+from pyflink.datastream.functions import (
+    KeyedBroadcastProcessFunction,
+    KeyedProcessFunction,
+    ProcessFunction,
+    RuntimeContext,
+)
 
 from connectors.kafka import OUTPUT_TYPE
-from connectors.redis_writer import UserStateSink
+from connectors.redis_writer import DeadLetterCounter, UserStateSink
 from operators.deadletter import dead_letter, late_record
 from operators.events import Event
 from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.operator import FeatureOperator, FeatureVector, UserFeatures
 from operators.features.rfm import PopulationScorer
+from operators.models.config import ModelConfig
+from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
+from operators.models.user import Rescored, TrainingInput, UserModels, UserModelState
 from operators.profile import ProfileOperator
+from operators.recs.config import RecConfig
+from operators.recs.serving import Published, RecommendationServer, RecRequest
+from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleBook, RuleCatalog, RuleEntry, parse_command
 from operators.rules.engine import RuleState, SegmentChange, SegmentEngine
 from operators.rules.language import RuleError
 from operators.validation import Limits, Rejection, parse_event
-from state.codecs import decode_features, decode_profile, decode_rules, encode_features, encode_profile, encode_rules
-from state.descriptors import RULE_CATALOG, features_state, profile_state, rules_state
+from state.codecs import (
+    decode_features,
+    decode_models,
+    decode_profile,
+    decode_recs,
+    decode_rules,
+    encode_features,
+    encode_models,
+    encode_profile,
+    encode_recs,
+    encode_rules,
+)
+from state.descriptors import (
+    ITEM_MODEL_STATE,
+    MODEL_SNAPSHOT,
+    MODEL_SNAPSHOT_KEY,
+    RULE_CATALOG,
+    TRAINER_STATE,
+    features_state,
+    global_object_state,
+    models_state,
+    profile_state,
+    published_recs_state,
+    recs_state,
+    rules_state,
+)
 
 EVENT_TYPE = Types.ROW_NAMED(
     list(Event._fields),
@@ -33,6 +71,17 @@ EVENT_TYPE = Types.ROW_NAMED(
 )
 DEAD_LETTERS = OutputTag("dead-letters", OUTPUT_TYPE)
 LATE_EVENTS = OutputTag("late-events", OUTPUT_TYPE)
+#: Routes (``topic`` values) of the user operator's internal records: pickled training inputs for the
+#: trainer, pickled recommendation requests for the recommender; ``k`` is the receiver's key. They
+#: travel on the main output, split off in Java (jobs/pipeline.py), because PyFlink 2.0.2 drops side
+#: outputs of a keyed broadcast function's ``on_timer`` (intent deadlines and retention are timers).
+TRAINING_ROUTE = "__training__"
+RECS_ROUTE = "__recommend__"
+INTERNAL_ROUTES = (TRAINING_ROUTE, RECS_ROUTE)
+#: Key of the single trainer (the whole stream of training inputs goes to one place).
+TRAINER_KEY = "trainer"
+#: Events that change a user's list without teaching the model (others do it through an interaction).
+LIST_EVENTS = frozenset({"checkout_start", "remove_from_cart"})
 #: Flink's final watermark (Long.MAX_VALUE) when a bounded source finishes.
 END_OF_INPUT_WATERMARK = 2**63 - 1
 
@@ -40,18 +89,30 @@ END_OF_INPUT_WATERMARK = 2**63 - 1
 class ParseEvents(ProcessFunction):
     """Validate raw Kafka rows; valid events go on, everything else to the dead-letter side output."""
 
-    def __init__(self, limits: Limits, deadletter_topic: str) -> None:
+    def __init__(self, limits: Limits, deadletter_topic: str,
+                 counter: Callable[[], DeadLetterCounter] | None = None) -> None:
         self.limits = limits
         self.deadletter_topic = deadletter_topic
+        self.counter_factory = counter
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self.counter = self.counter_factory() if self.counter_factory is not None else None
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         payload, topic, partition, offset, record_ts = value
         result = parse_event(payload, record_ts, self.limits)
         if isinstance(result, Rejection):
             key, letter = dead_letter(result, payload, topic, partition, offset, record_ts)
+            if self.counter is not None:
+                self.counter.count(result.reason)
             yield DEAD_LETTERS, Row(key, letter, self.deadletter_topic)
         else:
             yield Row(*result)
+
+    def close(self) -> None:
+        counter = getattr(self, "counter", None)
+        if counter is not None:
+            counter.close()
 
 
 def retention_due(features: UserFeatures, config: FeatureConfig) -> int:
@@ -91,6 +152,16 @@ class UserOperators:
     population: Callable[[int], PopulationScorer]
     """Builds the R/F/M population scorer of the parallel instance with this index."""
     flush_interval_ms: int
+    models: ModelConfig | None = None
+    """Online models (needs features); None: no scoring, no training inputs."""
+    recs: RecConfig | None = None
+    """Recommendations; None: no requests to the recommender."""
+    rec_shards: int = 1
+
+
+def rec_shard(user_key: str, shards: int) -> str:
+    """The recommender instance a user's requests go to (stable across runs and restarts)."""
+    return str(zlib.crc32(user_key.encode("utf-8")) % shards)
 
 
 class UserFunction(KeyedBroadcastProcessFunction):
@@ -111,6 +182,13 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.profile_state = runtime_context.get_state(profile_state(ops.state_ttl_ms))
         self.feature_state = runtime_context.get_state(features_state(ops.state_ttl_ms))
         self.rule_state = runtime_context.get_state(rules_state(ops.state_ttl_ms))
+        self.model_state = runtime_context.get_state(models_state(ops.state_ttl_ms))
+        self.rec_state = runtime_context.get_state(recs_state(ops.state_ttl_ms))
+        self.user_models = UserModels(ops.models) if ops.models is not None and ops.features_enabled else None
+        self.scorer = ModelScorer()
+        self.snapshot_loaded = False
+        self.segments_now: tuple[str, ...] = ()
+        """The user's segments after the latest rule step (what the recommender's trending lists use)."""
         self.sink = ops.redis()
         self.subtask = subtask_index(runtime_context)
         self.features = FeatureOperator(ops.features, ops.population(self.subtask))
@@ -132,8 +210,37 @@ class UserFunction(KeyedBroadcastProcessFunction):
             self.sink.write_rules(self.subtask, rule_set.fingerprint, self.catalog.entries.values())
         return self.engine
 
+    def _scorer(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> ModelScorer:
+        """The scorer, with the snapshot from the broadcast state once (restored from a checkpoint)."""
+        if not self.snapshot_loaded:
+            self.snapshot_loaded = True
+            stored = ctx.get_broadcast_state(MODEL_SNAPSHOT).get(MODEL_SNAPSHOT_KEY)
+            if stored:
+                snapshot = ModelSnapshot.from_json(stored)
+                self.scorer.load(snapshot)
+                self.sink.write_model_instance(self.subtask, snapshot)
+        return self.scorer
+
     def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
-        """A rule command: apply it, or (one instance for all) emit an error record and change nothing."""
+        """A rule command or a model snapshot (the two control topics share the broadcast input)."""
+        if value[1] == self.operators.topics["models"]:
+            self._load_snapshot(value[0], ctx)
+            return
+        yield from self._apply_rule_command(value, ctx)
+
+    def _load_snapshot(self, payload: bytes, ctx: KeyedBroadcastProcessFunction.Context) -> None:
+        """Score with a newer snapshot from now on; it stays in broadcast state for a restore.
+
+        The snapshot topic is internal (written by this job's trainer only): its pickled models are
+        trusted, so only the job may write it (docs/models.md).
+        """
+        snapshot = ModelSnapshot.from_json(payload)
+        if self._scorer(ctx).load(snapshot):
+            ctx.get_broadcast_state(MODEL_SNAPSHOT).put(MODEL_SNAPSHOT_KEY, bytes(payload))
+            self.sink.write_model_instance(self.subtask, snapshot)
+
+    def _apply_rule_command(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
+        """Apply a rule command, or (one instance for all) emit an error record and change nothing."""
         payload, topic, partition, offset, record_ts = value
         book = self.operators.rules
         if book is None or self._engine(ctx) is None or self.catalog is None:
@@ -184,16 +291,84 @@ class UserFunction(KeyedBroadcastProcessFunction):
             yield LATE_EVENTS, Row(event.user_key.encode("utf-8"), late_record(event), ops.topics["late"])
         else:
             decision: dict[str, Any] = {}
+            rescored: Rescored | None = None
             if ops.features_enabled:
                 if features is not None:
                     yield from self._close_due_session(features, event.user_key, event.ts)
                 features, vector = self.features.process(features, event)
                 decision = features.decision
                 yield from self._after_features(features, vector, timers)
+                if self.user_models is not None:
+                    purchase = event.ts if event.type == "purchase" else None
+                    rescored, intent = yield from self._models(vector, purchase, None, ctx, timers)
+                    decision["intent"] = intent
             if engine is not None:
                 first_seen = profile.first_seen
-                yield from self._segments(timers, lambda state: engine.observe(state, event, first_seen, decision))
+                yield from self._segments(timers, lambda state: engine.observe(state, event, first_seen, decision)
+                                          + self._model_segment(engine, state, event.user_key, event.ts, rescored))
+            if ops.recs is not None:
+                yield from self._recommend(event)
         self._schedule_flush(timers)
+
+    def _models(self, vector: FeatureVector | None, purchase_ts: int | None, now: int | None,
+                ctx: KeyedBroadcastProcessFunction.ReadOnlyContext,
+                timers: TimerService) -> Generator[Any, None, tuple[Rescored | None, float | None]]:
+        """Settle intent examples (a purchase at ``purchase_ts``: positives; a timer at ``now``:
+        negatives), send the trainer its inputs, score a new vector.
+
+        Returns (a membership change, the intent score) as the generator's value.
+        """
+        models = self.user_models
+        assert models is not None
+        stored = self.model_state.value()
+        if not stored and vector is None:
+            return None, None
+        state = decode_models(stored) if stored else UserModelState()
+        deadline_before = models.deadline(state)
+        inputs = models.purchase(state, purchase_ts) if purchase_ts is not None else []
+        if now is not None:
+            inputs += models.expire(state, now)
+        rescored = None
+        if vector is not None:
+            inputs += models.vector(state, vector, by_purchase=purchase_ts is not None)
+            rescored = models.score(state, vector, self._scorer(ctx))
+            self.sink.stage_model_scores(vector.user_key, vector.version, [
+                "model_version", state.version, "cluster", state.membership.cluster
+                if state.membership.cluster is not None else "", "intent",
+                "" if state.intent is None else round(state.intent, 4), "ts", vector.ts])
+        self.model_state.update(encode_models(state))
+        deadline = models.deadline(state)
+        if deadline is not None and deadline != deadline_before:
+            timers.register_event_time_timer(deadline)
+        for training_input in inputs:
+            yield Row(TRAINER_KEY.encode("utf-8"), pickle.dumps(training_input), TRAINING_ROUTE)
+        return rescored, state.intent
+
+    @staticmethod
+    def _model_segment(engine: SegmentEngine, state: RuleState, user: str, now: int,
+                       rescored: Rescored | None) -> list[SegmentChange]:
+        if rescored is None:
+            return []
+        return engine.move_model_segment(state, user, rescored.entered, now,
+                                         {"kind": rescored.cause, "model_version": rescored.score.version},
+                                         rescored.score.version)
+
+    def _recommend(self, event: Event) -> Iterator[Any]:
+        """Update the user's recommendation state; ask the recommender for a list when it may change."""
+        config = self.operators.recs
+        assert config is not None
+        if event.type not in config.event_weights and event.type not in LIST_EVENTS:
+            return  # neither teaches the model nor changes the list: no state access
+        stored = self.rec_state.value()
+        user = decode_recs(stored) if stored else UserRecState()
+        interaction = user.remember(event, config, "", self.segments_now)
+        self.rec_state.update(encode_recs(user))
+        yield self._rec_request(RecRequest(event.user_key, event.event_id, event.ts, interaction, user,
+                                           self.segments_now))
+
+    def _rec_request(self, request: RecRequest) -> Row:
+        shard = rec_shard(request.user_key, self.operators.rec_shards)
+        return Row(shard.encode("utf-8"), pickle.dumps(request), RECS_ROUTE)
 
     def _close_due_session(self, features: UserFeatures, user: str, now: int) -> Iterator[Row]:
         """Close the open session if its gap has passed by ``now``, exactly as its timer would."""
@@ -215,6 +390,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
             return  # a bounded input ended: that is not time passing, so nothing expires
         user = ctx.get_current_key()
         engine = self._engine(ctx)
+        rescored: Rescored | None = None
         stored_features = self.feature_state.value()
         if stored_features:
             features = decode_features(stored_features)
@@ -222,23 +398,28 @@ class UserFunction(KeyedBroadcastProcessFunction):
                 yield from self._forget(user, features, engine, timestamp, timers)
                 return
             session_timer = features.sessions.timer_at
+            vector = None
             if session_timer is not None and session_timer <= timestamp:  # not a rule timer: close the session
                 features.sessions.timer_fired(timestamp)
                 vector = self.features.close_session(features, user, timestamp)
                 yield from self._after_features(features, vector, timers)
-        if engine is not None and self.rule_state.value():
-            yield from self._segments(timers, lambda state: engine.advance(state, user, timestamp))
+            if self.user_models is not None:  # intent deadlines, and scoring the closed session's vector
+                rescored, _ = yield from self._models(vector, None, timestamp, ctx, timers)
+        if engine is not None and (self.rule_state.value() or rescored is not None):
+            yield from self._segments(timers, lambda state: engine.advance(state, user, timestamp)
+                                      + self._model_segment(engine, state, user, timestamp, rescored))
 
     def _forget(self, user: str, features: UserFeatures, engine: SegmentEngine | None, timestamp: int,
-                timers: TimerService) -> Iterator[Row]:
+                timers: TimerService) -> Iterator[Any]:
         """Idle past retention: exit every segment, then nothing of the user stays behind."""
         self.features.forget(features)
         stored_rules = self.rule_state.value()
         if engine is not None and stored_rules:
             yield from self._emit_changes(engine.forget(decode_rules(stored_rules), user, timestamp, "retention"))
-        self.profile_state.clear()
-        self.feature_state.clear()
-        self.rule_state.clear()
+        if self.operators.recs is not None and self.rec_state.value():
+            yield self._rec_request(RecRequest(user, "", timestamp, None, None, ()))  # the recommender forgets too
+        for state in (self.profile_state, self.feature_state, self.rule_state, self.model_state, self.rec_state):
+            state.clear()
         self.sink.stage_forget(user)
         self._schedule_flush(timers)
 
@@ -249,6 +430,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         state = decode_rules(stored) if stored else RuleState()
         wake_before = state.wake
         changes = step(state)
+        self.segments_now = tuple(sorted(state.members))
         self.rule_state.update(encode_rules(state))
         if state.wake is not None and state.wake != wake_before:
             timers.register_event_time_timer(state.wake)
@@ -276,14 +458,148 @@ class UserFunction(KeyedBroadcastProcessFunction):
             yield Row(vector.user_key.encode("utf-8"), vector.to_json(), self.operators.topics["features"])
 
     def _schedule_flush(self, timers: TimerService) -> None:
-        if self.sink.due():
-            self.sink.flush()
-        elif not self.flush_timer_set:
-            # Flush a quiet stream's tail too: one processing-time timer per pending batch.
-            timers.register_processing_time_timer(timers.current_processing_time() + self.operators.flush_interval_ms)
-            self.flush_timer_set = True
+        # Flush a quiet stream's tail too: one processing-time timer per pending batch.
+        flush_later(self, timers, self.operators.flush_interval_ms)
 
     def close(self) -> None:
-        sink = getattr(self, "sink", None)  # absent when open() failed: keep that error visible
-        if sink is not None:
-            sink.close()
+        close_sink(self)
+
+
+class GlobalObject:
+    """One global model object in keyed state under a constant key: read once, written back cheaply.
+
+    ``store`` hands PyFlink the same object again; it is pickled when the bundle ends (at most
+    every ``python.fn-execution.bundle.time``) and at checkpoints, not per record.
+    """
+
+    def __init__(self, runtime_context: RuntimeContext, name: str, create: Callable[[], Any]) -> None:
+        self.state = runtime_context.get_state(global_object_state(name))
+        self.create = create
+        self.objects: dict[str, Any] = {}
+
+    def get(self, key: str) -> Any:
+        """The object of ``key`` (the current key): from memory, else restored from state, else new."""
+        current = self.objects.get(key)
+        if current is None:
+            current = self.objects[key] = self.state.value() or self.create()
+        return current
+
+    def store(self, key: str) -> None:
+        self.state.update(self.objects[key])
+
+
+@dataclass(frozen=True)
+class RecommenderSettings:
+    """What the recommender function needs, built on the client."""
+
+    config: RecConfig
+    topic: str
+    redis_ttl_s: int
+    state_ttl_ms: int
+    redis: Callable[[], UserStateSink]
+    flush_interval_ms: int
+
+
+class RecommenderFunction(KeyedProcessFunction):
+    """Keyed by recommender shard: learns every request's interaction into the shard's item model,
+    ranks the requesting user's list and publishes it when it changed meaningfully."""
+
+    def __init__(self, settings: RecommenderSettings) -> None:
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        config = self.settings.config
+        self.models = GlobalObject(runtime_context, ITEM_MODEL_STATE, lambda: RecommendationServer(config).model)
+        self.published = runtime_context.get_map_state(published_recs_state(self.settings.state_ttl_ms))
+        self.sink = self.settings.redis()
+        self.flush_timer_set = False
+
+    def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        settings = self.settings
+        shard = ctx.get_current_key()
+        value: RecRequest = pickle.loads(row[1])
+        server = RecommendationServer(settings.config, self.models.get(shard))
+        user = value.user_key
+        if value.user is None:
+            server.handle(value, None)
+            self.published.remove(user)
+            self.sink.stage_forget_recs(user)
+        else:
+            stored = self.published.get(user)
+            recs = server.handle(value, Published(*stored) if stored else None)
+            if recs is not None:
+                self.published.put(user, (recs.seq, tuple(recs.ranking.item_ids())))
+                record = recs.to_json(int(time.time() * 1000))
+                self.sink.stage_recs(recs, settings.redis_ttl_s)
+                yield Row(user.encode("utf-8"), record, settings.topic)
+        if value.interaction is not None:
+            self.models.store(shard)
+        flush_later(self, ctx.timer_service(), settings.flush_interval_ms)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        self.flush_timer_set = False
+        self.sink.flush()
+        return iter(())
+
+    def close(self) -> None:
+        close_sink(self)
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    config: ModelConfig
+    topics: dict[str, str]
+    """``models`` (snapshots) and ``drift``."""
+    redis: Callable[[], UserStateSink]
+
+
+class ModelTrainerFunction(KeyedProcessFunction):
+    """The one place the segment models learn (keyed by a constant): publishes versioned snapshots to
+    the snapshot topic, which the user operator reads back, and drift events to Kafka and Redis."""
+
+    def __init__(self, settings: TrainerSettings) -> None:
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        config = self.settings.config
+        self.trainers = GlobalObject(runtime_context, TRAINER_STATE,
+                                     lambda: ModelTrainer(config, lineage=uuid.uuid4().hex[:12]))
+        self.sink = self.settings.redis()
+        self.quality: dict[str, float] = {}
+        metrics = runtime_context.get_metrics_group()
+        metrics.gauge("model_version", lambda: int(self.quality.get("version", 0)))
+        metrics.gauge("intent_auc_permille", lambda: int(1000 * self.quality.get("intent_auc", 0.0)))
+        metrics.gauge("intent_log_loss_permille", lambda: int(1000 * self.quality.get("intent_log_loss", 0.0)))
+
+    def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        topics = self.settings.topics
+        value: TrainingInput = pickle.loads(row[1])
+        trainer: ModelTrainer = self.trainers.get(TRAINER_KEY)
+        drift = value.learn(trainer)
+        if drift is not None:
+            self.sink.write_drift(drift)
+            yield Row(drift.model.encode("utf-8"), drift.to_json(), topics["drift"])
+        snapshot = trainer.maybe_snapshot()
+        if snapshot is not None:
+            self.quality = {"version": snapshot.version, **trainer.quality()}
+            self.sink.write_model(snapshot, trainer.quality())
+            yield Row(b"models", snapshot.to_json(), topics["models"])
+        self.trainers.store(TRAINER_KEY)
+
+    def close(self) -> None:
+        close_sink(self)
+
+
+def flush_later(function: Any, timers: TimerService, interval_ms: int) -> None:
+    """Flush the function's Redis sink now when due, else at most ``interval_ms`` from now (one timer)."""
+    if function.sink.due():
+        function.sink.flush()
+    elif not function.flush_timer_set:
+        timers.register_processing_time_timer(timers.current_processing_time() + interval_ms)
+        function.flush_timer_set = True
+
+
+def close_sink(function: Any) -> None:
+    sink = getattr(function, "sink", None)  # absent when open() failed: keep that error visible
+    if sink is not None:
+        sink.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pyflink.common import JobClient
 from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.java_gateway import get_gateway
 
 from connectors.kafka import SourceSpec
 from jobs.pipeline import build_pipeline, create_environment, kafka_io
@@ -47,8 +48,8 @@ def connector_jars() -> list[Path]:
 
 
 def _environment(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None,
-                 transactional_id_prefix: str | None) -> StreamExecutionEnvironment:
-    env, t_env = create_environment(settings, list(jars) if jars is not None else connector_jars())
+                 transactional_id_prefix: str | None, savepoint: str | None = None) -> StreamExecutionEnvironment:
+    env, t_env = create_environment(settings, list(jars) if jars is not None else connector_jars(), savepoint)
     build_pipeline(env, t_env, settings, kafka_io(settings, spec, transactional_id_prefix))
     return env
 
@@ -65,9 +66,21 @@ def run_job(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None = 
     return JobRun(seconds=time.monotonic() - started, job_name=settings.job.name)
 
 
-def start_job(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None = None) -> JobClient:
-    """Submit the job without waiting (an unbounded run to cancel later, e.g. in tests)."""
-    return _environment(settings, spec, jars, None).execute_async(settings.job.name)
+def start_job(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None = None,
+              savepoint: str | None = None) -> JobClient:
+    """Submit the job without waiting (an unbounded run to cancel later, e.g. in tests), optionally
+    restoring the state of ``savepoint``."""
+    return _environment(settings, spec, jars, None, savepoint).execute_async(settings.job.name)
+
+
+def stop_with_savepoint(job: JobClient, directory: str) -> str:
+    """Stop ``job`` with a canonical savepoint in ``directory`` (a URI); returns the savepoint's path.
+
+    PyFlink 2.0.2's ``JobClient.stop_with_savepoint`` calls a Java overload Flink 2.0 removed, so
+    this calls the three-argument one (with the savepoint format) itself.
+    """
+    format_type = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
+    return str(job._j_job_client.stopWithSavepoint(False, directory, format_type).get())
 
 
 def parse_end_offsets(path: str) -> dict[str, dict[int, int]]:

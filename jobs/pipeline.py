@@ -9,30 +9,49 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import redis
 import yaml
-from pyflink.common import Configuration, Types
+from pyflink.common import Configuration, Row, Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
+from pyflink.table.expressions import col, lit
 
 from connectors.kafka import OUTPUT_TYPE, SourceSpec, attach_kafka_sink, event_time_expression, kafka_source
 from connectors.population import SharedPopulation
-from connectors.redis_writer import RedisStateWriterFactory, UserStateSink
-from jobs.adapters import DEAD_LETTERS, EVENT_TYPE, LATE_EVENTS, ParseEvents, UserFunction, UserOperators, user_key
+from connectors.redis_writer import DeadLetterCounter, DeadLetterCounterFactory, RedisStateWriterFactory, UserStateSink
+from jobs.adapters import (
+    DEAD_LETTERS,
+    EVENT_TYPE,
+    INTERNAL_ROUTES,
+    LATE_EVENTS,
+    RECS_ROUTE,
+    TRAINING_ROUTE,
+    ModelTrainerFunction,
+    ParseEvents,
+    RecommenderFunction,
+    RecommenderSettings,
+    TrainerSettings,
+    UserFunction,
+    UserOperators,
+    user_key,
+)
 from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.operator import DECISION_FIELDS
 from operators.features.rfm import RFM_METRICS, PopulationScorer
 from operators.features.windows import WindowSpec
+from operators.models.config import ModelConfig
+from operators.models.user import MODEL_FIELDS
 from operators.profile import ProfileOperator
+from operators.recs.config import RecConfig, rec_config
 from operators.rules.catalog import RuleBook
 from operators.rules.language import RuleError
 from operators.validation import Limits
 from personalize.paths import resolve
-from personalize.settings import FeatureSettings, RedisSettings, Settings, SettingsError
-from state.descriptors import RULE_CATALOG
+from personalize.settings import FeatureSettings, ModelSettings, RedisSettings, Settings, SettingsError
+from state.descriptors import MODEL_SNAPSHOT, RULE_CATALOG
 
 SourceBuilder = Callable[[StreamExecutionEnvironment, StreamTableEnvironment], DataStream]
 SinkBuilder = Callable[[StreamTableEnvironment, DataStream], None]
@@ -69,7 +88,8 @@ def rule_book(settings: Settings) -> RuleBook | None:
     path = resolve(settings.rules.file)
     try:
         document = yaml.safe_load(path.read_text())
-        book = RuleBook(tuple(document["segments"]), DECISION_FIELDS, settings.rules.timestamps_per_step)
+        book = RuleBook(tuple(document["segments"]), DECISION_FIELDS + MODEL_FIELDS,
+                        settings.rules.timestamps_per_step)
         book.catalog()
     except OSError as exc:
         raise SettingsError(f"rules.file: cannot read {path}: {exc.strerror}") from None
@@ -78,6 +98,24 @@ def rule_book(settings: Settings) -> RuleBook | None:
     except RuleError as exc:
         raise SettingsError(f"rules.file {path}: {exc}") from None
     return book
+
+
+def model_config(settings: Settings) -> ModelConfig | None:
+    """The models' parameters, or None when they are off (they learn from feature vectors, so they
+    need features too)."""
+    models: ModelSettings = settings.models
+    if not models.enabled or not settings.features.enabled:
+        return None
+    return ModelConfig(**{name: value for name, value in asdict(models).items() if name != "enabled"})
+
+
+def recommendation_config(settings: Settings) -> RecConfig | None:
+    if not settings.recommendations.enabled:
+        return None
+    try:
+        return rec_config(asdict(settings.recommendations))
+    except ValueError as exc:
+        raise SettingsError(f"recommendations: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -104,8 +142,11 @@ class PipelineIO:
     source: SourceBuilder
     rules: SourceBuilder
     """Rule commands (rows shaped like the event source's), broadcast to every user-state instance."""
+    snapshots: SourceBuilder
+    """Model snapshots read back from the trainer's topic, broadcast with the rule commands."""
     sink: SinkBuilder
     redis: Callable[[], UserStateSink]
+    deadletters: Callable[[], DeadLetterCounter]
     population: Callable[[int], PopulationScorer]
 
 
@@ -122,10 +163,13 @@ def put_interpreter_first_on_path() -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + path
 
 
-def create_environment(settings: Settings, jars: list[Path]) -> tuple[StreamExecutionEnvironment,
-                                                                        StreamTableEnvironment]:
+def create_environment(settings: Settings, jars: list[Path], savepoint: str | None = None) -> tuple[
+        StreamExecutionEnvironment, StreamTableEnvironment]:
+    """The job's environment; ``savepoint``: restore from this savepoint or retained checkpoint."""
     put_interpreter_first_on_path()
     config = Configuration()
+    if savepoint is not None:
+        config.set_string("execution.savepoint.path", savepoint)
     if settings.job.execution_mode == "process":
         config.set_string("python.executable", sys.executable)
     config.set_string("pipeline.jars", ";".join(jar.resolve().as_uri() for jar in jars))
@@ -152,17 +196,22 @@ def kafka_io(settings: Settings, spec: SourceSpec, transactional_id_prefix: str 
     event_time = event_time_expression(settings.validation.min_event_time_ms, settings.validation.max_future_skew_ms)
     # Rule commands always replay from the start on a fresh start: the topic is the log that rebuilds
     # the catalog (a restore from a checkpoint resumes from its offsets instead).
-    rules = topics.rules
+    rules, models = topics.rules, topics.models
     rules_spec = SourceSpec([rules.name], "earliest", spec.end_offsets, {rules.name: rules.partitions})
+    # Snapshots replay from the start too: the newest one is what scores (the newest lineage wins).
+    models_spec = SourceSpec([models.name], "earliest", spec.end_offsets, {models.name: models.partitions})
     return PipelineIO(
         source=lambda env, t_env: kafka_source(
             t_env, settings.kafka, spec, settings.job.max_out_of_orderness_ms, event_time),
         rules=lambda env, t_env: kafka_source(
             t_env, settings.kafka, rules_spec, 0, RULES_EVENT_TIME, "rules_source"),
+        snapshots=lambda env, t_env: kafka_source(
+            t_env, settings.kafka, models_spec, settings.job.max_out_of_orderness_ms, event_time, "snapshots_source"),
         sink=lambda t_env, stream: attach_kafka_sink(
-            t_env, stream, settings.kafka, [topic.name for topic in topics.outputs()], prefix
+            t_env, stream, settings.kafka, [topic.name for topic in topics.outputs()], prefix, INTERNAL_ROUTES
         ),
         redis=RedisStateWriterFactory(settings.redis),
+        deadletters=DeadLetterCounterFactory(settings.redis),
         population=SharedPopulationFactory(settings.redis, settings.features.population_refresh_ms),
     )
 
@@ -174,25 +223,60 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     limits = Limits(validation.max_payload_bytes, validation.min_event_time_ms, validation.max_future_skew_ms)
     parsed = (
         io.source(env, t_env)
-        .process(ParseEvents(limits, topics.deadletter.name), output_type=EVENT_TYPE)
+        .process(ParseEvents(limits, topics.deadletter.name, io.deadletters), output_type=EVENT_TYPE)
         .name("parse-validate").uid("parse-validate")
     )
+    models, recs = model_config(settings), recommendation_config(settings)
     operators = UserOperators(
         profile=ProfileOperator(job.dedup_window_ms, job.dedup_max_ids_per_user),
         features=feature_config(settings.features),
         features_enabled=settings.features.enabled,
         rules=rule_book(settings),
         topics={"profiles": topics.profiles.name, "features": topics.features.name, "late": topics.late.name,
-                "segments": topics.segments.name, "deadletter": topics.deadletter.name},
+                "segments": topics.segments.name, "deadletter": topics.deadletter.name,
+                "models": topics.models.name},
         state_ttl_ms=job.state_ttl_ms, allowed_lateness_ms=settings.features.allowed_lateness_ms,
         redis=io.redis, population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
+        models=models, recs=recs,
     )
+    control = io.rules(env, t_env)
+    if models is not None:
+        control = control.union(io.snapshots(env, t_env))
     users = (
         parsed.key_by(user_key, key_type=Types.STRING())
-        .connect(io.rules(env, t_env).broadcast(RULE_CATALOG))
+        .connect(control.broadcast(RULE_CATALOG, MODEL_SNAPSHOT))
         .process(UserFunction(operators), output_type=OUTPUT_TYPE)
         .name("user-state").uid("user-state")
     )
-    output = users.union(parsed.get_side_output(DEAD_LETTERS), users.get_side_output(LATE_EVENTS))
+    # The user operator's main output also carries internal records (INTERNAL_ROUTES): the sink skips them.
+    outputs = [parsed.get_side_output(DEAD_LETTERS), users.get_side_output(LATE_EVENTS)]
+    if models is not None:
+        trainer = TrainerSettings(models, {"models": topics.models.name, "drift": topics.drift.name}, io.redis)
+        outputs.append(
+            routed(t_env, users, TRAINING_ROUTE)
+            .key_by(receiver, key_type=Types.STRING())
+            .process(ModelTrainerFunction(trainer), output_type=OUTPUT_TYPE)
+            .name("model-trainer").uid("model-trainer")
+        )
+    if recs is not None:
+        recommender = RecommenderSettings(recs, topics.recommendations.name, settings.recommendations.redis_ttl_s,
+                                          job.state_ttl_ms, io.redis, settings.redis.flush_interval_ms)
+        outputs.append(
+            routed(t_env, users, RECS_ROUTE)
+            .key_by(receiver, key_type=Types.STRING())
+            .process(RecommenderFunction(recommender), output_type=OUTPUT_TYPE)
+            .name("recommender").uid("recommender")
+        )
+    output = users.union(*outputs)
     io.sink(t_env, output)
     return output
+
+
+def routed(t_env: StreamTableEnvironment, stream: DataStream, route: str) -> DataStream:
+    """The rows of ``stream`` whose ``topic`` is ``route``, filtered in Java (no Python call per record)."""
+    return t_env.to_data_stream(t_env.from_data_stream(stream).where(col("topic") == lit(route)))
+
+
+def receiver(row: Row) -> str:
+    """The key an internal record is addressed to (its ``k``)."""
+    return bytes(row[0]).decode("utf-8")

@@ -46,8 +46,8 @@ DEFAULT_WARMUP = 0.3
 
 
 def model_config(models: ModelSettings) -> ModelConfig:
-    """The ``models`` settings section has exactly the fields of :class:`ModelConfig`."""
-    return ModelConfig(**vars(models))
+    """The ``models`` settings section: the fields of :class:`ModelConfig` plus the job's ``enabled``."""
+    return ModelConfig(**{name: value for name, value in vars(models).items() if name != "enabled"})
 
 
 class Purchase(NamedTuple):

@@ -65,14 +65,18 @@ class Topics:
     late: Topic
     segments: Topic
     recommendations: Topic
+    models: Topic
+    """Internal: model snapshots from the trainer back to the scoring user operator."""
+    drift: Topic
 
     def all(self) -> list[Topic]:
         return [self.behavior, self.profile, self.consent, self.rules, self.deadletter, self.profiles,
-                self.features, self.late, self.segments, self.recommendations]
+                self.features, self.late, self.segments, self.recommendations, self.models, self.drift]
 
     def outputs(self) -> list[Topic]:
         """Topics the job writes (one exactly-once sink routes records among them)."""
-        return [self.profiles, self.features, self.deadletter, self.late, self.segments]
+        return [self.profiles, self.features, self.deadletter, self.late, self.segments, self.recommendations,
+                self.models, self.drift]
 
     def inputs(self) -> list[Topic]:
         """Topics carrying user events, in the order the job reads them."""
@@ -168,8 +172,10 @@ class RuleSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """Raw ``models`` section: the fields of ``operators.models.config.ModelConfig`` (docs/models.md)."""
+    """Raw ``models`` section: ``enabled`` and the fields of ``operators.models.config.ModelConfig``
+    (docs/models.md)."""
 
+    enabled: bool
     clusterer: str
     n_clusters: int
     seed: int
@@ -191,6 +197,7 @@ class RecommendationSettings:
     own (``enabled``, ``redis_ttl_s``); see docs/recommendations.md."""
 
     enabled: bool
+    shards: int
     k: int
     weights: dict[str, float]
     event_weights: dict[str, float]

@@ -21,7 +21,12 @@ from operators.features.operator import EMITTED_FIELDS, UserFeatures
 from operators.features.rfm import PurchaseHistory
 from operators.features.sessions import Session, SessionTracker
 from operators.features.windows import SlidingCount
+from operators.models.inputs import INTENT_FEATURES
+from operators.models.intent import PendingExamples
+from operators.models.membership import Membership as ClusterMembership
+from operators.models.user import UserModelState
 from operators.profile import UserProfile
+from operators.recs.user import UserRecState
 from operators.rules.engine import Membership, RuleState
 from operators.rules.signals import SignalLog
 
@@ -178,3 +183,56 @@ def decode_rules(data: bytes) -> RuleState:
         waiting={name: now - age for name, age in document["q"].items()},
         now=now, first_seen=document["fs"], seq=document["s"], wake=document["w"], fingerprint=document["p"],
     )
+
+
+RECS_CODEC_VERSION = 1
+
+
+def encode_recs(user: UserRecState) -> bytes:
+    """Item maps keep their order (oldest first), which is what the recommender's bounds rely on."""
+    document = {
+        "v": RECS_CODEC_VERSION, "r": user.recent, "c": user.cart, "p": user.purchased,
+        "a": {k: [score, ts] for k, (score, ts) in user.affinity.scores.items()},
+        "k": user.checkout_ts, "t": user.reference_ts,
+    }
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def decode_recs(data: bytes) -> UserRecState:
+    document = _json_document(data, "recommendation", RECS_CODEC_VERSION)
+    return UserRecState(recent=document["r"], cart=document["c"], purchased=document["p"],
+                        affinity=CategoryAffinity(scores={k: (score, ts) for k, (score, ts) in document["a"].items()}),
+                        checkout_ts=document["k"], reference_ts=document["t"])
+
+
+MODELS_CODEC_VERSION = 1
+#: Decimals kept of a pending example's inputs: log counts and rates, far below what SGD resolves.
+EXAMPLE_DECIMALS = 4
+
+
+def encode_models(state: UserModelState) -> bytes:
+    """Pending examples are stored as bare values in ``INTENT_FEATURES`` order (~150 bytes each, not ~675)."""
+    membership = state.membership
+    document = {
+        "v": MODELS_CODEC_VERSION,
+        "p": [[ts, [_short(example[name]) for name in INTENT_FEATURES]] for ts, example in state.pending.examples],
+        "d": state.pending.dropped,
+        "m": [membership.cluster, membership.candidate, membership.streak],
+        "i": state.intent, "s": state.version,
+    }
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def _short(value: float) -> float | int:
+    """Rounded to :data:`EXAMPLE_DECIMALS`; whole numbers (most inputs are zero) as integers."""
+    rounded = round(float(value), EXAMPLE_DECIMALS)
+    return int(rounded) if rounded.is_integer() else rounded
+
+
+def decode_models(data: bytes) -> UserModelState:
+    document = _json_document(data, "model", MODELS_CODEC_VERSION)
+    cluster, candidate, streak = document["m"]
+    examples = [(ts, dict(zip(INTENT_FEATURES, values, strict=True))) for ts, values in document["p"]]
+    return UserModelState(pending=PendingExamples(examples, document["d"]),  # type: ignore[arg-type]
+                          membership=ClusterMembership(cluster, candidate, streak),
+                          intent=document["i"], version=document["s"])

@@ -9,8 +9,13 @@ from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueSt
 PROFILE_STATE = "profile-v1"
 FEATURES_STATE = "features-v1"
 RULES_STATE = "rules-v1"
+MODELS_STATE = "models-v1"
+RECS_STATE = "recs-v1"
 #: Broadcast state: rule id -> the RuleEntry JSON of the latest applied command (the same on every instance).
 RULE_CATALOG = MapStateDescriptor("rule-catalog-v1", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+#: Broadcast state: ``current`` -> the pickled ModelSnapshot the instance scores with.
+MODEL_SNAPSHOT = MapStateDescriptor("model-snapshot-v1", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+MODEL_SNAPSHOT_KEY = "current"
 
 
 #: Stands in for RocksDB's periodic compaction time. PyFlink 2.0.2 builds its default as a Java
@@ -60,3 +65,33 @@ def features_state(ttl_ms: int) -> ValueStateDescriptor:
 
 def rules_state(ttl_ms: int) -> ValueStateDescriptor:
     return _bytes_state(RULES_STATE, ttl_ms)
+
+
+def models_state(ttl_ms: int) -> ValueStateDescriptor:
+    return _bytes_state(MODELS_STATE, ttl_ms)
+
+
+def recs_state(ttl_ms: int) -> ValueStateDescriptor:
+    return _bytes_state(RECS_STATE, ttl_ms)
+
+
+def global_object_state(name: str) -> ValueStateDescriptor:
+    """A global model (item model, trainer) as one pickled object under a constant key.
+
+    No TTL on purpose: with one, PyFlink commits (pickles) the value on every update; without, the
+    write is cached and pickled once per bundle (at most every ``python.fn-execution.bundle.time``)
+    and at every checkpoint.
+    """
+    return ValueStateDescriptor(name, Types.PICKLED_BYTE_ARRAY())
+
+
+ITEM_MODEL_STATE = "item-model-v1"
+TRAINER_STATE = "model-trainer-v1"
+PUBLISHED_RECS_STATE = "published-recs-v1"
+
+
+def published_recs_state(ttl_ms: int) -> MapStateDescriptor:
+    """User key -> (seq, item ids) of the list last published for the user."""
+    descriptor = MapStateDescriptor(PUBLISHED_RECS_STATE, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+    descriptor.enable_time_to_live(ttl_config(ttl_ms))
+    return descriptor

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from connectors.redis_keys import user_profile_key, user_profile_pattern
+from connectors.redis_keys import deadletter_counts_key, user_profile_key, user_profile_pattern
 from jobs.personalize_job import run_job, source_spec
 from operators.events import Event
 from operators.validation import Limits, parse_event
@@ -104,6 +104,13 @@ def test_dead_letters_carry_reason_payload_and_source(job_run: dict[str, Any]) -
         assert source["topic"] in topics
         assert key.decode() == f"{source['topic']}:{source['partition']}:{source['offset']}"
         assert "payload" in letter or "payload_base64" in letter
+
+
+def test_redis_counts_dead_letters_per_reason(job_run: dict[str, Any]) -> None:
+    settings: Settings = job_run["settings"]
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    counts = client.hgetall(deadletter_counts_key(settings.redis.key_prefix))
+    assert Counter({reason: int(n) for reason, n in counts.items()}) == job_run["expected"].rejections
 
 
 def test_redis_holds_one_exact_profile_per_user(job_run: dict[str, Any]) -> None:

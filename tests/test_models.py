@@ -431,7 +431,8 @@ def test_training_samples_are_chosen_by_vector_id() -> None:
 
 
 def test_model_settings_map_onto_the_model_config() -> None:
-    assert [f.name for f in dataclasses.fields(ModelSettings)] == [f.name for f in dataclasses.fields(ModelConfig)]
+    config_fields = [f.name for f in dataclasses.fields(ModelConfig)]
+    assert [f.name for f in dataclasses.fields(ModelSettings)] == ["enabled", *config_fields]
 
 
 def test_descriptions_cover_every_cluster_of_a_trained_model() -> None:

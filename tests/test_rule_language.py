@@ -13,13 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.features.operator import DECISION_FIELDS
+from operators.models.user import MODEL_FIELDS
 from operators.rules.catalog import RuleCatalog, RuleCommand, parse_command
 from operators.rules.conditions import Count, Facts, Sequence, Step
 from operators.rules.language import Compiler, RuleError, parse_duration
 from operators.rules.signals import Retention, Signal, SignalLog
 from personalize.paths import CONFIG_DIR
 
-COMPILER = Compiler(DECISION_FIELDS)
+COMPILER = Compiler(DECISION_FIELDS + MODEL_FIELDS)
 SCHEMA = json.loads((CONFIG_DIR / "rules.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 COUNT = {"count": {"event": "purchase", "within": "1d", "at_least": 1}}
@@ -68,7 +69,7 @@ def test_invalid_rules_are_rejected_by_compiler_and_schema(case: str, definition
 def test_default_rules_pass_schema_and_compiler() -> None:
     rules = yaml.safe_load((CONFIG_DIR / "rules.yaml").read_text())
     VALIDATOR.validate(rules)
-    assert len(RuleCatalog.from_definitions(rules["segments"], COMPILER).rule_set(COMPILER).segments) == 7
+    assert len(RuleCatalog.from_definitions(rules["segments"], COMPILER).rule_set(COMPILER).segments) == 8
 
 
 @pytest.mark.parametrize(("text", "ms"), [("500ms", 500), ("30s", 30_000), ("15m", 900_000), ("24h", 86_400_000),

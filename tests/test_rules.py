@@ -14,6 +14,7 @@ from operators.events import Event
 from operators.features.config import FeatureConfig
 from operators.features.operator import DECISION_FIELDS, FeatureOperator, UserFeatures
 from operators.features.rfm import LocalPopulation
+from operators.models.user import MODEL_FIELDS
 from operators.rules.catalog import RuleCatalog, RuleSet
 from operators.rules.engine import RuleState, SegmentChange, SegmentEngine
 from operators.rules.language import Compiler
@@ -24,7 +25,7 @@ MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-COMPILER = Compiler(DECISION_FIELDS)
+COMPILER = Compiler(DECISION_FIELDS + MODEL_FIELDS)
 DEFAULT_RULES = yaml.safe_load((CONFIG_DIR / "rules.yaml").read_text())["segments"]
 
 
@@ -279,7 +280,7 @@ def test_decision_fields_match_what_the_feature_operator_computes() -> None:
 def test_default_rules_file_is_the_documented_rule_set() -> None:
     ids = [definition["id"] for definition in DEFAULT_RULES]
     assert ids == ["new_visitor", "loyal_customer", "dormant", "high_intent_browser", "potential_buyer",
-                   "checkout_in_progress", "high_value"]
+                   "checkout_in_progress", "high_value", "high_purchase_intent"]
     assert Path(CONFIG_DIR / "rules.schema.json").exists()
 
 

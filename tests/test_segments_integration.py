@@ -118,7 +118,7 @@ def test_redis_holds_memberships_counts_stream_and_rules(segments_run: dict[str,
     stream = client.xrange(segment_changes_key(prefix))
     assert len(stream) == len(segments_run["changes"])  # replay-guarded: each change once
     rules = {rule_id: json.loads(entry) for rule_id, entry in client.hgetall(rules_key(prefix)).items()}
-    assert len(rules) == 7 and rules["dormant"]["status"] == "active"
+    assert len(rules) == 8 and rules["dormant"]["status"] == "active"
     assert len(set(client.hgetall(rule_instances_key(prefix)).values())) == 1
 
 

@@ -186,6 +186,10 @@ class ClusterDescription:
         return {"cluster": self.cluster, "text": self.text, "share": round(self.share, 4),
                 "centroid": {name: round(z, 3) for name, z in self.centroid.items()}}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClusterDescription:
+        return cls(data["cluster"], data["text"], data["share"], dict(data["centroid"]))
+
 
 def describe(centroid: Mapping[str, float], category: str = "") -> str:
     """Words for the centroid's largest deviations from the population, e.g. "frequent, low spend, books".

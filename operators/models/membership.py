@@ -10,12 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from operators.models.clustering import Assignment
-
-SEGMENT_PREFIX = "cluster:"
+from operators.rules.engine import MODEL_SEGMENT_PREFIX
 
 
 def segment_name(cluster: int) -> str:
-    return f"{SEGMENT_PREFIX}{cluster}"
+    return f"{MODEL_SEGMENT_PREFIX}{cluster}"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ model version and a restore brings back the snapshot they were using.
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import pickle
 import zlib
@@ -31,6 +33,7 @@ from operators.models.drift import DriftEvent, DriftMonitor
 from operators.models.inputs import ModelInput, behaviour_input, has_behaviour, intent_input
 from operators.models.intent import IntentClassifier
 
+SNAPSHOT_SCHEMA = "models.snapshot.v1"
 AUC_THRESHOLDS = 50
 """River's ROCAUC is approximate; 10 thresholds (its default) misstate AUC by several points here."""
 PROBABILITY_FLOOR = 1e-15
@@ -59,10 +62,26 @@ class ModelSnapshot:
     models: bytes
     """Pickled :class:`SegmentModels`."""
     clusters: tuple[ClusterDescription, ...]
+    lineage: str = ""
+    """The trainer that made it: versions are comparable within one lineage only."""
+
+    def to_json(self) -> bytes:
+        """The snapshot record: readable metadata, a ``ts`` the snapshot topic's watermark follows
+        (the trainer's event-time clock), and the pickled models in base64."""
+        return json.dumps({**self.summary(), "id": f"{self.lineage}:v{self.version}", "schema": SNAPSHOT_SCHEMA,
+                           "models": base64.b64encode(self.models).decode("ascii")},
+                          separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ModelSnapshot:
+        document = json.loads(data)
+        return cls(document["version"], document["ts"], document["cause"], base64.b64decode(document["models"]),
+                   tuple(ClusterDescription.from_dict(c) for c in document["clusters"]), document["lineage"])
 
     def summary(self) -> dict[str, Any]:
         """The snapshot without its model bytes: what Redis and the logs show."""
-        return {"version": self.version, "ts": self.ts, "cause": self.cause, "bytes": len(self.models),
+        return {"version": self.version, "lineage": self.lineage, "ts": self.ts, "cause": self.cause,
+                "bytes": len(self.models),
                 "clusters": [description.to_dict() for description in self.clusters]}
 
 
@@ -78,8 +97,10 @@ class ModelTrainer:
     and log loss measure the model on data it has not seen.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, lineage: str = "") -> None:
         self.config = config
+        self.lineage = lineage
+        """Names this trainer's snapshots apart from another trainer's (a job started without state)."""
         self.models = SegmentModels(BehaviourClusterer(config.clusterer, config.n_clusters, config.seed),
                                     IntentClassifier(config.intent_learning_rate))
         self.stats = ClusterStats()
@@ -94,12 +115,16 @@ class ModelTrainer:
         self.since_snapshot = 0
         self.drifted = False
         self.vectors_learned = 0
+        self.intent_examples = 0
 
     def learn_vector(self, values: Mapping[str, Any], ts: int) -> DriftEvent | None:
         """Learn the clusters from one emitted feature vector (assigned first, for sizes and drift)."""
         if not has_behaviour(values):
             return None
-        x = behaviour_input(values)
+        return self.learn_behaviour(behaviour_input(values), values["top_category"] or "", ts)
+
+    def learn_behaviour(self, x: ModelInput, top_category: str, ts: int) -> DriftEvent | None:
+        """Learn the clusters from one behaviour input (what the job's keyed operator sends)."""
         clusterer = self.models.clusterer
         assignment = clusterer.assign(x)
         clusterer.learn_one(x)
@@ -107,7 +132,7 @@ class ModelTrainer:
         self._learned(ts)
         if assignment is None:
             return None
-        self.stats.add(assignment.cluster, values["top_category"])
+        self.stats.add(assignment.cluster, top_category)
         return self._drift(self.distance_drift.update(assignment.distance, ts, self.version))
 
     def learn_intent(self, example: ModelInput, label: bool, ts: int) -> DriftEvent | None:
@@ -115,6 +140,7 @@ class ModelTrainer:
         p_true = self.models.intent.predict_proba_one(example).get(True, 0.0)
         self.intent_auc.update(label, p_true)
         self.intent_log_loss.update(label, p_true)
+        self.intent_examples += 1
         self.models.intent.learn_one(example, label)
         self._learned(ts)
         return self._drift(self.loss_drift.update(log_loss(p_true, label), ts, self.version))
@@ -140,7 +166,13 @@ class ModelTrainer:
         self.version += 1
         self.snapshot_ts, self.since_snapshot, self.drifted = self.now_ts, 0, False
         return ModelSnapshot(self.version, self.now_ts, cause, pickle.dumps(self.models),
-                             describe_clusters(self.models.clusterer, self.stats))
+                             describe_clusters(self.models.clusterer, self.stats), self.lineage)
+
+    def quality(self) -> dict[str, float]:
+        """Progressive validation so far: intent ROC AUC and log loss, and how many examples they cover."""
+        return {"intent_auc": round(float(self.intent_auc.get()), 4),
+                "intent_log_loss": round(float(self.intent_log_loss.get()), 4),
+                "examples": self.intent_examples}
 
 
 @dataclass(frozen=True)
@@ -157,14 +189,21 @@ class ModelScorer:
 
     def __init__(self) -> None:
         self.version = 0
+        self.lineage = ""
+        self.cause = ""
+        """Why the loaded snapshot was published: ``model`` or ``drift``."""
         self._models: SegmentModels | None = None
 
     def load(self, snapshot: ModelSnapshot) -> bool:
-        """Use ``snapshot`` if it is newer than the current one (broadcasts may repeat after a restore)."""
-        if snapshot.version <= self.version:
+        """Use ``snapshot`` if it is newer than the current one (broadcasts may repeat after a restore).
+
+        A snapshot of another lineage always replaces the current one: snapshots are read in the
+        order they were published, so another lineage is a newer trainer (a job started afresh).
+        """
+        if snapshot.lineage == self.lineage and snapshot.version <= self.version:
             return False
         self._models = pickle.loads(snapshot.models)
-        self.version = snapshot.version
+        self.version, self.lineage, self.cause = snapshot.version, snapshot.lineage, snapshot.cause
         return True
 
     def score(self, values: Mapping[str, Any]) -> ModelScore | None:

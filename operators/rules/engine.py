@@ -100,6 +100,14 @@ def extract_attributes(attributes_json: str, wanted: frozenset[str]) -> dict[str
 
 
 
+MODEL_SEGMENT_PREFIX = "cluster:"
+"""Segments the models decide. Rule ids cannot contain ':', so the two never collide."""
+
+
+def is_model_segment(name: str) -> bool:
+    return name.startswith(MODEL_SEGMENT_PREFIX)
+
+
 class SegmentEngine:
     """Applies a :class:`RuleSet` to a user's :class:`RuleState`."""
 
@@ -159,11 +167,27 @@ class SegmentEngine:
             del state.members[segment]
         return changes
 
+    def move_model_segment(self, state: RuleState, user_key: str, segment: str | None, now: int,
+                           cause: Mapping[str, Any], version: int) -> list[SegmentChange]:
+        """Put the user in model segment ``segment`` (None: in none), leaving any other model segment.
+
+        Model segments (``cluster:<id>``, decided by the online models, not by rules) share the
+        user's change sequence and membership list with rule segments, so consumers see one stream.
+        """
+        changes = []
+        for name in self._ordered(n for n in state.members if is_model_segment(n) and n != segment):
+            changes.append(self._change(state, user_key, name, "exit", cause, now))
+            del state.members[name]
+        if segment is not None and segment not in state.members:
+            changes.append(self._change(state, user_key, segment, "enter", cause, now))
+            state.members[segment] = Membership(now, version)
+        return changes
+
     def _evaluate(self, state: RuleState, user_key: str, now: int, affected: set[str] | None,
                   cause: Mapping[str, Any]) -> list[SegmentChange]:
         rules = self.rules
         candidates = set(rules.segments) if affected is None else set(affected)
-        candidates.update(name for name in state.members if name not in rules.segments)
+        candidates.update(name for name in state.members if name not in rules.segments and not is_model_segment(name))
         for name in list(candidates):
             segment = rules.segments.get(name)
             if segment is not None and segment.group:

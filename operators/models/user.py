@@ -1,0 +1,107 @@
+"""Per-user model work of the keyed operator: intent examples awaiting labels, scores, cluster membership.
+
+The trainer never sees a user: what leaves the user is a :class:`TrainingInput` (a sampled
+behaviour input or a labelled intent example). What stays is a :class:`UserModelState`, a few
+hundred bytes kept next to the user's other keyed state and erased with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from operators.features.operator import FeatureVector
+from operators.models.config import ModelConfig
+from operators.models.drift import DriftEvent
+from operators.models.inputs import ModelInput, behaviour_input, has_behaviour, intent_input
+from operators.models.intent import IntentLabeler, Labelled, PendingExamples
+from operators.models.membership import Membership, MembershipPolicy, update_membership
+from operators.models.training import ModelScore, ModelScorer, ModelTrainer, in_training_sample
+
+MODEL_FIELDS = ("intent",)
+"""What the models add to the fields rules may compare (``intent``: P(purchase within the horizon))."""
+
+
+class TrainingInput(NamedTuple):
+    """One thing for the trainer to learn: a behaviour input (``label`` None) or a labelled intent example."""
+
+    ts: int
+    x: ModelInput
+    label: bool | None = None
+    top_category: str = ""
+
+    def learn(self, trainer: ModelTrainer) -> DriftEvent | None:
+        """Apply to ``trainer``; returns its drift event, if any."""
+        if self.label is None:
+            return trainer.learn_behaviour(self.x, self.top_category, self.ts)
+        return trainer.learn_intent(self.x, self.label, self.ts)
+
+
+@dataclass
+class UserModelState:
+    pending: PendingExamples = field(default_factory=PendingExamples)
+    membership: Membership = field(default_factory=Membership)
+    intent: float | None = None
+    """The latest intent score (what rules compare as ``intent``); None before the first snapshot."""
+    version: int = 0
+    """Model version of the latest score."""
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """A scoring that moved the user's cluster membership (either side None: no cluster)."""
+
+    left: str | None
+    entered: str | None
+    score: ModelScore
+    cause: str
+    """``model``, or ``drift`` when the snapshot in use was published because of a drift."""
+
+
+class UserModels:
+    """Pure per-user model steps; the keyed operator calls them and keeps :class:`UserModelState`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+        self.labeler = IntentLabeler(config.intent_horizon_ms, config.intent_max_pending)
+        self.policy = MembershipPolicy(config.hysteresis_margin, config.hysteresis_patience)
+
+    def vector(self, state: UserModelState, vector: FeatureVector, by_purchase: bool) -> list[TrainingInput]:
+        """A newly emitted vector: the trainer's sample of it, and an intent example waiting for its label.
+
+        A vector emitted by a purchase is no example: the order's next item would label it positive
+        milliseconds later (docs/models.md).
+        """
+        values = vector.values
+        learned = []
+        if has_behaviour(values) and in_training_sample(vector.vector_id, self.config.train_sample_share):
+            learned.append(TrainingInput(vector.ts, behaviour_input(values), None, values["top_category"] or ""))
+        if not by_purchase:
+            self.labeler.add(state.pending, vector.ts, intent_input(values))
+        return learned
+
+    def purchase(self, state: UserModelState, ts: int) -> list[TrainingInput]:
+        """Positive examples: those a purchase at ``ts`` falls within the horizon of."""
+        return self._settled(self.labeler.purchase(state.pending, ts), ts)
+
+    def expire(self, state: UserModelState, now: int) -> list[TrainingInput]:
+        """Negative examples: those whose horizon passed by ``now`` without a purchase."""
+        return self._settled(self.labeler.expire(state.pending, now), now)
+
+    def deadline(self, state: UserModelState) -> int | None:
+        return self.labeler.next_deadline(state.pending)
+
+    @staticmethod
+    def _settled(settled: list[Labelled], ts: int) -> list[TrainingInput]:
+        return [TrainingInput(ts, example, label) for example, label in settled]
+
+    def score(self, state: UserModelState, vector: FeatureVector, scorer: ModelScorer) -> Rescored | None:
+        """Score with the loaded snapshot; a :class:`Rescored` when the cluster membership changed."""
+        score = scorer.score(vector.values)
+        if score is None:
+            return None
+        state.intent, state.version = score.intent, score.version
+        before = state.membership.segment
+        state.membership = update_membership(self.policy, state.membership, score.assignment)
+        after = state.membership.segment
+        return None if after == before else Rescored(before, after, score, scorer.cause or "model")

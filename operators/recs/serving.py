@@ -1,0 +1,98 @@
+"""The recommendation step of the job: learn an interaction, rank the user's list, publish only real changes.
+
+The keyed user operator keeps each user's :class:`UserRecState` and sends a :class:`RecRequest` per
+event that can change the user's list. The recommender operator owns the global :class:`ItemModel`
+(one per shard, docs/recommendations.md) and the last list it published per user, which is what
+:class:`RecommendationServer` needs to decide whether a new list is worth sending.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from operators.recs.config import RecConfig
+from operators.recs.model import Interaction, ItemModel
+from operators.recs.recommender import Ranking, Recommender
+from operators.recs.rules import changed_meaningfully
+from operators.recs.user import UserRecState
+
+RECS_SCHEMA = "recommendations.v1"
+
+
+class RecRequest(NamedTuple):
+    """One user event for the recommender: what to learn, and the user's state to rank for.
+
+    ``user`` None means the user is gone (retention or erasure): forget the published list.
+    """
+
+    user_key: str
+    event_id: str
+    ts: int
+    interaction: Interaction | None
+    user: UserRecState | None
+    segments: tuple[str, ...]
+
+
+class Published(NamedTuple):
+    """The last list published for a user: its sequence number and item ids."""
+
+    seq: int
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RecList:
+    """A published list. ``id`` (``<user>:<event id>``) names the event that produced it, so a
+    replayed list has the same id and a consumer can drop duplicates; ``seq`` orders a user's lists."""
+
+    user_key: str
+    seq: int
+    event_id: str
+    ts: int
+    ranking: Ranking
+
+    @property
+    def record_id(self) -> str:
+        return f"{self.user_key}:{self.event_id}"
+
+    def items(self) -> list[dict[str, Any]]:
+        return [{"item": c.item_id, "score": c.score, "reasons": c.reasons} for c in self.ranking.candidates]
+
+    def to_json(self, processing_time: int) -> bytes:
+        return json.dumps({
+            "id": self.record_id, "schema": RECS_SCHEMA, "user": self.user_key, "seq": self.seq,
+            "event_time": self.ts, "processing_time": processing_time, "suppressed": self.ranking.suppressed,
+            "items": self.items(),
+        }, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+class RecommendationServer:
+    """Learns each request's interaction into the model, then ranks for the requesting user."""
+
+    def __init__(self, config: RecConfig, model: ItemModel | None = None) -> None:
+        self.recommender = Recommender(config, model)
+
+    @property
+    def model(self) -> ItemModel:
+        return self.recommender.model
+
+    def handle(self, request: RecRequest, published: Published | None) -> RecList | None:
+        """The list to publish for this request, or None when it would not change meaningfully.
+
+        Learning comes first: the user's own event counts for the neighbours of their next list.
+        """
+        config = self.recommender.config
+        if request.interaction is not None:
+            self.model.learn(request.interaction, config)
+        if request.user is None:
+            return None
+        ranking = self.recommender.rank(request.user, request.segments, request.ts)
+        items = ranking.item_ids()
+        if published is not None and not changed_meaningfully(published.items, items, config.min_change):
+            return None
+        if published is None and not items:
+            return None  # nothing to show and nothing shown: no record
+        return RecList(request.user_key, (published.seq if published else 0) + 1, request.event_id, request.ts,
+                       ranking)

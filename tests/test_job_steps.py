@@ -1,0 +1,215 @@
+"""The per-user model and recommendation steps the job runs, as pure logic (no Flink)."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import replace
+
+from connectors.redis_writer import DeadLetterCounter
+from operators.events import Event
+from operators.features.operator import FeatureVector
+from operators.models.inputs import INTENT_FEATURES
+from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
+from operators.models.user import TrainingInput, UserModels, UserModelState
+from operators.recs.config import RecConfig
+from operators.recs.serving import Published, RecommendationServer, RecRequest
+from operators.recs.user import UserRecState
+from operators.rules.catalog import RuleCatalog
+from operators.rules.engine import RuleState, SegmentEngine
+from personalize import settings as settings_module
+from state.codecs import decode_models, decode_recs, encode_models, encode_recs
+from tests.conftest import free_ports
+from tests.test_models import CONFIG, VALUES, train
+from tests.test_rules import COMPILER, DEFAULT_RULES
+
+T0 = 1_767_225_600_000
+HOUR = 3_600_000
+
+
+def vector(values_index: int, ts: int, version: int = 1, user: str = "u1") -> FeatureVector:
+    return FeatureVector(user, version, ts, dict(VALUES[values_index]))
+
+
+def trained_scorer() -> tuple[ModelTrainer, ModelScorer]:
+    trainer, scorer = ModelTrainer(CONFIG, lineage="a"), ModelScorer()
+    for snapshot in train(trainer, 200):
+        scorer.load(snapshot)
+    return trainer, scorer
+
+
+# --- per-user model steps -------------------------------------------------------------------------------------
+
+def test_a_vector_becomes_a_training_sample_and_a_pending_example_unless_a_purchase_emitted_it() -> None:
+    models, state = UserModels(CONFIG), UserModelState()
+    learned = models.vector(state, vector(1, T0), by_purchase=False)
+    assert [(i.ts, i.label) for i in learned] == [(T0, None)]
+    assert len(state.pending.examples) == 1
+    models.vector(state, vector(1, T0 + 1, 2), by_purchase=True)
+    assert len(state.pending.examples) == 1  # the order's next item would label it: no example
+    assert models.deadline(state) == T0 + CONFIG.intent_horizon_ms
+
+
+def test_purchases_label_positive_and_deadlines_negative() -> None:
+    models, state = UserModels(CONFIG), UserModelState()
+    models.vector(state, vector(0, T0), by_purchase=False)
+    models.vector(state, vector(0, T0 + 2 * HOUR), by_purchase=False)
+    assert [i.label for i in models.purchase(state, T0 + HOUR)] == [True]
+    assert models.expire(state, T0 + 2 * HOUR + CONFIG.intent_horizon_ms - 1) == []
+    assert [i.label for i in models.expire(state, T0 + 2 * HOUR + CONFIG.intent_horizon_ms)] == [False]
+    assert models.deadline(state) is None
+
+
+def test_training_inputs_teach_the_trainer_without_a_user() -> None:
+    models, trainer = UserModels(CONFIG), ModelTrainer(CONFIG)
+    state = UserModelState()
+    inputs = models.vector(state, vector(1, T0), by_purchase=False) + models.purchase(state, T0 + 1)
+    restored = [pickle.loads(pickle.dumps(i)) for i in inputs]  # they cross an operator boundary pickled
+    for training_input in restored:
+        assert isinstance(training_input, TrainingInput)
+        training_input.learn(trainer)
+    assert (trainer.vectors_learned, trainer.intent_examples) == (1, 1)
+
+
+def test_scoring_sets_intent_and_reports_only_membership_changes() -> None:
+    _, scorer = trained_scorer()
+    models, state = UserModels(CONFIG), UserModelState()
+    assert models.score(state, vector(0, T0), ModelScorer()) is None  # no snapshot yet: no score
+    first = models.score(state, vector(0, T0), scorer)
+    assert first is not None and first.left is None and first.entered == state.membership.segment
+    assert first.cause == "model" and first.score.version == scorer.version
+    assert state.intent is not None and 0.0 <= state.intent <= 1.0 and state.version == scorer.version
+    assert models.score(state, vector(0, T0 + 1, 2), scorer) is None  # same cluster: nothing to emit
+
+
+def test_model_state_codec_round_trip_is_compact() -> None:
+    models, state = UserModels(CONFIG), UserModelState()
+    for i in range(CONFIG.intent_max_pending):
+        models.vector(state, vector(i % 3, T0 + i, i + 1), by_purchase=False)
+    _, scorer = trained_scorer()
+    models.score(state, vector(1, T0 + 99, 99), scorer)
+    data = encode_models(state)
+    restored = decode_models(data)
+    assert restored.membership == state.membership and restored.intent == state.intent
+    assert [ts for ts, _ in restored.pending.examples] == [ts for ts, _ in state.pending.examples]
+    for (_, before), (_, after) in zip(state.pending.examples, restored.pending.examples, strict=True):
+        assert list(after) == list(INTENT_FEATURES)
+        assert all(abs(after[name] - before[name]) < 1e-4 for name in INTENT_FEATURES)
+    assert len(data) < 2_000, "16 pending examples must stay well under the 2 KB per-user budget"
+
+
+# --- snapshots through the topic ------------------------------------------------------------------------------
+
+def test_snapshot_records_round_trip_and_carry_their_event_time() -> None:
+    trainer, _ = trained_scorer()
+    snapshot = train(trainer, 100, start=T0 + 10 * HOUR)[-1]
+    restored = ModelSnapshot.from_json(snapshot.to_json())
+    assert (restored.version, restored.ts, restored.cause, restored.models, restored.lineage) == \
+        (snapshot.version, snapshot.ts, snapshot.cause, snapshot.models, snapshot.lineage)
+    assert [(c.cluster, c.text) for c in restored.clusters] == [(c.cluster, c.text) for c in snapshot.clusters]
+    assert b'"ts":' in snapshot.to_json()  # the snapshot topic's watermark follows it
+
+
+def test_a_new_lineage_replaces_the_scorer_model_whatever_its_version() -> None:
+    old, _ = trained_scorer()
+    newer = ModelTrainer(CONFIG, lineage="b")
+    scorer = ModelScorer()
+    for snapshot in train(old, 400):
+        scorer.load(snapshot)
+    assert scorer.version > 1
+    first_of_new = train(newer, 50)[0]
+    assert first_of_new.version == 1 and scorer.load(first_of_new)
+    assert (scorer.lineage, scorer.version) == ("b", 1)
+    assert not scorer.load(first_of_new)  # a repeat (a replay after a restore) changes nothing
+
+
+# --- model segments in the segment engine ---------------------------------------------------------------------
+
+def engine() -> SegmentEngine:
+    return SegmentEngine(RuleCatalog.from_definitions(DEFAULT_RULES, COMPILER).rule_set(COMPILER))
+
+
+def test_model_segments_share_the_change_sequence_and_survive_rule_evaluation() -> None:
+    rules, state = engine(), RuleState()
+    entered = rules.move_model_segment(state, "u1", "cluster:2", T0, {"kind": "model", "model_version": 3}, 3)
+    assert [(c.action, c.segment, c.seq, c.cause["kind"]) for c in entered] == [("enter", "cluster:2", 1, "model")]
+    event = Event("e1", "page_view", "u1", "u1", "", T0 + 1, "", "", 0.0, 1, "", "{}")
+    changes = rules.observe(state, event, T0 + 1, {})
+    assert "cluster:2" in state.members and all(c.segment != "cluster:2" for c in changes)
+    moved = rules.move_model_segment(state, "u1", "cluster:4", T0 + 2, {"kind": "drift", "model_version": 4}, 4)
+    assert [(c.action, c.segment) for c in moved] == [("exit", "cluster:2"), ("enter", "cluster:4")]
+    assert moved[-1].seq == moved[0].seq + 1 and "cluster:4" in moved[-1].current
+    left = rules.move_model_segment(state, "u1", None, T0 + 3, {"kind": "model", "model_version": 4}, 4)
+    assert [(c.action, c.segment) for c in left] == [("exit", "cluster:4")]
+
+
+def test_high_purchase_intent_follows_the_intent_score_with_hysteresis() -> None:
+    rules, state = engine(), RuleState()
+
+    def observe(ts: int, intent: float | None) -> list[tuple[str, str]]:
+        event = Event(f"e{ts}", "product_view", "u1", "u1", "", ts, "i1", "books", 0.0, 1, "", "{}")
+        features = {} if intent is None else {"intent": intent}
+        return [(c.action, c.segment) for c in rules.observe(state, event, T0, features)
+                if c.segment == "high_purchase_intent"]
+
+    assert observe(T0, None) == []
+    assert observe(T0 + 1, 0.75) == [("enter", "high_purchase_intent")]
+    assert observe(T0 + 2, 0.6) == []  # between the thresholds: stays
+    assert observe(T0 + 3, 0.4) == [("exit", "high_purchase_intent")]
+
+
+# --- recommendations ------------------------------------------------------------------------------------------
+
+def view(user_state: UserRecState, config: RecConfig, item: str, ts: int, event_type: str = "product_view",
+         user: str = "u1") -> RecRequest:
+    event = Event(f"{user}-{ts}", event_type, user, user, "", ts, item, "books", 10.0, 1, "", "{}")
+    interaction = user_state.remember(event, config, "", ())
+    return RecRequest(user, event.event_id, ts, interaction, user_state, ())
+
+
+def test_the_server_learns_first_then_publishes_only_meaningful_changes() -> None:
+    config = RecConfig()
+    server = RecommendationServer(config)
+    alice, bob = UserRecState(), UserRecState()
+    for i, item in enumerate(["dune", "foundation", "hyperion"]):
+        server.handle(view(alice, config, item, T0 + i, user="alice"), None)
+    first = server.handle(view(bob, config, "dune", T0 + 10, user="bob"), None)
+    assert first is not None and first.seq == 1 and first.record_id == f"bob:bob-{T0 + 10}"
+    assert "foundation" in first.ranking.item_ids()
+    assert any("covisit" in c.reasons for c in first.ranking.candidates)
+    published = Published(first.seq, tuple(first.ranking.item_ids()))
+    assert server.handle(view(bob, config, "dune", T0 + 11, user="bob"), published) is None  # same list
+
+
+def test_checkout_empties_the_list_once_and_forgetting_publishes_nothing() -> None:
+    config = RecConfig()
+    server = RecommendationServer(config)
+    user = UserRecState()
+    listed = server.handle(view(user, config, "dune", T0), None)
+    assert listed is not None and listed.ranking.item_ids()
+    published = Published(listed.seq, tuple(listed.ranking.item_ids()))
+    checkout = server.handle(view(user, config, "", T0 + 1, "checkout_start"), published)
+    assert checkout is not None and checkout.ranking.suppressed == "checkout" and checkout.seq == 2
+    emptied = Published(checkout.seq, ())
+    assert server.handle(view(user, config, "", T0 + 2, "checkout_start"), emptied) is None
+    assert server.handle(RecRequest("u1", "", T0 + 3, None, None, ()), emptied) is None
+
+
+def test_rec_state_codec_round_trip() -> None:
+    config = RecConfig()
+    user = UserRecState()
+    for i, (item, kind) in enumerate([("a", "product_view"), ("b", "add_to_cart"), ("c", "purchase"),
+                                      ("d", "checkout_start")]):
+        view(user, config, item, T0 + i, kind)
+    assert decode_recs(encode_recs(user)) == user
+
+
+def test_dead_letter_counts_wait_for_redis_instead_of_failing_the_job() -> None:
+    port = free_ports(1)[0]  # nothing listens there
+    redis_settings = replace(settings_module.load(environ={}).redis, url=f"redis://127.0.0.1:{port}/0",
+                             flush_interval_ms=0)
+    counter = DeadLetterCounter(redis_settings)
+    counter.count("invalid_json")
+    counter.count("invalid_json")
+    counter.count("missing_field")
+    assert counter.counts == {"invalid_json": 2, "missing_field": 1}  # kept for the next flush
+    counter.close()

@@ -1,0 +1,150 @@
+"""Online models and recommendations in the job, on the MiniCluster with the real broker and Redis.
+
+Recommendations: candidates reach Kafka and Redis with their reasons. Models: the trainer's snapshots
+come back through their topic, every parallel instance scores with the same version, cluster and
+intent scores reach Redis and the segment output, and a restore keeps the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from connectors.redis_keys import (
+    models_clusters_key,
+    models_current_key,
+    models_instances_key,
+    user_model_key,
+    user_recs_info_key,
+    user_recs_key,
+)
+from jobs.personalize_job import run_job, source_spec, start_job, stop_with_savepoint
+from operators.models.training import ModelSnapshot
+from personalize import stack
+from personalize.demo import distinct_records
+from personalize.generator import EventGenerator
+from personalize.publish import publish
+from personalize.settings import Settings
+from tests.conftest import isolated
+from tests.test_segments_integration import wait_for
+
+pytestmark = pytest.mark.integration
+DAY_MS = 86_400_000
+
+
+def generated(settings: Settings, events: int, users: int, seed: int, days_later: int = 0) -> dict[str, dict[int, int]]:
+    """Publish a seeded stream; ``days_later`` shifts its event time past earlier batches (no late events)."""
+    start_ms = settings.generator.start_ms + days_later * DAY_MS
+    generator = EventGenerator(replace(settings.generator, events=events, users=users, seed=seed, start_ms=start_ms))
+    return publish(generator.records(), settings.kafka, progress=False, total=events).end_offsets
+
+
+@pytest.fixture(scope="module")
+def recs_run(stack_settings: Settings) -> dict[str, Any]:
+    settings = isolated(stack_settings)
+    stack.up(settings)
+    end_offsets = generated(settings, 3000, 40, seed=11)
+    run_job(settings, source_spec(settings, "earliest", end_offsets))
+    lists = distinct_records(settings, settings.kafka.topics.recommendations)
+    return {"settings": settings, "lists": lists}
+
+
+def test_candidates_reach_kafka_with_reasons(recs_run: dict[str, Any]) -> None:
+    lists = list(recs_run["lists"].values())
+    assert len(lists) > 100
+    for record in lists:
+        assert record["schema"] == "recommendations.v1" and record["id"].startswith(record["user"] + ":")
+        assert len(record["items"]) <= 10
+        for item in record["items"]:
+            assert item["reasons"] and sum(item["reasons"].values()) == pytest.approx(item["score"], abs=1e-4)
+    sources = {source for record in lists for item in record["items"] for source in item["reasons"]}
+    assert {"covisit", "trending"} <= sources
+    suppressed = [record for record in lists if record["suppressed"]]
+    assert suppressed and all(record["suppressed"] == "checkout" and not record["items"] for record in suppressed)
+
+
+def test_redis_holds_each_users_latest_list_with_a_ttl(recs_run: dict[str, Any]) -> None:
+    settings: Settings = recs_run["settings"]
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    prefix = settings.redis.key_prefix
+    latest: dict[str, dict[str, Any]] = {}
+    for record in recs_run["lists"].values():
+        if record["user"] not in latest or record["seq"] > latest[record["user"]]["seq"]:
+            latest[record["user"]] = record
+    for user, record in latest.items():
+        info = client.hgetall(user_recs_info_key(prefix, user))
+        assert int(info["version"]) == record["seq"] and json.loads(info["items"]) == record["items"]
+        ranked = dict(client.zrange(user_recs_key(prefix, user), 0, -1, withscores=True))
+        assert ranked == {c["item"]: pytest.approx(c["score"]) for c in record["items"]}
+        assert 0 < client.ttl(user_recs_info_key(prefix, user)) <= settings.recommendations.redis_ttl_s
+
+
+def test_the_trainer_publishes_snapshots_and_cluster_descriptions(recs_run: dict[str, Any]) -> None:
+    settings: Settings = recs_run["settings"]
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    prefix = settings.redis.key_prefix
+    current = client.hgetall(models_current_key(prefix))
+    assert int(current["version"]) >= 1 and float(current["intent_auc"]) > 0.5
+    clusters = {cluster: json.loads(text) for cluster, text in client.hgetall(models_clusters_key(prefix)).items()}
+    assert clusters and all(c["description"] for c in clusters.values())
+    snapshots = distinct_records(settings, settings.kafka.topics.models).values()
+    assert max(s["version"] for s in snapshots) == int(current["version"])
+
+
+def test_every_instance_scores_with_the_same_model_and_a_restore_keeps_it(stack_settings: Settings,
+                                                                          tmp_path: Path) -> None:
+    settings = isolated(stack_settings)
+    stack.up(settings)
+    prefix = settings.redis.key_prefix
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    spec = source_spec(settings, "earliest", None)
+
+    def everywhere() -> Callable[[], str]:
+        """Every instance scores with the trainer's newest snapshot (the same lineage and version)."""
+        def check() -> str:
+            current = client.hgetall(models_current_key(prefix))
+            using = set(client.hgetall(models_instances_key(prefix)).values())
+            newest = f"{current.get('lineage')}:{current.get('version')}"
+            return newest if len(client.hgetall(models_instances_key(prefix))) == 2 and using == {newest} else ""
+        return check
+
+    job = start_job(settings, spec)
+    try:
+        generated(settings, 4000, 50, seed=5)
+        model = wait_for("one model version on both instances", everywhere(), timeout_s=180)
+        generated(settings, 300, 50, seed=8, days_later=60)  # users score at their next changed vector
+
+        def scored() -> bool:
+            users = [client.hgetall(key) for key in client.scan_iter(user_model_key(prefix, "*"))]
+            return any(u.get("intent") not in (None, "") and u.get("cluster") != "" for u in users)
+        wait_for("users scored by the model", scored)
+        changes = distinct_records(settings, settings.kafka.topics.segments, idle_timeout_s=2).values()
+        clusters = [c for c in changes if c["segment"].startswith("cluster:")]
+        assert clusters and all(c["cause"]["kind"] in ("model", "drift") and c["cause"]["model_version"] >= 1
+                                for c in clusters)
+        savepoint = stop_with_savepoint(job, (tmp_path / "savepoints").as_uri())
+    except BaseException:
+        job.cancel().result()
+        raise
+    client.delete(models_instances_key(prefix))
+    restored = start_job(settings, spec, savepoint=savepoint)
+    try:
+        generated(settings, 300, 50, seed=6, days_later=120)  # users on both instances load the restored model
+        lineage, version = model.split(":")
+        after = wait_for("both instances on the restored model", everywhere())
+        assert after.split(":")[0] == lineage and int(after.split(":")[1]) >= int(version)
+        version = after.split(":")[1]
+        generated(settings, 3000, 50, seed=7, days_later=180)
+        wait_for("a newer snapshot", lambda: int(client.hget(models_current_key(prefix), "version") or 0)
+                 > int(version))
+        assert client.hget(models_current_key(prefix), "lineage") == lineage  # the restored trainer goes on
+        snapshots = distinct_records(settings, settings.kafka.topics.models, idle_timeout_s=2).values()
+        assert {ModelSnapshot.from_json(json.dumps(s).encode()).lineage for s in snapshots} == {lineage}
+    finally:
+        restored.cancel().result()
