@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 import time
 import uuid
@@ -31,6 +32,7 @@ from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
 from operators.models.user import Rescored, TrainingInput, UserModels, UserModelState
 from operators.profile import ProfileOperator
 from operators.recs.config import RecConfig
+from operators.recs.model import ItemModel
 from operators.recs.serving import Published, RecommendationServer, RecRequest
 from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleBook, RuleCatalog, RuleEntry, parse_command
@@ -56,6 +58,7 @@ from state.descriptors import (
     RULE_CATALOG,
     TRAINER_STATE,
     features_state,
+    global_object_log,
     global_object_state,
     models_state,
     profile_state,
@@ -466,26 +469,72 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
 
 class GlobalObject:
-    """One global model object in keyed state under a constant key: read once, written back cheaply.
+    """One global model object in keyed state under a constant key (the trainer's, a recommender
+    shard's): written whole at most every ``write_interval_ms``, with a write-ahead log in between.
 
-    ``store`` hands PyFlink the same object again; it is pickled when the bundle ends (at most
-    every ``python.fn-execution.bundle.time``) and at checkpoints, not per record.
+    In PyFlink's thread mode every ``update`` of a pickled state pickles at once, and these objects
+    are large (the trainer ~25 KB, an item model megabytes): writing them per record cost more than
+    everything else the job does. Instead each input is appended to a list state (a few hundred
+    bytes) and the object is written, and the log cleared, once per interval. A restore loads the
+    object and replays its log through ``replay``, so the model is exactly the one of the checkpoint.
     """
 
-    def __init__(self, runtime_context: RuntimeContext, name: str, create: Callable[[], Any]) -> None:
+    def __init__(self, runtime_context: RuntimeContext, name: str, create: Callable[[], Any],
+                 replay: Callable[[Any, bytes], None], write_interval_ms: int) -> None:
         self.state = runtime_context.get_state(global_object_state(name))
+        self.log = runtime_context.get_list_state(global_object_log(name))
         self.create = create
+        self.replay = replay
+        self.write_interval_ms = write_interval_ms
         self.objects: dict[str, Any] = {}
+        self.written: dict[str, int] = {}
+        """Key -> processing time of its last whole write."""
+        self.dirty: set[str] = set()
 
     def get(self, key: str) -> Any:
-        """The object of ``key`` (the current key): from memory, else restored from state, else new."""
+        """The object of ``key`` (the current key): from memory, else restored (state plus log), else new."""
         current = self.objects.get(key)
         if current is None:
             current = self.objects[key] = self.state.value() or self.create()
+            for entry in self.log.get() or ():
+                self.replay(current, bytes(entry))
         return current
 
-    def store(self, key: str) -> None:
+    def changed(self, key: str, timers: TimerService, entry: bytes, force: bool = False) -> None:
+        """``key``'s object (the current key's) learned ``entry``: write it whole if forced or due, else
+        log the entry and write by a timer."""
+        now = timers.current_processing_time()
+        last = self.written.get(key)
+        if force or last is None or now - last >= self.write_interval_ms:
+            self._write(key, now)
+            return
+        self.log.add(entry)
+        if key not in self.dirty:
+            self.dirty.add(key)
+            timers.register_processing_time_timer(last + self.write_interval_ms)
+
+    def on_timer(self, key: str, now: int) -> None:
+        """A processing-time timer of ``key`` (the current key) fired: write its object if it waits."""
+        if key in self.dirty:
+            self._write(key, now)
+
+    def _write(self, key: str, now: int) -> None:
         self.state.update(self.objects[key])
+        self.log.clear()
+        self.written[key] = now
+        self.dirty.discard(key)
+
+
+def learn_interaction(config: RecConfig, model: ItemModel, entry: bytes) -> None:
+    """Replay a logged interaction into an item model."""
+    model.learn(pickle.loads(entry), config)
+
+
+def learn_training_input(trainer: ModelTrainer, entry: bytes) -> None:
+    """Replay a logged training input exactly as it was processed (a snapshot it triggers was published)."""
+    training_input: TrainingInput = pickle.loads(entry)
+    training_input.learn(trainer)
+    trainer.maybe_snapshot()
 
 
 @dataclass(frozen=True)
@@ -498,6 +547,7 @@ class RecommenderSettings:
     state_ttl_ms: int
     redis: Callable[[], UserStateSink]
     flush_interval_ms: int
+    state_write_ms: int
 
 
 class RecommenderFunction(KeyedProcessFunction):
@@ -509,7 +559,8 @@ class RecommenderFunction(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         config = self.settings.config
-        self.models = GlobalObject(runtime_context, ITEM_MODEL_STATE, lambda: RecommendationServer(config).model)
+        self.models = GlobalObject(runtime_context, ITEM_MODEL_STATE, lambda: RecommendationServer(config).model,
+                                   functools.partial(learn_interaction, config), self.settings.state_write_ms)
         self.published = runtime_context.get_map_state(published_recs_state(self.settings.state_ttl_ms))
         self.sink = self.settings.redis()
         self.flush_timer_set = False
@@ -533,10 +584,12 @@ class RecommenderFunction(KeyedProcessFunction):
                 self.sink.stage_recs(recs, settings.redis_ttl_s)
                 yield Row(user.encode("utf-8"), record, settings.topic)
         if value.interaction is not None:
-            self.models.store(shard)
+            self.models.changed(shard, ctx.timer_service(), pickle.dumps(value.interaction))
         flush_later(self, ctx.timer_service(), settings.flush_interval_ms)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        """The Redis flush timer, or a shard's model write timer."""
+        self.models.on_timer(ctx.get_current_key(), timestamp)
         self.flush_timer_set = False
         self.sink.flush()
         return iter(())
@@ -551,6 +604,7 @@ class TrainerSettings:
     topics: dict[str, str]
     """``models`` (snapshots) and ``drift``."""
     redis: Callable[[], UserStateSink]
+    state_write_ms: int
 
 
 class ModelTrainerFunction(KeyedProcessFunction):
@@ -563,7 +617,8 @@ class ModelTrainerFunction(KeyedProcessFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         config = self.settings.config
         self.trainers = GlobalObject(runtime_context, TRAINER_STATE,
-                                     lambda: ModelTrainer(config, lineage=uuid.uuid4().hex[:12]))
+                                     lambda: ModelTrainer(config, lineage=uuid.uuid4().hex[:12]),
+                                     learn_training_input, self.settings.state_write_ms)
         self.sink = self.settings.redis()
         self.quality: dict[str, float] = {}
         metrics = runtime_context.get_metrics_group()
@@ -584,7 +639,12 @@ class ModelTrainerFunction(KeyedProcessFunction):
             self.quality = {"version": snapshot.version, **trainer.quality()}
             self.sink.write_model(snapshot, trainer.quality())
             yield Row(b"models", snapshot.to_json(), topics["models"])
-        self.trainers.store(TRAINER_KEY)
+        # A published version is in state before any later checkpoint: a restore never re-issues it.
+        self.trainers.changed(TRAINER_KEY, ctx.timer_service(), bytes(row[1]), force=snapshot is not None)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        self.trainers.on_timer(ctx.get_current_key(), timestamp)
+        return iter(())
 
     def close(self) -> None:
         close_sink(self)

@@ -180,6 +180,9 @@ def create_environment(settings: Settings, jars: list[Path], savepoint: str | No
     config.set_string("restart-strategy.type", "fixed-delay")
     config.set_string("restart-strategy.fixed-delay.attempts", str(settings.job.restart_attempts))
     config.set_string("restart-strategy.fixed-delay.delay", f"{settings.job.restart_delay_ms} ms")
+    # On disk, never in JobManager memory: that caps a task's state at 5 MB, and the item model is larger.
+    checkpoints = resolve(settings.job.checkpoint_dir or str(Path(settings.stack.run_dir) / "checkpoints"))
+    config.set_string("execution.checkpointing.dir", checkpoints.resolve().as_uri())
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(settings.job.parallelism)
     env.enable_checkpointing(settings.job.checkpoint_interval_ms)
@@ -251,7 +254,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     # The user operator's main output also carries internal records (INTERNAL_ROUTES): the sink skips them.
     outputs = [parsed.get_side_output(DEAD_LETTERS), users.get_side_output(LATE_EVENTS)]
     if models is not None:
-        trainer = TrainerSettings(models, {"models": topics.models.name, "drift": topics.drift.name}, io.redis)
+        trainer = TrainerSettings(models, {"models": topics.models.name, "drift": topics.drift.name}, io.redis,
+                                  job.model_state_write_ms)
         outputs.append(
             routed(t_env, users, TRAINING_ROUTE)
             .key_by(receiver, key_type=Types.STRING())
@@ -260,7 +264,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         )
     if recs is not None:
         recommender = RecommenderSettings(recs, topics.recommendations.name, settings.recommendations.redis_ttl_s,
-                                          job.state_ttl_ms, io.redis, settings.redis.flush_interval_ms)
+                                          job.state_ttl_ms, io.redis, settings.redis.flush_interval_ms,
+                                          job.model_state_write_ms)
         outputs.append(
             routed(t_env, users, RECS_ROUTE)
             .key_by(receiver, key_type=Types.STRING())

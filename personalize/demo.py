@@ -10,7 +10,13 @@ from typing import IO, Any
 
 import redis
 
-from connectors.redis_keys import segment_counts_key, user_features_pattern, user_profile_pattern
+from connectors.redis_keys import (
+    models_current_key,
+    segment_counts_key,
+    user_features_pattern,
+    user_profile_pattern,
+    user_recs_info_key,
+)
 from jobs.personalize_job import run_job, source_spec
 from personalize import stack
 from personalize.generator import EventGenerator
@@ -34,6 +40,12 @@ class Summary:
     segment_changes: int = 0
     segment_members: dict[str, int] = field(default_factory=dict)
     dead_letters: Counter[str] = field(default_factory=Counter)
+    recommendation_lists: int = 0
+    users_with_recommendations: int = 0
+    model_snapshots: int = 0
+    model: dict[str, str] = field(default_factory=dict)
+    """The newest snapshot's summary in Redis (version, intent AUC, ...); empty with models off."""
+    drift_events: int = 0
 
     @property
     def events_per_second(self) -> float:
@@ -47,7 +59,9 @@ class Summary:
             "profile_records": self.profile_records, "users_with_features": self.users_with_features,
             "feature_vectors": self.feature_vectors, "late_events": self.late_events,
             "segment_changes": self.segment_changes, "segment_members": self.segment_members,
-            "dead_letters": dict(self.dead_letters),
+            "dead_letters": dict(self.dead_letters), "recommendation_lists": self.recommendation_lists,
+            "users_with_recommendations": self.users_with_recommendations,
+            "model_snapshots": self.model_snapshots, "model": self.model, "drift_events": self.drift_events,
         }
 
 
@@ -92,6 +106,12 @@ def read_back(settings: Settings, summary: Summary) -> None:
     summary.segment_members = {segment: int(count) for segment, count in sorted(counts.items())}
     letters = distinct_records(settings, topics.deadletter)
     summary.dead_letters = Counter(letter["reason"] for letter in letters.values())
+    summary.recommendation_lists = len(distinct_records(settings, topics.recommendations, idle_timeout_s=1.0))
+    summary.users_with_recommendations = sum(
+        1 for _ in client.scan_iter(user_recs_info_key(prefix, "*"), count=1000))
+    summary.model_snapshots = len(distinct_records(settings, topics.models, idle_timeout_s=1.0))
+    summary.model = client.hgetall(models_current_key(prefix))  # type: ignore[assignment]
+    summary.drift_events = len(distinct_records(settings, topics.drift, idle_timeout_s=1.0))
 
 
 def print_summary(summary: Summary, out: IO[str]) -> None:
@@ -113,6 +133,16 @@ def print_summary(summary: Summary, out: IO[str]) -> None:
         ("dead letters (Kafka)", f"{sum(summary.dead_letters.values()):,}"),
     ]
     rows += [(f"  {reason}", f"{count:,}") for reason, count in summary.dead_letters.most_common()]
+    rows += [
+        ("recommendation lists (Kafka)", f"{summary.recommendation_lists:,}"),
+        ("users with a list (Redis)", f"{summary.users_with_recommendations:,}"),
+        ("model snapshots (Kafka)", f"{summary.model_snapshots:,}"),
+    ]
+    if summary.model:
+        model = summary.model
+        rows.append(("newest model (Redis)", f"v{model.get('version')}, intent AUC "
+                     f"{float(model.get('intent_auc', 0)):.3f}, log loss {float(model.get('intent_log_loss', 0)):.3f}"))
+    rows.append(("drift events (Kafka)", f"{summary.drift_events:,}"))
     width = max(len(label) for label, _ in rows)
     print("\n== personalize demo summary ==", file=out)
     for label, value in rows:

@@ -117,6 +117,7 @@ class JobSettings:
     dedup_window_ms: int
     dedup_max_ids_per_user: int
     state_ttl_ms: int
+    model_state_write_ms: int
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyflink.common import Types
 from pyflink.common.time import Duration, Time
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
 PROFILE_STATE = "profile-v1"
 FEATURES_STATE = "features-v1"
@@ -78,11 +78,19 @@ def recs_state(ttl_ms: int) -> ValueStateDescriptor:
 def global_object_state(name: str) -> ValueStateDescriptor:
     """A global model (item model, trainer) as one pickled object under a constant key.
 
-    No TTL on purpose: with one, PyFlink commits (pickles) the value on every update; without, the
-    write is cached and pickled once per bundle (at most every ``python.fn-execution.bundle.time``)
-    and at every checkpoint.
+    PyFlink (thread mode) pickles a value at every ``update``: the job writes these rarely and logs
+    the inputs in between (:func:`global_object_log`).
     """
     return ValueStateDescriptor(name, Types.PICKLED_BYTE_ARRAY())
+
+
+def global_object_log(name: str) -> ListStateDescriptor:
+    """The inputs a global object learned since it was last written (its write-ahead log), as bytes.
+
+    Pickled like every Python state: PyFlink's thread mode hands a ``PRIMITIVE_ARRAY(BYTE)`` list
+    element to Java as an object array, which fails the checkpoint (ClassCastException).
+    """
+    return ListStateDescriptor(f"{name}-log", Types.PICKLED_BYTE_ARRAY())
 
 
 ITEM_MODEL_STATE = "item-model-v1"
