@@ -11,6 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pyproject.sha256
 IS_PY311 := import sys; sys.exit(sys.version_info[:2] != (3, 11))
 PYTEST_ARGS ?=
+BOOTSTRAP_ARGS ?=
 
 .PHONY: venv bootstrap test demo lint clean-stack
 
@@ -38,8 +39,10 @@ bootstrap: venv
 	@command -v java >/dev/null || { \
 	  echo "error: java not found on PATH; Flink needs Java 17+ (Debian: apt-get install openjdk-17-jre-headless)" >&2; \
 	  exit 1; }
-	@$(PY) -m personalize.bootstrap
+	@$(PY) -m personalize.bootstrap $(BOOTSTRAP_ARGS)
 
+# The suite's browser test needs Debian's Chromium; the bootstrap installs it with apt when missing.
+test: BOOTSTRAP_ARGS = --browser
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

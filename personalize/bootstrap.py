@@ -32,6 +32,7 @@ WHEELS_DIR = CACHE_DIR / "wheels"
 MANIFEST = CACHE_DIR / "manifest.json"
 LOCK = CACHE_DIR / "bootstrap.lock"
 MIN_JAVA = 17
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 class BootstrapError(RuntimeError):
@@ -259,12 +260,43 @@ def ensure_all(report: Report = _quiet) -> Artifacts:
     )
 
 
-def main() -> int:
+def ensure_browser(report: Report = _quiet) -> Path | None:
+    """Debian's Chromium for the dashboard's browser test, installed with apt when missing.
+
+    Optional: the test skips (saying why) when it is absent, so a machine without root or apt still
+    passes the rest of the suite. Returns the binary, or None when it could not be installed.
+    """
+    if CHROMIUM.exists():
+        report(f"{'ok':8} {'chromium':26} {CHROMIUM}")
+        return CHROMIUM
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        report(f"{'missing':8} {'chromium':26} cannot install: needs apt-get as root (the browser test will skip)")
+        return None
+    report(f"{'install':8} {'chromium':26} apt-get install chromium (once, a few minutes)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    with _locked():
+        for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
+            if CHROMIUM.exists():
+                break
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+            if result.returncode != 0 and cmd[1] == "install":
+                tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+                report(f"{'failed':8} {'chromium':26} {' | '.join(tail)} (the browser test will skip)")
+                return None
+    report(f"{'fetched' if CHROMIUM.exists() else 'missing':8} {'chromium':26} {CHROMIUM}")
+    return CHROMIUM if CHROMIUM.exists() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    browser = "--browser" in (sys.argv[1:] if argv is None else argv)
     try:
         ensure_all(report=print)
         jar = flink_python_jar()
         print(f"{'ok':8} {jar.name:26} {jar}")
         print(f"{'ok':8} {'java':26} {require_java()}")
+        if browser:
+            ensure_browser(report=print)
     except BootstrapError as exc:
         print(f"bootstrap failed: {exc}", file=sys.stderr)
         return 1

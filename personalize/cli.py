@@ -1,4 +1,9 @@
-"""The ``personalize`` command line. Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error."""
+"""The ``personalize`` command line. Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
+
+Every expected failure (a service down, a missing file, a job that failed) ends with one
+``personalize: ...`` line on stderr and exit code 1, so scripts can rely on the code and people get
+a message instead of a traceback; only a bug prints a traceback.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,11 @@ from personalize.cluster import ClusterError
 from personalize.settings import Settings, SettingsError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130
+
+
+class CliError(RuntimeError):
+    """A runtime failure the command explains itself (exit code 1)."""
 
 
 def _write_offsets(path: str | None, end_offsets: dict[str, dict[int, int]]) -> None:
@@ -130,6 +140,36 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize.dashboard import make_server
+
+    try:
+        server = make_server(settings, args.host, args.port, refresh_ms=args.refresh_ms)
+    except (OSError, SystemExit) as exc:  # werkzeug exits by itself when the port is taken
+        raise CliError(f"cannot listen on {args.host}:{args.port} (in use, or not an address of this machine)") \
+            from exc
+    print(f"dashboard on http://{args.host}:{server.server_port}/ over Redis {settings.redis.url} "
+          f"(prefix {settings.redis.key_prefix!r}); Ctrl-C stops it", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("dashboard stopped")
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize import status
+
+    report = status.report(settings)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        status.print_report(report, sys.stdout)
+    return EXIT_OK if report["ok"] else EXIT_FAILURE
+
+
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     """Offline evaluations run the job's pure operators without Flink; each module owns its options."""
     return int(args.evaluate(args, settings))
@@ -146,6 +186,24 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         target.set_defaults(handler=cmd_evaluate, evaluate=module.run)
 
 
+def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    from benchmarks import suite
+
+    bench = commands.add_parser("bench", help=suite.HELP, description=suite.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    suite.add_arguments(bench)
+    bench.set_defaults(handler=lambda args, settings: suite.run(args, settings))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("personalize")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="personalize",
@@ -153,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Configuration: config/defaults.yaml, then --config FILE, then PERSONALIZE__SECTION__KEY env vars.",
     )
     parser.add_argument("--config", help="YAML file overriding config/defaults.yaml (or set PERSONALIZE_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     stack_parser = commands.add_parser("stack", help="start, stop or inspect the local broker and Redis")
@@ -206,22 +265,67 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=cmd_cancel)
 
     _add_evaluate_parser(commands)
+    _add_bench_parser(commands)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="web dashboard over the job's Redis state (segments, changes, users, rules, models)",
+        description="Serve a dashboard that reads only Redis (redis.url, redis.key_prefix): segment sizes now and "
+                    "over time, recent segment changes with causes, user lookup, rules, model versions, drift "
+                    "alerts and dead-letter counts. It keeps running when Redis is down and says so on the page.")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8050, help="port (default 8050; 0 picks a free one)")
+    dashboard.add_argument("--refresh-ms", type=int, default=2000, help="how often the page polls (default 2000)")
+    dashboard.set_defaults(handler=cmd_dashboard)
+
+    status_parser = commands.add_parser(
+        "status", help="are the broker, Redis and the cluster up, and what Redis holds (exit 1: broker/Redis down)")
+    status_parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    status_parser.set_defaults(handler=cmd_status)
     return parser
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    """Failures of the outside world (not bugs): reported in one line with exit code 1."""
+    import redis
+    from kafka.errors import KafkaError
+
+    from personalize.bootstrap import BootstrapError
+    from personalize.publish import PublishError
+
+    errors: tuple[type[BaseException], ...] = (CliError, stack.StackError, ClusterError, BootstrapError,
+                                                PublishError, redis.RedisError, KafkaError, OSError)
+    try:
+        from py4j.protocol import Py4JError
+    except ImportError:
+        return errors
+    return (*errors, Py4JError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc``; a failed Flink job's Java trace is cut to its first lines."""
+    text = str(exc).strip() or type(exc).__name__
+    lines = text.splitlines()
+    return text if len(lines) <= 6 else "\n".join([*lines[:6], f"... ({len(lines) - 6} more lines)"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_module.load(args.config)
-        return int(args.handler(args, settings))
     except SettingsError as exc:
         print(f"personalize: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (stack.StackError, ClusterError) as exc:
-        print(f"personalize: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    try:
+        return int(args.handler(args, settings))
     except KeyboardInterrupt:
-        return 130
+        print("personalize: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SettingsError as exc:
+        print(f"personalize: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except _runtime_errors() as exc:
+        print(f"personalize: {args.command} failed: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -11,12 +11,13 @@ import base64
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from kafka import KafkaProducer
+from kafka.partitioner.default import murmur2
 
 from personalize.generator import GeneratedRecord
 from personalize.settings import KafkaSettings
@@ -73,9 +74,22 @@ class Progress:
         self.stream.flush()
 
 
+def keyless_partition(producer: KafkaProducer, topic: str, value: bytes) -> int:
+    """A record without a key goes to a partition chosen by its bytes: the client's default picks one at
+    random, and a seeded replay must land on the same partitions and offsets every time (dead letters
+    are identified by topic, partition and offset)."""
+    partitions = sorted(producer.partitions_for(topic))
+    return partitions[(murmur2(value) & 0x7FFFFFFF) % len(partitions)]
+
+
 def publish(records: Iterable[GeneratedRecord], kafka: KafkaSettings, progress: bool = True,
-            total: int | None = None) -> PublishResult:
-    """Send every record to its role's topic with the record's timestamp; raise on any failed send."""
+            total: int | None = None, rate: float | None = None,
+            on_send: Callable[[GeneratedRecord, float], None] | None = None) -> PublishResult:
+    """Send every record to its role's topic with the record's timestamp; raise on any failed send.
+
+    ``rate`` paces the sends (records per second, for latency measurements at a fixed offered load);
+    ``on_send`` hears of every record with the wall-clock time (epoch seconds) it was handed to Kafka.
+    """
     topics = {role: topic.name for role, topic in vars(kafka.topics).items()}
     end_offsets: dict[str, dict[int, int]] = {}
     failures: list[BaseException] = []
@@ -97,8 +111,16 @@ def publish(records: Iterable[GeneratedRecord], kafka: KafkaSettings, progress: 
         for record in records:
             if failures:
                 break
-            future = producer.send(topics[record.topic_role], value=record.value, key=record.key,
+            if rate:
+                ahead = started + count / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            topic = topics[record.topic_role]
+            partition = None if record.key is not None else keyless_partition(producer, topic, record.value)
+            future = producer.send(topic, value=record.value, key=record.key, partition=partition,
                                    timestamp_ms=record.ts)
+            if on_send is not None:
+                on_send(record, time.time())
             future.add_callback(delivered)
             future.add_errback(failures.append)
             count += 1

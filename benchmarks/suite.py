@@ -1,0 +1,426 @@
+"""Throughput, latency and state size of the job, measured in one run on one machine.
+
+Stages, all over the same generated events (``--events N``):
+
+  1. pure    the project's operators (validation, dedup + profile, features, online models with
+             their trainer, segment rules, recommendations, with their state codecs) in a plain
+             Python loop: the ceiling without Flink (benchmarks/pure.py);
+  2. trivial a pass-through PyFlink job (Kafka -> keyed counter -> Kafka) with the job's connectors,
+             at parallelism 1 and 2;
+  3. full    the personalization job, at parallelism 1 and 2;
+  4. latency event publish -> segment change visible in Redis, p50/p95/p99, with the full job
+             running unbounded and events offered at half the full job's measured rate;
+  5. state   keyed state bytes per active user (the codecs' bytes) and Redis bytes per user.
+
+Jobs run on a local MiniCluster against the local stack (started if needed). The stack's topics are
+emptied before each job, as ``personalize demo`` does: do not point it at a stack another job uses
+(set ``PERSONALIZE__STACK__RUN_DIR`` and the ports for a separate one). Redis keys go under
+``bench-<time>-<stage>-p<N>:`` prefixes and are deleted afterwards. Each job's rate is given twice:
+over its running time (from the job reaching RUNNING to its end: the rate the targets use) and over
+the wall time including the MiniCluster start. Writes JSON (``--json``) and a PNG plot next to it;
+docs/performance.md holds the results measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks.common import RESULTS, machine
+from connectors.redis_keys import segment_changes_key
+from personalize import stack
+from personalize.generator import EventGenerator, GeneratedRecord
+from personalize.paths import ROOT
+from personalize.publish import PublishResult, publish
+from personalize.settings import Settings
+
+HELP = "throughput, latency and state-size benchmarks of the job (JSON + PNG; see docs/performance.md)"
+STAGES = ("pure", "trivial", "full", "latency", "state")
+PARALLELISMS = (1, 2)
+TARGETS = {"full_vs_trivial_min": 0.5, "latency_p99_ms_max": 500, "state_bytes_per_user_max": 2048}
+USER_KEY_KINDS = ("recs:info", "profile", "features", "segments", "model", "recs")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", type=int, default=20_000, help="generated events per stage (default 20000)")
+    parser.add_argument("--json", default=str(RESULTS / "suite.json"), help="result file (default %(default)s)")
+    parser.add_argument("--plot", help="PNG plot (default: the --json path with .png)")
+    parser.add_argument("--only", action="append", choices=STAGES,
+                        help="run only this stage (repeatable); latency needs full's rate or --rate")
+    parser.add_argument("--rate", type=float, help="offered rate for the latency stage (default: half of full's)")
+    parser.add_argument("--latency-seconds", type=float, default=30.0,
+                        help="how long to offer events in the latency stage (default 30)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    stages = tuple(args.only or STAGES)
+    if "latency" in stages and "full" not in stages and not args.rate:
+        print("personalize bench: the latency stage needs the full job's rate: add --only full or --rate R",
+              file=sys.stderr)
+        return 2
+    result = Suite(settings, args.events, stages, args.rate, args.latency_seconds).run()
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot_path = Path(args.plot) if args.plot else out.with_suffix(".png")
+    plotted = plot(result, plot_path)
+    print(summary(result))
+    print(f"wrote {out}" + (f" and {plot_path}" if plotted else " (no plot: matplotlib is not installed)"))
+    return 0
+
+
+def clear_redis(settings: Settings) -> None:
+    from personalize.demo import clear_redis as clear  # imports the job (PyFlink): not for `--help`
+
+    clear(settings)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def spread(values: Sequence[float]) -> dict[str, int]:
+    return {name: round(percentile(values, share)) for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+uncommitted changes" if dirty else "")
+
+
+def timed_job(submit: Callable[[], Any]) -> dict[str, float]:
+    """Run a job to its end; seconds of wall time (MiniCluster start included) and of running time."""
+    from pyflink.common.job_status import JobStatus
+
+    started = time.monotonic()
+    client = submit()
+    result = client.get_job_execution_result()
+    running_at = None
+    while not result.done():
+        if running_at is None and client.get_job_status().result() == JobStatus.RUNNING:
+            running_at = time.monotonic()
+        time.sleep(0.05)
+    result.result()  # raises if the job failed
+    ended = time.monotonic()
+    return {"wall_s": ended - started, "running_s": ended - (running_at or started)}
+
+
+class Suite:
+    def __init__(self, settings: Settings, events: int, stages: Sequence[str], rate: float | None,
+                 latency_seconds: float) -> None:
+        self.base = settings
+        self.events = events
+        self.stages = stages
+        self.rate = rate
+        self.latency_seconds = latency_seconds
+        self.run_id = dt.datetime.now(dt.UTC).strftime("%H%M%S")
+        self.records: list[GeneratedRecord] = []
+        self.step = 0
+        chosen = set(stages)
+        self.total_steps = (bool(chosen & {"pure", "state"}) + 2 * ("trivial" in chosen)
+                            + 3 * bool(chosen & {"full", "state"}) + ("latency" in chosen))
+
+    def stage(self, title: str) -> None:
+        self.step += 1
+        say(f"[{self.step}/{self.total_steps}] {title}")
+
+    def run(self) -> dict[str, Any]:
+        settings = self.base
+        generator = replace(settings.generator, events=self.events)
+        self.records = list(EventGenerator(generator).records())
+        result: dict[str, Any] = {
+            "benchmark": "suite", "date": dt.date.today().isoformat(), "commit": git_commit(),
+            "events": self.events, "users": generator.users,
+            "machine": {**machine(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
+            "settings": {"execution_mode": settings.job.execution_mode,
+                         "checkpoint_interval_ms": settings.job.checkpoint_interval_ms,
+                         "redis_flush_interval_ms": settings.redis.flush_interval_ms,
+                         "features": settings.features.enabled, "rules": settings.rules.enabled,
+                         "models": settings.models.enabled, "recommendations": settings.recommendations.enabled},
+        }
+        if "pure" in self.stages or "state" in self.stages:
+            from benchmarks.pure import replay
+
+            self.stage("pure logic in a Python loop")
+            pure = replay(self.records, settings)
+            say(f"      {pure['events_per_s']:,} events/s")
+            result["pure"] = {key: value for key, value in pure.items() if key != "state_bytes"}
+            result["state"] = {"keyed_bytes_per_user": pure["state_bytes"]}
+        if {"trivial", "full", "latency", "state"} & set(self.stages):
+            stack.require_java()
+            self.base = stack.settings_for(settings, stack.up(settings))
+        if "trivial" in self.stages:
+            result["trivial"] = {f"p{p}": self.trivial(p) for p in PARALLELISMS}
+        if "full" in self.stages or "state" in self.stages:
+            result["full"] = {f"p{p}": self.full(p, keep_redis=p == PARALLELISMS[-1]) for p in PARALLELISMS}
+            result.setdefault("state", {})["redis_bytes_per_user"] = self.redis_bytes(self.prefix("full", 2))
+        if "latency" in self.stages:
+            rate = self.rate or 0.5 * result["full"][f"p{self.base.job.parallelism}"]["events_per_s"]
+            result["latency"] = self.latency(rate)
+        result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        result["targets"] = targets(result)
+        return result
+
+    def prefix(self, stage: str, parallelism: int) -> str:
+        return f"bench-{self.run_id}-{stage}-p{parallelism}"
+
+    def fresh_input(self) -> PublishResult:
+        """Empty topics holding exactly the benchmark's events (every job stage reads the same input)."""
+        stack.reset_topics(self.base)
+        return publish(self.records, self.base.kafka, total=len(self.records))
+
+    def trivial(self, parallelism: int) -> dict[str, Any]:
+        from benchmarks.trivial_job import start
+        from jobs.personalize_job import source_spec
+
+        self.stage(f"trivial job (Kafka -> keyed counter -> Kafka), parallelism {parallelism}")
+        settings = replace(self.base, job=replace(self.base.job, parallelism=parallelism))
+        spec = source_spec(settings, "earliest", self.fresh_input().end_offsets)
+        return self.report(timed_job(lambda: start(settings, spec, self.prefix("trivial", parallelism))))
+
+    def full(self, parallelism: int, keep_redis: bool) -> dict[str, Any]:
+        from jobs.personalize_job import source_spec, start_job
+
+        self.stage(f"full job, parallelism {parallelism}")
+        name = self.prefix("full", parallelism)
+        settings = replace(self.base, job=replace(self.base.job, parallelism=parallelism),
+                           kafka=replace(self.base.kafka, transactional_id_prefix=name),
+                           redis=replace(self.base.redis, key_prefix=f"{name}:"))
+        clear_redis(settings)
+        spec = source_spec(settings, "earliest", self.fresh_input().end_offsets)
+        try:
+            return self.report(timed_job(lambda: start_job(settings, spec)))
+        finally:
+            if not keep_redis:
+                clear_redis(settings)
+
+    def report(self, timing: dict[str, float]) -> dict[str, Any]:
+        rates = {"events_per_s": round(self.events / timing["running_s"]),
+                 "events_per_s_wall": round(self.events / timing["wall_s"])}
+        say(f"      {rates['events_per_s']:,} events/s running, {rates['events_per_s_wall']:,} with start-up "
+            f"({timing['wall_s']:.1f} s)")
+        return {**{key: round(value, 2) for key, value in timing.items()}, **rates}
+
+    def redis_bytes(self, name: str) -> dict[str, Any]:
+        """``MEMORY USAGE`` of every key the full job wrote, per user (all keys / users with a profile)."""
+        self.stage("Redis bytes per user")
+        settings = replace(self.base, redis=replace(self.base.redis, key_prefix=f"{name}:"))
+        client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+        prefix = settings.redis.key_prefix
+        keys = list(client.scan_iter(f"{prefix}*", count=1000))
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        by_kind: dict[str, int] = defaultdict(int)
+        users = 0
+        for key, size in zip(keys, pipe.execute(), strict=True):
+            kind = key_kind(key[len(prefix):])
+            by_kind[kind] += int(size or 0)
+            users += kind == "user:{k}:profile"
+        clear_redis(settings)
+        total = sum(by_kind.values())
+        per_user = {kind: round(size / max(users, 1)) for kind, size in sorted(by_kind.items())}
+        say(f"      {total / max(users, 1):,.0f} bytes per user over {users:,} users")
+        return {"users": users, "keys": len(keys), "total_bytes": total,
+                "bytes_per_user": round(total / max(users, 1)), "by_key": per_user}
+
+    def latency(self, rate: float) -> dict[str, Any]:
+        """Offer events at ``rate`` to the running job; per segment change caused by an event, the
+        time from handing the event to Kafka to the change's entry in the Redis stream (its id is the
+        Redis server's clock, on this machine)."""
+        from pyflink.common.job_status import JobStatus
+
+        from jobs.personalize_job import source_spec, start_job
+
+        parallelism = self.base.job.parallelism
+        self.stage(f"latency at {rate:,.0f} events/s for {self.latency_seconds:.0f} s, parallelism {parallelism}")
+        name = self.prefix("latency", parallelism)
+        settings = replace(self.base, kafka=replace(self.base.kafka, transactional_id_prefix=name),
+                           redis=replace(self.base.redis, key_prefix=f"{name}:", changes_stream_maxlen=10_000_000))
+        clear_redis(settings)
+        stack.reset_topics(settings)
+        count = int(rate * self.latency_seconds)
+        generator = replace(settings.generator, events=count, seed=settings.generator.seed + 1)
+        sent: dict[str, float] = {}
+
+        def on_send(record: GeneratedRecord, at: float) -> None:
+            if record.kind == "valid":
+                sent[json.loads(record.value)["event_id"]] = at
+
+        client = start_job(settings, source_spec(settings, "earliest", None))
+        try:
+            while client.get_job_status().result() != JobStatus.RUNNING:
+                time.sleep(0.1)
+            time.sleep(5)  # Python workers and connectors finish starting
+            started = time.time()
+            publish(EventGenerator(generator).records(), settings.kafka, total=count, rate=rate, on_send=on_send)
+            offered_s = time.time() - started
+            changes = drained(redis.Redis.from_url(settings.redis.url, decode_responses=True),
+                              segment_changes_key(settings.redis.key_prefix))
+        finally:
+            client.cancel().result()
+            clear_redis(settings)
+        warmup_end = started + min(5.0, self.latency_seconds / 5)  # the first seconds warm caches and JIT paths
+        # Per change: publish -> Redis, split at the moment the job emitted it (its processing time):
+        # publish -> job (Kafka, source, the operators) and job -> Redis (the writer's batching).
+        kept = [(1000 * (stream_ms / 1000 - sent[event_id]), emitted_ms - 1000 * sent[event_id], stream_ms - emitted_ms)
+                for stream_ms, emitted_ms, event_id in changes if event_id in sent and sent[event_id] >= warmup_end]
+        if not kept:
+            return {"offered_rate": round(rate), "samples": 0}
+        millis = [total for total, _, _ in kept]
+        report = {
+            "offered_rate": round(rate), "achieved_rate": round(count / offered_s), "seconds": self.latency_seconds,
+            "parallelism": parallelism, "samples": len(millis),
+            "p50_ms": round(percentile(millis, 0.50)), "p95_ms": round(percentile(millis, 0.95)),
+            "p99_ms": round(percentile(millis, 0.99)), "max_ms": round(max(millis)),
+            "mean_ms": round(statistics.mean(millis)),
+            "to_job_ms": spread([to_job for _, to_job, _ in kept]),
+            "job_to_redis_ms": spread([to_redis for _, _, to_redis in kept]),
+            "latencies_ms": [round(m) for m in millis],
+        }
+        say(f"      p50 {report['p50_ms']} ms, p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms "
+            f"({len(millis):,} segment changes)")
+        return report
+
+
+def drained(client: redis.Redis, stream: str, quiet_s: float = 3.0,
+            limit_s: float = 120.0) -> list[tuple[int, int, str]]:
+    """Once the stream stopped growing: per change caused by an event, (Redis ms of its stream entry,
+    the job's wall clock ms when it emitted the change, id of the event)."""
+    deadline = time.monotonic() + limit_s
+    length, stable_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now_length = int(client.xlen(stream))  # type: ignore[arg-type]
+        if now_length != length:
+            length, stable_since = now_length, time.monotonic()
+        elif time.monotonic() - stable_since >= quiet_s:
+            break
+        time.sleep(0.25)
+    out = []
+    for entry_id, fields in client.xrange(stream):  # type: ignore[union-attr]
+        change = json.loads(fields["change"])
+        cause = change.get("cause") or {}
+        if cause.get("kind") == "event":
+            out.append((int(entry_id.split("-")[0]), int(change.get("processing_time") or 0), cause["event"]["id"]))
+    return out
+
+
+def key_kind(key: str) -> str:
+    """``user:alice:recs:info`` -> ``user:{k}:recs:info``, ``segment:x:members`` -> ``segment:{s}:members``."""
+    if key.startswith("user:"):
+        for kind in USER_KEY_KINDS:
+            if key.endswith(f":{kind}"):
+                return f"user:{{k}}:{kind}"
+    if key.startswith("segment:") and key.endswith(":members"):
+        return "segment:{s}:members"
+    return key
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, measured: full at >= 50% of trivial, p99 < 500 ms, < 2 KB state per user."""
+    checks: dict[str, Any] = {}
+    for p in PARALLELISMS:
+        trivial, full = result.get("trivial", {}).get(f"p{p}"), result.get("full", {}).get(f"p{p}")
+        if trivial and full:
+            ratio = full["events_per_s"] / trivial["events_per_s"]
+            checks[f"full_vs_trivial_p{p}"] = {"ratio": round(ratio, 3), "met": ratio >= TARGETS["full_vs_trivial_min"]}
+    latency = result.get("latency", {})
+    if latency.get("samples"):
+        checks["latency_p99"] = {"ms": latency["p99_ms"], "met": latency["p99_ms"] < TARGETS["latency_p99_ms_max"]}
+    keyed = result.get("state", {}).get("keyed_bytes_per_user")
+    if keyed:
+        checks["state_per_user"] = {"bytes": keyed["mean"], "met": keyed["mean"] < TARGETS["state_bytes_per_user_max"]}
+    return checks
+
+
+def summary(result: dict[str, Any]) -> str:
+    lines = [f"== personalize bench: {result['events']:,} events, {result['date']}, {result['commit']} =="]
+    if "pure" in result:
+        lines.append(f"pure logic (Python loop)        {result['pure']['events_per_s']:>8,} events/s")
+    for label in ("trivial", "full"):
+        for p, run_ in result.get(label, {}).items():
+            lines.append(f"{label + ' job ' + p:<31} {run_['events_per_s']:>8,} events/s "
+                         f"({run_['events_per_s_wall']:,} with start-up)")
+    latency = result.get("latency")
+    if latency and latency.get("samples"):
+        lines.append(f"latency at {latency['offered_rate']:,} events/s     p50 {latency['p50_ms']} ms, "
+                     f"p95 {latency['p95_ms']} ms, p99 {latency['p99_ms']} ms ({latency['samples']:,} changes)")
+        if "to_job_ms" in latency:
+            lines.append(f"  publish -> job emits change   p50 {latency['to_job_ms']['p50']} ms, "
+                         f"p99 {latency['to_job_ms']['p99']} ms")
+            lines.append(f"  job -> Redis                  p50 {latency['job_to_redis_ms']['p50']} ms, "
+                         f"p99 {latency['job_to_redis_ms']['p99']} ms")
+    state = result.get("state", {})
+    if "keyed_bytes_per_user" in state:
+        lines.append(f"keyed state per user            {state['keyed_bytes_per_user']['mean']:>8,} bytes (mean)")
+    if "redis_bytes_per_user" in state:
+        lines.append(f"Redis per user                  {state['redis_bytes_per_user']['bytes_per_user']:>8,} bytes")
+    for name, check in result.get("targets", {}).items():
+        lines.append(f"target {name:<24} {'met' if check['met'] else 'MISSED'} "
+                     f"({', '.join(f'{k} {v}' for k, v in check.items() if k != 'met')})")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    """Throughput bars and the latency distribution in one PNG; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    bars = []
+    if "pure" in result:
+        bars.append(("pure\nloop", result["pure"]["events_per_s"], None))
+    for label in ("trivial", "full"):
+        for p, run_ in result.get(label, {}).items():
+            bars.append((f"{label}\n{p}", run_["events_per_s"], run_["events_per_s_wall"]))
+    names = [name for name, _, _ in bars]
+    left.bar(names, [rate for _, rate, _ in bars], color="#5b8def", label="running")
+    left.bar(names, [wall or 0 for _, _, wall in bars], color="#a9c1f5", width=0.4, label="with start-up")
+    left.set_yscale("log")
+    left.set_ylabel("events/s (log)")
+    left.set_title(f"throughput, {result['events']:,} events")
+    left.legend()
+    latency = result.get("latency", {})
+    if latency.get("samples"):
+        right.hist(latency["latencies_ms"], bins=50, color="#e8684a")
+        for share, style in (("p50_ms", "-"), ("p95_ms", "--"), ("p99_ms", ":")):
+            right.axvline(latency[share], color="black", linestyle=style, label=f"{share[:3]} {latency[share]} ms")
+        right.set_xlabel("publish -> segment change in Redis (ms)")
+        right.set_title(f"latency at {latency['offered_rate']:,} events/s")
+        right.legend()
+    else:
+        right.set_axis_off()
+    figure.suptitle(f"personalize bench {result['date']} ({result['commit']}), {result['machine']['cpus']} cpus")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

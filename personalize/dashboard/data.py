@@ -1,0 +1,257 @@
+"""What the dashboard shows, read from Redis only (docs/redis.md) and turned into JSON-ready dicts.
+
+Redis is the serving view, so the dashboard needs nothing else: no Kafka consumer, no Flink REST.
+Keys that the job does not write (yet) come back as ``None``, which the page shows as "not
+available yet"; a Redis that cannot be reached gives ``{"redis": {"ok": False, "error": ...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+from connectors.redis_keys import (
+    deadletter_counts_key,
+    models_clusters_key,
+    models_current_key,
+    models_drift_key,
+    models_instances_key,
+    rule_instances_key,
+    rules_key,
+    segment_changes_key,
+    segment_counts_key,
+    user_features_key,
+    user_model_key,
+    user_profile_key,
+    user_recs_info_key,
+    user_recs_key,
+    user_segments_key,
+    users_hll_key,
+)
+
+FEED_SIZE = 50
+DRIFT_SIZE = 20
+HISTORY_BUCKETS = 60
+T = TypeVar("T")
+
+
+def public_url(url: str) -> str:
+    """The Redis URL without its password, safe to show on a page."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def describe_cause(cause: Mapping[str, Any] | None) -> str:
+    """One line saying why a segment change happened (the ``cause`` of docs/rules.md), for people."""
+    if not cause:
+        return "unknown"
+    kind = str(cause.get("kind", "unknown"))
+    rule = f"rule {cause['rule']} v{cause.get('version', '?')}" if cause.get("rule") else ""
+    if kind == "event" and isinstance(cause.get("event"), Mapping):
+        event = cause["event"]
+        head = f"event {event.get('type', '?')} ({event.get('id', '?')})"
+    elif kind == "preempted":
+        head = f"preempted by {cause.get('by', '?')}"
+    else:
+        head = kind.replace("_", " ")
+    extras = [f"{key} {value}" for key, value in sorted(cause.items())
+              if key not in {"kind", "event", "rule", "version", "by"} and not isinstance(value, dict | list)]
+    return " · ".join(part for part in (head, rule, *extras) if part)
+
+
+def segment_history(changes: Iterable[Mapping[str, Any]], counts: Mapping[str, int],
+                    buckets: int = HISTORY_BUCKETS) -> dict[str, Any]:
+    """Segment sizes over event time, rebuilt backwards from today's counts and the recent changes.
+
+    The count of a segment at event time ``t`` is its count now minus the net enters of the changes
+    after ``t``. That is exact for every ``t`` inside the window the capped change stream still holds
+    (every later change is in it), with no extra key for the job to maintain.
+    """
+    deltas = sorted((int(c["event_time"]), str(c["segment"]), 1 if c.get("action") == "enter" else -1)
+                    for c in changes if "event_time" in c and "segment" in c)
+    segments = sorted(set(counts) | {segment for _, segment, _ in deltas})
+    if not deltas:
+        return {"start": None, "end": None, "changes": 0, "times": [], "series": {s: [] for s in segments}}
+    start, end = deltas[0][0], deltas[-1][0]
+    step = max(1, -(-(end - start) // max(1, buckets)))
+    times = [min(start + n * step, end) for n in range(buckets + 1)] if end > start else [end]
+    level = {segment: int(counts.get(segment, 0)) for segment in segments}
+    series: dict[str, list[int]] = {segment: [0] * len(times) for segment in segments}
+    # Walk times from the newest back, undoing the changes later than each time.
+    position = len(deltas) - 1
+    for index in range(len(times) - 1, -1, -1):
+        while position >= 0 and deltas[position][0] > times[index]:
+            _, segment, delta = deltas[position]
+            level[segment] -= delta
+            position -= 1
+        for segment in segments:
+            series[segment][index] = level[segment]
+    return {"start": start, "end": end, "changes": len(deltas), "times": times, "series": series}
+
+
+def _decode_json(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _change_row(stream_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
+    change = _decode_json(fields.get("change"))
+    if not isinstance(change, dict):
+        return {"stream_id": stream_id, "raw": fields}
+    return {
+        "stream_id": stream_id, "id": change.get("id"), "user": change.get("user"), "action": change.get("action"),
+        "segment": change.get("segment"), "event_time": change.get("event_time"),
+        "cause": describe_cause(change.get("cause")), "cause_kind": (change.get("cause") or {}).get("kind"),
+        "segments": change.get("segments"),
+    }
+
+
+def _by_instance(fields: Mapping[str, str]) -> dict[str, str]:
+    """A per-instance hash (field = parallel instance index) in instance order."""
+    return dict(sorted(fields.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else -1))
+
+
+def _rule_row(rule_id: str, entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        return {"id": rule_id, "raw": entry}
+    definition = entry.get("definition") or {}
+    return {
+        "id": rule_id, "version": entry.get("version"), "status": entry.get("status"),
+        "name": definition.get("name"), "group": definition.get("group"), "priority": definition.get("priority"),
+        "description": definition.get("description"), "when": definition.get("when"),
+    }
+
+
+@dataclass
+class RedisView:
+    """Reads one deployment's keys (``prefix``); every public method returns JSON-ready data."""
+
+    client: redis.Redis
+    prefix: str
+    url: str
+
+    @classmethod
+    def connect(cls, url: str, prefix: str) -> RedisView:
+        # Short timeouts: a page must say "Redis is down" quickly instead of hanging.
+        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0)
+        return cls(client=client, prefix=prefix, url=url)
+
+    def _guard(self, read: Callable[[], T]) -> dict[str, Any] | T:
+        try:
+            return read()
+        except redis.RedisError as exc:
+            return {"redis": self.status(str(exc) or type(exc).__name__)}
+
+    def status(self, error: str | None = None) -> dict[str, Any]:
+        return {"ok": error is None, "url": public_url(self.url), "prefix": self.prefix, "error": error}
+
+    def _hash(self, key: str) -> dict[str, str] | None:
+        """A hash's fields, or None when the key does not exist (not written by the job yet)."""
+        found: dict[str, str] = self.client.hgetall(key)  # type: ignore[assignment]
+        return found or None
+
+    def overview(self) -> dict[str, Any]:
+        return self._guard(self._overview)  # type: ignore[return-value]
+
+    def _overview(self) -> dict[str, Any]:
+        p = self.prefix
+        pipe = self.client.pipeline(transaction=False)
+        pipe.pfcount(users_hll_key(p))
+        pipe.hgetall(segment_counts_key(p))
+        pipe.xlen(segment_changes_key(p))
+        pipe.xrevrange(segment_changes_key(p), count=FEED_SIZE)
+        pipe.hgetall(rules_key(p))
+        pipe.hgetall(rule_instances_key(p))
+        pipe.hgetall(models_current_key(p))
+        pipe.hgetall(models_clusters_key(p))
+        pipe.hgetall(models_instances_key(p))
+        pipe.exists(models_drift_key(p))
+        pipe.xrevrange(models_drift_key(p), count=DRIFT_SIZE)
+        pipe.hgetall(deadletter_counts_key(p))
+        (users, counts, changes_length, feed, rules, instances, model, clusters, model_instances, drift_exists,
+         drift, deadletters) = pipe.execute()
+        segment_counts = {segment: int(count) for segment, count in sorted(counts.items())}
+        return {
+            "redis": self.status(),
+            "empty": not (users or segment_counts or changes_length or rules),
+            "users_seen": int(users),
+            "segments": segment_counts,
+            "changes": {"length": int(changes_length), "recent": [_change_row(sid, f) for sid, f in feed]},
+            "rules": [_rule_row(rule_id, _decode_json(entry)) for rule_id, entry in sorted(rules.items())],
+            "rule_instances": _by_instance(instances),
+            "model": model or None,
+            "clusters": ([{"cluster": cluster, **(_decode_json(text) or {})}
+                          for cluster, text in sorted(clusters.items(), key=lambda kv: kv[0])] if clusters else None),
+            "model_instances": _by_instance(model_instances),
+            # The stream appears with the first drift: with a model published and no stream, there was none yet.
+            "drift": [{"stream_id": sid, **(_decode_json(f.get("drift")) or {})} for sid, f in drift]
+            if drift_exists or model else None,
+            "deadletters": ({reason: int(count) for reason, count in sorted(deadletters.items())}
+                            if deadletters else None),
+        }
+
+    def history(self, buckets: int = HISTORY_BUCKETS) -> dict[str, Any]:
+        return self._guard(lambda: self._history(buckets))  # type: ignore[return-value]
+
+    def _history(self, buckets: int) -> dict[str, Any]:
+        p = self.prefix
+        pipe = self.client.pipeline(transaction=True)  # one consistent cut of counts and stream
+        pipe.hgetall(segment_counts_key(p))
+        pipe.xrange(segment_changes_key(p))
+        counts, entries = pipe.execute()
+        changes = [change for change in (_decode_json(fields.get("change")) for _, fields in entries)
+                   if isinstance(change, dict)]
+        return {"redis": self.status(),
+                **segment_history(changes, {s: int(n) for s, n in counts.items()}, buckets)}
+
+    def user(self, user_key: str) -> dict[str, Any]:
+        return self._guard(lambda: self._user(user_key))  # type: ignore[return-value]
+
+    def _user(self, user_key: str) -> dict[str, Any]:
+        p = self.prefix
+        pipe = self.client.pipeline(transaction=False)
+        for key in (user_profile_key(p, user_key), user_segments_key(p, user_key), user_features_key(p, user_key),
+                    user_model_key(p, user_key), user_recs_info_key(p, user_key)):
+            pipe.hgetall(key)
+        pipe.zrevrange(user_recs_key(p, user_key), 0, -1, withscores=True)
+        pipe.hgetall(models_clusters_key(p))
+        profile, segments, features, model, recs_info, recs, clusters = pipe.execute()
+        memberships = {segment: int(ts) for segment, ts in segments.items() if not segment.startswith("_")}
+        return {
+            "redis": self.status(), "user": user_key,
+            "found": bool(profile or segments or features or model or recs_info or recs),
+            "profile": profile or None,
+            "segments": memberships if segments else None,
+            "features": {name: _decode_json(value) if value.startswith(("[", "{")) else value
+                         for name, value in sorted(features.items())} if features else None,
+            "model": _user_model(model, clusters) if model else None,
+            "recommendations": _user_recs(recs_info, recs) if (recs_info or recs) else None,
+        }
+
+
+def _user_model(model: Mapping[str, str], clusters: Mapping[str, str]) -> dict[str, Any]:
+    cluster = model.get("cluster")
+    described = _decode_json(clusters.get(cluster)) if cluster is not None else None
+    return {**model, "cluster_description": described.get("description") if isinstance(described, dict) else None}
+
+
+def _user_recs(info: Mapping[str, str], ranked: list[tuple[str, float]]) -> dict[str, Any]:
+    """Items with reasons from the info hash when present, else the bare sorted set."""
+    items = _decode_json(info.get("items")) if info else None
+    if not isinstance(items, list):
+        items = [{"item": item, "score": score, "reasons": []} for item, score in ranked]
+    return {"version": info.get("version"), "ts": info.get("ts"), "suppressed": info.get("suppressed"),
+            "items": items}

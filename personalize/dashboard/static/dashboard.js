@@ -1,0 +1,299 @@
+// The dashboard page: polls /api/overview (and /api/history less often) and renders with plain DOM.
+// Everything from Redis goes in through textContent, never innerHTML.
+"use strict";
+
+const REFRESH_MS = Number(document.body.dataset.refreshMs) || 2000;
+const HISTORY_EVERY = 5; // history is heavier (the whole change stream): every 5th refresh
+const COLORS = ["#5b8def", "#e8684a", "#5ad8a6", "#f6bd16", "#9270ca", "#ff9d4d", "#269a99", "#ff99c3",
+  "#6dc8ec", "#5d7092", "#945fb9", "#1e9493"];
+const NA = "not available yet";
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null) continue;
+    if (name === "class") node.className = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const $ = (id) => document.getElementById(id);
+const fmt = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
+const when = (ms) => (ms === null || ms === undefined || ms === "" ? "–"
+  : new Date(Number(ms)).toISOString().replace("T", " ").slice(0, 19));
+const na = (what) => el("p", { class: "na" }, `${what}: ${NA}`);
+
+function kv(entries) {
+  return el("dl", { class: "kv" }, entries.map(([k, v]) => [el("dt", {}, k),
+    el("dd", {}, typeof v === "object" && v !== null ? JSON.stringify(v) : String(v))]));
+}
+
+function colorOf(segment, all) {
+  return COLORS[all.indexOf(segment) % COLORS.length];
+}
+
+let seenChanges = new Set();
+let segmentOrder = [];
+let tick = 0;
+
+function setBanner(text, bad) {
+  const banner = $("banner");
+  banner.hidden = !text;
+  banner.textContent = text || "";
+  banner.className = bad ? "banner bad" : "banner";
+}
+
+function renderStatus(status) {
+  const pill = $("redis-status");
+  pill.textContent = status.ok ? `Redis up · ${status.url}` : "Redis down";
+  pill.className = status.ok ? "pill ok" : "pill bad";
+  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+function renderSegments(counts, usersSeen) {
+  const names = Object.keys(counts);
+  segmentOrder = [...new Set([...segmentOrder, ...names])].sort();
+  const max = Math.max(1, ...Object.values(counts));
+  const rows = names.map((segment) => el("tr", { "data-segment": segment },
+    el("td", {}, segment),
+    el("td", { class: "num count", "data-segment": segment }, fmt(counts[segment])),
+    el("td", { style: "width:40%" }, el("div", { class: "bar",
+      style: `width:${(100 * counts[segment]) / max}%; background:${colorOf(segment, segmentOrder)}` }))));
+  $("segments").tBodies[0].replaceChildren(...rows);
+  $("segments-empty").hidden = names.length > 0;
+  $("users-seen").textContent = fmt(usersSeen);
+  $("memberships").textContent = fmt(Object.values(counts).reduce((a, b) => a + b, 0));
+}
+
+function userLink(user) {
+  return el("a", { class: "user", "data-user": user, onclick: () => lookup(user) }, user);
+}
+
+function renderFeed(changes) {
+  $("feed-length").textContent = changes.length ? `(newest ${changes.recent.length} of ${fmt(changes.length)} kept)` : "";
+  const first = seenChanges.size === 0;
+  const rows = changes.recent.map((c) => el("tr", { class: !first && !seenChanges.has(c.stream_id) ? "new" : "" },
+    el("td", { class: "nowrap" }, when(c.event_time)),
+    el("td", {}, c.user ? userLink(c.user) : "?"),
+    el("td", { class: `${c.action} nowrap` }, c.action === "enter" ? "→ enter" : c.action === "exit" ? "← exit" : c.action || "?"),
+    el("td", {}, c.segment || JSON.stringify(c.raw)),
+    el("td", {}, c.cause || "")));
+  seenChanges = new Set(changes.recent.map((c) => c.stream_id));
+  $("feed").tBodies[0].replaceChildren(...rows);
+  $("feed-empty").hidden = changes.recent.length > 0;
+}
+
+function renderRules(rules, instances) {
+  $("rules").tBodies[0].replaceChildren(...rules.map((r) => el("tr", { "data-rule": r.id, title: r.description || "" },
+    el("td", {}, r.name ? `${r.id} (${r.name})` : r.id),
+    el("td", { class: "num" }, r.version ?? "?"),
+    el("td", {}, r.status ?? "?"),
+    el("td", {}, [r.group, r.priority].filter((x) => x !== null && x !== undefined).join(" / ")))));
+  $("rules-empty").hidden = rules.length > 0;
+  const prints = Object.values(instances);
+  $("rule-instances").textContent = prints.length === 0 ? "" : new Set(prints).size === 1
+    ? `all ${prints.length} job instances run the same rule set`
+    : `instances run different rule sets (a command is still spreading): ${prints.length} instances, `
+      + `${new Set(prints).size} fingerprints`;
+}
+
+function renderModel(model, clusters, instances) {
+  $("model").replaceChildren(model ? kv(Object.entries(model).map(([k, v]) => [k, k === "ts" ? when(v) : v]))
+    : na("model versions"));
+  const scoring = Object.entries(instances || {});
+  const versions = new Set(scoring.map(([, v]) => v));
+  $("model-instances").textContent = scoring.length === 0 ? ""
+    : versions.size === 1 ? `all ${scoring.length} scoring instances use snapshot ${[...versions][0]}`
+      : `scoring instances use different snapshots (a new one is still spreading): `
+        + scoring.map(([i, v]) => `#${i} ${v}`).join(", ");
+  if (!clusters) {
+    $("clusters").replaceChildren(na("clusters"));
+    return;
+  }
+  $("clusters").replaceChildren(el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "cluster"),
+    el("th", {}, "description"), el("th", { class: "num" }, "share"))),
+  el("tbody", {}, clusters.map((c) => el("tr", { "data-cluster": c.cluster }, el("td", {}, c.cluster),
+    el("td", {}, c.description ?? ""),
+    el("td", { class: "num" }, c.share === undefined ? "" : `${(100 * c.share).toFixed(1)}%`))))));
+}
+
+function renderDrift(drift) {
+  if (drift === null) {
+    $("drift").replaceChildren(na("drift alerts"));
+  } else if (drift.length === 0) {
+    $("drift").replaceChildren(el("p", { class: "empty", id: "no-drift" }, "No drift detected."));
+  } else {
+    $("drift").replaceChildren(el("table", { id: "drift-alerts" }, el("tbody", {}, drift.map((d) => el("tr", {},
+      el("td", {}, when(d.ts)), el("td", {}, `${d.model ?? "?"} · ${d.signal ?? "?"}`),
+      el("td", {}, `${d.detector ?? ""} v${d.version ?? "?"}`))))));
+  }
+}
+
+function renderDeadletters(counts) {
+  if (counts === null) {
+    $("deadletters").replaceChildren(na("dead-letter counts"));
+    return;
+  }
+  const total = Object.values(counts).reduce((a, b) => a + b, 0);
+  $("deadletters").replaceChildren(el("table", {}, el("tbody", {},
+    Object.entries(counts).sort((a, b) => b[1] - a[1]).map(([reason, n]) => el("tr", { "data-reason": reason },
+      el("td", {}, reason), el("td", { class: "num count", "data-reason": reason }, fmt(n)))),
+    el("tr", {}, el("th", {}, "total"), el("th", { class: "num", id: "deadletters-total" }, fmt(total))))));
+}
+
+function renderHistory(history) {
+  const box = $("history");
+  const segments = Object.keys(history.series || {});
+  if (!history.times || history.times.length === 0) {
+    box.replaceChildren(el("p", { class: "empty" }, "No segment changes yet: nothing to draw."));
+    $("history-note").textContent = "";
+    return;
+  }
+  segmentOrder = [...new Set([...segmentOrder, ...segments])].sort();
+  const W = 760, H = 240, L = 48, R = 10, T = 10, B = 24;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("width", "100%");
+  svg.setAttribute("id", "history-chart");
+  const times = history.times;
+  const t0 = times[0], t1 = times[times.length - 1];
+  const maxY = Math.max(1, ...segments.flatMap((s) => history.series[s]));
+  const x = (t) => L + (t1 === t0 ? (W - L - R) : ((t - t0) / (t1 - t0)) * (W - L - R));
+  const y = (v) => T + (1 - v / maxY) * (H - T - B);
+  const add = (tag, attrs, text) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    svg.append(node);
+  };
+  add("line", { x1: L, y1: y(0), x2: W - R, y2: y(0), stroke: "#ccc" });
+  add("line", { x1: L, y1: T, x2: L, y2: y(0), stroke: "#ccc" });
+  add("text", { x: L - 4, y: y(maxY) + 4, "text-anchor": "end" }, fmt(maxY));
+  add("text", { x: L - 4, y: y(0), "text-anchor": "end" }, "0");
+  add("text", { x: L, y: H - 6 }, when(t0));
+  add("text", { x: W - R, y: H - 6, "text-anchor": "end" }, when(t1));
+  for (const segment of segments) {
+    const points = times.map((t, i) => `${x(t).toFixed(1)},${y(history.series[segment][i]).toFixed(1)}`).join(" ");
+    add("polyline", { points, fill: "none", stroke: colorOf(segment, segmentOrder), "stroke-width": 2,
+      "data-segment": segment });
+  }
+  const legend = el("div", { class: "legend" }, segments.map((s) => el("span", { style: `--c:${colorOf(s, segmentOrder)}` }, s)));
+  box.replaceChildren(svg, legend);
+  $("history-note").textContent = `Rebuilt from today's counts and the last ${fmt(history.changes)} changes in the `
+    + "capped change stream: exact for the window shown.";
+}
+
+// Reasons are {source: contribution} (docs/recommendations.md); a list of strings is shown as is.
+function reasonsText(reasons) {
+  if (!reasons) return "";
+  if (Array.isArray(reasons)) return reasons.map((x) => (typeof x === "string" ? x : JSON.stringify(x))).join(", ");
+  return Object.entries(reasons).sort((a, b) => b[1] - a[1])
+    .map(([source, share]) => `${source} ${Number(share).toFixed(2)}`).join(", ");
+}
+
+function section(title, body) {
+  return el("div", {}, el("h3", {}, title), body);
+}
+
+function renderUser(data) {
+  const box = $("user-result");
+  if (data.error) {
+    box.replaceChildren(el("p", { class: "na" }, data.error));
+    return;
+  }
+  if (data.redis && !data.redis.ok) {
+    box.replaceChildren(el("p", { class: "na" }, `Redis is unreachable: ${data.redis.error}`));
+    return;
+  }
+  if (!data.found) {
+    box.replaceChildren(el("p", { class: "empty", id: "user-missing" }, `No data for user "${data.user}".`));
+    return;
+  }
+  const segments = data.segments === null ? na("segments")
+    : Object.keys(data.segments).length === 0 ? el("p", { class: "empty" }, "in no segment")
+      : el("ul", { id: "user-segments" }, Object.entries(data.segments).sort().map(([s, ts]) =>
+        el("li", { "data-segment": s }, `${s} `, el("span", { class: "muted" }, `since ${when(ts)}`))));
+  const model = data.model === null ? na("intent score and cluster") : kv([
+    ["intent score", data.model.intent === "" || data.model.intent === undefined ? "not scored yet"
+      : Number(data.model.intent).toFixed(3)],
+    ["cluster", data.model.cluster === "" || data.model.cluster === undefined ? "not scored yet"
+      : data.model.cluster_description ? `${data.model.cluster} (${data.model.cluster_description})`
+        : data.model.cluster],
+    ["model version", data.model.model_version === "0" ? "none yet" : (data.model.model_version ?? "–")],
+    ["scored at", when(data.model.ts)]]);
+  const recs = data.recommendations === null ? na("recommendations")
+    : data.recommendations.suppressed
+      ? el("p", { class: "empty", id: "user-recs-suppressed" },
+        `suppressed (${data.recommendations.suppressed === "checkout" ? "checkout in progress"
+          : data.recommendations.suppressed})`)
+      : data.recommendations.items.length === 0 ? el("p", { class: "empty" }, "no candidates yet")
+        : el("ol", { id: "user-recs" }, data.recommendations.items.map((r) => el("li", { "data-item": r.item },
+          `${r.item} `, el("span", { class: "muted" }, Number(r.score).toFixed(3)), " ",
+          el("span", { class: "reasons" }, reasonsText(r.reasons)))));
+  const profile = data.profile === null ? na("profile") : kv(Object.entries(data.profile)
+    .map(([k, v]) => [k, k === "first_seen" || k === "last_seen" ? when(v) : v]));
+  const features = data.features === null ? na("features") : kv(Object.entries(data.features));
+  box.replaceChildren(el("div", { class: "user-grid", "data-user": data.user },
+    section(`Segments of ${data.user}`, segments), section("Model", model), section("Recommendations", recs),
+    section("Profile", profile), section("Features", features)));
+}
+
+async function lookup(user) {
+  $("user-key").value = user;
+  const response = await fetch(`api/user?key=${encodeURIComponent(user)}`);
+  renderUser(await response.json());
+}
+
+async function refresh() {
+  let data;
+  try {
+    const response = await fetch("api/overview");
+    data = await response.json();
+  } catch (error) {
+    setBanner(`The dashboard server does not answer (${error}); retrying every ${REFRESH_MS / 1000} s.`, true);
+    $("redis-status").textContent = "no server";
+    $("redis-status").className = "pill bad";
+    return;
+  }
+  renderStatus(data.redis);
+  if (!data.redis.ok) {
+    setBanner(`Redis is unreachable at ${data.redis.url}: ${data.redis.error}. Nothing below is current; `
+      + `retrying every ${REFRESH_MS / 1000} s.`, true);
+    return;
+  }
+  setBanner(data.empty ? `Redis is up but holds no data under the prefix "${data.redis.prefix}" yet: `
+    + "start the job (personalize demo, or personalize run)." : "", false);
+  renderSegments(data.segments, data.users_seen);
+  renderFeed(data.changes);
+  renderRules(data.rules, data.rule_instances);
+  renderModel(data.model, data.clusters, data.model_instances);
+  renderDrift(data.drift);
+  renderDeadletters(data.deadletters);
+  if (tick % HISTORY_EVERY === 0) {
+    try {
+      const history = await (await fetch("api/history")).json();
+      if (history.redis && history.redis.ok) renderHistory(history);
+    } catch (error) { /* the next overview refresh reports the problem */ }
+  }
+  tick += 1;
+  document.body.dataset.loaded = String(tick);
+}
+
+$("user-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const user = $("user-key").value.trim();
+  if (user) lookup(user);
+});
+
+async function loop() {
+  await refresh();
+  setTimeout(loop, REFRESH_MS);
+}
+loop();

@@ -1,0 +1,113 @@
+"""The command line's contract with scripts: exit codes 0/1/2 and one-line messages instead of tracebacks."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from personalize import cli
+from personalize.settings import Settings
+from tests.conftest import free_ports
+
+SUBCOMMANDS = ["stack", "produce", "replay", "run", "demo", "cluster", "submit", "savepoint", "cancel",
+               "evaluate", "bench", "dashboard", "status"]
+
+
+def dead_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the broker, Redis and the cluster's REST API at ports where nothing listens."""
+    kafka, redis_, rest = free_ports(3)
+    monkeypatch.setenv("PERSONALIZE__KAFKA__BOOTSTRAP_SERVERS", f"127.0.0.1:{kafka}")
+    monkeypatch.setenv("PERSONALIZE__REDIS__URL", f"redis://127.0.0.1:{redis_}/0")
+    monkeypatch.setenv("PERSONALIZE__CLUSTER__REST_PORT", str(rest))
+
+
+@pytest.mark.parametrize("command", [[], *([name] for name in SUBCOMMANDS)])
+def test_help_explains_every_command_and_exits_0(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([*command, "--help"])
+    assert exit_.value.code == cli.EXIT_OK
+    assert "usage: personalize" in capsys.readouterr().out
+
+
+def test_subcommands_are_all_there() -> None:
+    parser = cli.build_parser()
+    choices = next(action.choices for action in parser._subparsers._group_actions)  # type: ignore[union-attr]
+    assert set(SUBCOMMANDS) <= set(choices)
+
+
+@pytest.mark.parametrize("argv", [["no-such-command"], ["stack"], ["stack", "sideways"], ["produce", "--events", "x"]])
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == cli.EXIT_USAGE
+
+
+def test_invalid_configuration_exits_2_naming_every_field(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PERSONALIZE__JOB__PARALLELISM", "zero")
+    monkeypatch.setenv("PERSONALIZE__REDIS__NO_SUCH_KEY", "1")
+    assert cli.main(["status"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "job.parallelism" in err and "no_such_key" in err and "Traceback" not in err
+
+
+def test_a_missing_config_file_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--config", "/no/such/config.yaml", "status"]) == cli.EXIT_USAGE
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_status_exits_1_when_broker_and_redis_are_down(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    dead_services(monkeypatch)
+    assert cli.main(["status"]) == cli.EXIT_FAILURE
+    out = capsys.readouterr().out
+    assert "broker   DOWN" in out and "redis    DOWN" in out and "personalize stack up" in out
+
+
+@pytest.mark.integration
+def test_status_exits_0_when_the_stack_is_up(stack_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    dead_services(monkeypatch)
+    monkeypatch.setenv("PERSONALIZE__KAFKA__BOOTSTRAP_SERVERS", stack_settings.kafka.bootstrap_servers)
+    monkeypatch.setenv("PERSONALIZE__REDIS__URL", stack_settings.redis.url)
+    monkeypatch.setenv("PERSONALIZE__REDIS__KEY_PREFIX", '"statusempty:"')
+    assert cli.main(["status"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "broker   up" in out and "no data under prefix" in out
+
+
+def test_runtime_failures_exit_1_with_one_line(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    dead_services(monkeypatch)
+    assert cli.main(["replay", "/no/such/file.jsonl"]) == cli.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.startswith("personalize: replay failed:") and "Traceback" not in err
+
+
+def test_dashboard_on_a_busy_port_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert cli.main(["dashboard", "--port", str(busy.getsockname()[1])]) == cli.EXIT_FAILURE
+    assert "cannot listen on" in capsys.readouterr().err
+
+
+def test_bench_latency_alone_needs_a_rate(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--only", "latency"]) == cli.EXIT_USAGE
+    assert "--rate" in capsys.readouterr().err
+
+
+def test_bench_pure_stage_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A smoke test of the suite's pure part (the Flink stages run on demand, not in the suite)."""
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--only", "pure", "--events", "400", "--json", str(out)]) == cli.EXIT_OK
+    result = json.loads(out.read_text())
+    assert result["pure"]["events"] == 400 and result["pure"]["events_per_s"] > 0
+    assert set(result["pure"]["us_per_event"]) == {"parse", "profile", "features", "models", "rules", "recs"}
+    assert result["state"]["keyed_bytes_per_user"]["mean"] > 0
+    assert "state_per_user" in result["targets"]
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "pure logic (Python loop)" in capsys.readouterr().out
