@@ -514,8 +514,9 @@ class GlobalObject:
             timers.register_processing_time_timer(last + self.write_interval_ms)
 
     def on_timer(self, key: str, now: int) -> None:
-        """A processing-time timer of ``key`` (the current key) fired: write its object if it waits."""
-        if key in self.dirty:
+        """A processing-time timer of ``key`` (the current key) fired: write its object if it waits and is
+        due (the function's other timers, e.g. Redis flushes, come here too)."""
+        if key in self.dirty and now - self.written[key] >= self.write_interval_ms:
             self._write(key, now)
 
     def _write(self, key: str, now: int) -> None:

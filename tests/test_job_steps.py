@@ -278,6 +278,8 @@ def test_a_global_object_is_written_once_per_interval_and_a_restore_replays_its_
         model.changed("k", context, entry)  # type: ignore[arg-type]
     assert context.value.writes == 1 and context.log.entries == [b"b", b"c"] and context.timers == [1000]
     assert global_list(context).get("k") == [b"a", b"b", b"c"]  # restored: the written object plus its log
+    model.on_timer("k", 200)  # another timer of the function (a Redis flush): not due yet
+    assert context.value.writes == 1
     model.on_timer("k", 1000)
     assert context.value.writes == 2 and context.log.entries == [] and context.value.value() == [b"a", b"b", b"c"]
     context.now = 1100
