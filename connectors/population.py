@@ -8,12 +8,15 @@ field gives the whole population. Overwriting keeps replays idempotent.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 import redis
 
 from operators.quantiles import PopulationHistogram
+
+log = logging.getLogger(__name__)
 
 
 def population_key(prefix: str, metric: str) -> str:
@@ -60,14 +63,23 @@ class SharedPopulation:
         return True
 
     def sync(self) -> None:
-        """Publish this instance's histograms and merge everybody's, in one pipeline."""
+        """Publish this instance's histograms and merge everybody's, in one pipeline.
+
+        When Redis is unreachable, scoring goes on against the last view and the next interval
+        tries again: an outage must not fail the job, and the overwrite publishes everything then.
+        """
         self.last_sync = self.clock()
         pipe = self.client.pipeline(transaction=False)
         for metric in self.metrics:
             key = population_key(self.key_prefix, metric)
             pipe.hset(key, str(self.instance), json.dumps(self.local[metric].to_dict(), separators=(",", ":")))
             pipe.hgetall(key)
-        self._read(pipe.execute()[1::2], restore=False)
+        try:
+            replies = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("population sync skipped, Redis unreachable (%r)", exc)
+            return
+        self._read(replies[1::2], restore=False)
 
     def _read(self, replies: list[dict[bytes | str, bytes | str]], restore: bool) -> None:
         mine = {str(self.instance), str(self.instance).encode()}  # with or without decode_responses

@@ -202,12 +202,15 @@ class RedisStateWriter:
         definitions; the per-instance fingerprints show when all of them run the same rules.
         """
         prefix = self.settings.key_prefix
-        pipe = self.client.pipeline(transaction=False)
         mapping = {entry.id: entry.to_json() for entry in entries}
-        if mapping:
-            pipe.hset(rules_key(prefix), mapping=mapping)  # type: ignore[arg-type]
-        pipe.hset(rule_instances_key(prefix), str(instance), str(fingerprint))
-        pipe.execute()
+
+        def write() -> None:  # a fresh pipeline per attempt: a failed execute() empties it
+            pipe = self.client.pipeline(transaction=False)
+            if mapping:
+                pipe.hset(rules_key(prefix), mapping=mapping)  # type: ignore[arg-type]
+            pipe.hset(rule_instances_key(prefix), str(instance), str(fingerprint))
+            pipe.execute()
+        self._retrying(write)
 
     def stage_model_scores(self, user_key: str, version: int, fields: list[Any]) -> None:
         """The user's latest model scores, guarded by ``version`` (the scored feature vector's)."""
@@ -245,25 +248,28 @@ class RedisStateWriter:
     def write_model(self, snapshot: ModelSnapshot, quality: dict[str, float]) -> None:
         """Publish a new model snapshot's summary and cluster descriptions (rare: written at once)."""
         prefix = self.settings.key_prefix
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(models_current_key(prefix), mapping={  # type: ignore[arg-type]
-            "version": snapshot.version, "lineage": snapshot.lineage, "ts": snapshot.ts, "cause": snapshot.cause,
-            "bytes": len(snapshot.models), **quality})
-        pipe.delete(models_clusters_key(prefix))
         clusters = {str(d.cluster): json.dumps({"description": d.text, "share": round(d.share, 4)})
                     for d in snapshot.clusters}
-        if clusters:
-            pipe.hset(models_clusters_key(prefix), mapping=clusters)  # type: ignore[arg-type]
-        pipe.execute()
+
+        def write() -> None:  # a fresh pipeline per attempt: a failed execute() empties it
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hset(models_current_key(prefix), mapping={  # type: ignore[arg-type]
+                "version": snapshot.version, "lineage": snapshot.lineage, "ts": snapshot.ts,
+                "cause": snapshot.cause, "bytes": len(snapshot.models), **quality})
+            pipe.delete(models_clusters_key(prefix))
+            if clusters:
+                pipe.hset(models_clusters_key(prefix), mapping=clusters)  # type: ignore[arg-type]
+            pipe.execute()
+        self._retrying(write)
 
     def write_model_instance(self, instance: int, snapshot: ModelSnapshot) -> None:
         """Which snapshot this scoring instance uses (all equal once a snapshot reached every instance)."""
-        self.client.hset(models_instances_key(self.settings.key_prefix), str(instance),
-                         f"{snapshot.lineage}:{snapshot.version}")
+        self._retrying(lambda: self.client.hset(models_instances_key(self.settings.key_prefix), str(instance),
+                                                f"{snapshot.lineage}:{snapshot.version}"))
 
     def write_drift(self, drift: DriftEvent) -> None:
-        self.client.xadd(models_drift_key(self.settings.key_prefix), {"drift": drift.to_json()},
-                         maxlen=self.settings.changes_stream_maxlen, approximate=True)
+        self._retrying(lambda: self.client.xadd(models_drift_key(self.settings.key_prefix), {"drift": drift.to_json()},
+                                                maxlen=self.settings.changes_stream_maxlen, approximate=True))
 
     def _empty(self) -> bool:
         return not (self.pending or self.forgotten or self.segment_changes or self.rec_lists)
@@ -284,10 +290,14 @@ class RedisStateWriter:
         over (restore from the last checkpoint). Re-sending a half-applied batch is safe: every
         write is version-guarded or idempotent.
         """
+        self._retrying(self._flush_once)
+
+    def _retrying(self, write: Callable[[], Any]) -> None:
+        """Run ``write`` until it succeeds, backing off through a Redis outage of up to ``retry_deadline_s``."""
         delay, deadline = RETRY_FIRST_DELAY_S, time.monotonic() + self.retry_deadline_s
         while True:
             try:
-                self._flush_once()
+                write()
                 return
             except TRANSIENT_ERRORS as exc:
                 if time.monotonic() + delay > deadline:

@@ -74,7 +74,19 @@ def _require_id(doc: dict[str, Any], name: str, required: bool = True) -> str:
         return ""
     if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
         raise _Invalid(INVALID_FIELD, f"{name} must be a string of 1..{MAX_ID_LENGTH} characters")
+    if not value.isascii() and not _is_text(value):
+        raise _Invalid(INVALID_FIELD, f"{name} has a lone surrogate escape (not Unicode text)")
     return value
+
+
+def _is_text(value: str) -> bool:
+    """JSON may escape lone UTF-16 surrogates (``"\\ud800"``); such a string cannot be encoded, so
+    as a key or id it would fail the job downstream (a poison pill) instead of one record here."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _integral(value: Any) -> int | None:

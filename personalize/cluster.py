@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +34,11 @@ from personalize.settings import ClusterSettings, Settings
 PROJECT_PACKAGES = ("jobs", "operators", "state", "connectors", "personalize", "config")
 JOB_FILE = "jobs/personalize_job.py"
 TERMINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELED"})
+#: Heartbeats between the JobManager and the TaskManagers (Flink's defaults: 10 s and 50 s).
+HEARTBEAT_INTERVAL = "1 s"
+HEARTBEAT_TIMEOUT = "20 s"
+#: What Flink reports as the watermark of a task that has none yet.
+LONG_MIN = -(2**63)
 
 
 class ClusterError(RuntimeError):
@@ -77,6 +83,10 @@ def cluster_config(cluster: ClusterSettings, where: ClusterPaths) -> dict[str, A
                         "numberOfTaskSlots": cluster.slots_per_taskmanager,
                         "memory": {"process": {"size": cluster.taskmanager_memory}}},
         "rest": {"address": "localhost", "bind-address": "localhost", "port": cluster.rest_port},
+        # A crashed TaskManager must be noticed within the job's restart budget (job.restart_attempts x
+        # job.restart_delay_ms): restarts deployed to a dead TaskManager's slots fail at once. Two failed
+        # heartbeat RPCs 1 s apart mark it lost; the timeout covers a live but hung process.
+        "heartbeat": {"interval": HEARTBEAT_INTERVAL, "timeout": HEARTBEAT_TIMEOUT, "rpc-failure-threshold": 2},
         "state": {"backend": {"type": cluster.state_backend}},
         "execution": {"checkpointing": {"incremental": cluster.incremental_checkpoints,
                                         "dir": where.checkpoints.resolve().as_uri(),
@@ -194,7 +204,11 @@ def submit(settings: Settings, job_args: Sequence[str], savepoint: str | None = 
     command = ["run", "-d", "-m", f"localhost:{cluster.rest_port}"]
     if savepoint:
         command += ["-s", savepoint]
-    extra_env = {"PERSONALIZE__JOB__PARALLELISM": str(parallelism)} if parallelism else {}
+    # The job sets its checkpoint directory itself (jobs/pipeline.py): the cluster's, unless configured.
+    extra_env = {"PERSONALIZE__JOB__CHECKPOINT_DIR": settings.job.checkpoint_dir
+                 or str(ClusterPaths.of(settings.cluster).checkpoints)}
+    if parallelism:
+        extra_env["PERSONALIZE__JOB__PARALLELISM"] = str(parallelism)
     command += ["-py", str(paths.ROOT / JOB_FILE), "-pyfs", ",".join(str(paths.ROOT / p) for p in PROJECT_PACKAGES),
                 "-pyexec", sys.executable, "-pyclientexec", sys.executable, *job_args]
     output = _script(settings.cluster, "flink", *command, timeout_s=300, extra_env=extra_env)
@@ -233,3 +247,66 @@ def savepoint(cluster: ClusterSettings, job_id: str, stop: bool = False) -> str:
 
 def cancel(cluster: ClusterSettings, job_id: str) -> None:
     _script(cluster, "flink", "cancel", "-m", f"localhost:{cluster.rest_port}", job_id)
+
+
+def start_taskmanager(cluster: ClusterSettings) -> None:
+    """One more TaskManager, as a supervisor (systemd, Kubernetes) would start after a crash."""
+    prepare(cluster)
+    _script(cluster, "taskmanager.sh", "start")
+
+
+def _taskmanager_pid_file(cluster: ClusterSettings) -> Path | None:
+    """Flink's pid file of the TaskManagers (``flink-$USER-taskexecutor.pid``; $USER may be empty)."""
+    return next(iter(sorted((ClusterPaths.of(cluster).run_dir / "pids").glob("flink-*-taskexecutor.pid"))), None)
+
+
+def taskmanager_pids(cluster: ClusterSettings) -> list[int]:
+    """Pids of the TaskManagers this run directory started, in start order."""
+    pid_file = _taskmanager_pid_file(cluster)
+    return [int(line) for line in pid_file.read_text().split()] if pid_file else []
+
+
+def kill_taskmanager(cluster: ClusterSettings, pid: int) -> None:
+    """SIGKILL a TaskManager (a crash: no shutdown, no goodbye to the JobManager) and drop it from
+    Flink's pid file, so ``down`` never signals the pid once it is recycled."""
+    pids = taskmanager_pids(cluster)
+    pid_file = _taskmanager_pid_file(cluster)
+    if pid not in pids or pid_file is None:
+        raise ClusterError(f"{pid} is not a TaskManager of this cluster ({pids})")
+    os.kill(pid, signal.SIGKILL)
+    pid_file.write_text("".join(f"{other}\n" for other in pids if other != pid))
+
+
+def checkpoint_stats(cluster: ClusterSettings, job_id: str) -> dict[str, Any]:
+    """The REST API's checkpoint statistics: counts, duration and size summaries, the latest ones."""
+    return dict(rest(cluster, f"/jobs/{job_id}/checkpoints"))
+
+
+def restarts(cluster: ClusterSettings, job_id: str) -> int:
+    """How often the job failed over: the entries of its exception history (one per restart, with the
+    exceptions that failed at the same time grouped in it). The ``numRestarts`` metric stays 0 after
+    a restart on Flink 2.0.2 here, so it is not used."""
+    history = rest(cluster, f"/jobs/{job_id}/exceptions")["exceptionHistory"]
+    return len(history["entries"])
+
+
+def tasks_running(cluster: ClusterSettings, job_id: str) -> bool:
+    """Whether the job and every one of its vertices run (a restarted job is RUNNING before its tasks are)."""
+    job = rest(cluster, f"/jobs/{job_id}")
+    return job["state"] == "RUNNING" and all(vertex["status"] == "RUNNING" for vertex in job["vertices"])
+
+
+def input_watermark(cluster: ClusterSettings, job_id: str, operator: str) -> int | None:
+    """The lowest input watermark (ms) of the subtasks of the job vertex whose name contains ``operator``
+    (``user-state``), or None while a subtask reports none (seen after a restore from a checkpoint,
+    for the two-input user operator, while its output was complete)."""
+    job = rest(cluster, f"/jobs/{job_id}")
+    vertices = [vertex for vertex in job["vertices"] if operator in vertex["name"]]
+    if not vertices:
+        raise ClusterError(f"job {job_id} has no vertex named like {operator!r}")
+    values = [int(float(entry["value"])) for vertex in vertices
+              for entry in rest(cluster, f"/jobs/{job_id}/vertices/{vertex['id']}/watermarks")]
+    parallelism = sum(vertex["parallelism"] for vertex in vertices)
+    if len(values) != parallelism or not values or min(values) <= LONG_MIN:
+        return None
+    return min(values)

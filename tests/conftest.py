@@ -1,4 +1,5 @@
-"""Shared fixtures: one local stack (real broker and Redis) per test session, on free ports."""
+"""Shared fixtures: one local stack (real broker and Redis) per test session, Flink clusters per module;
+all on free ports."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 
+from personalize import cluster, stack
 from personalize import settings as settings_module
-from personalize import stack
 from personalize.settings import Settings, Topic, Topics
 
 
@@ -61,3 +62,16 @@ def fresh_settings(stack_settings: Settings) -> Settings:
     settings = isolated(stack_settings)
     stack.up(settings)
     return settings
+
+
+@pytest.fixture(scope="module")
+def cluster_settings(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A standalone Flink cluster (JobManager + 2 TaskManagers) on free ports, one per test module:
+    modules that break it on purpose (tests/test_faults.py) leave nothing behind for the others."""
+    rest_port, rpc_port = free_ports(2)
+    run_dir = tmp_path_factory.mktemp("cluster")
+    settings = replace(stack_settings, cluster=replace(stack_settings.cluster, run_dir=str(run_dir),
+                                                       rest_port=rest_port, rpc_port=rpc_port))
+    cluster.up(settings.cluster)
+    yield settings
+    cluster.down(settings.cluster)

@@ -74,6 +74,15 @@ def test_bad_document(case: Bad) -> None:
     assert case.detail in rejection.detail
 
 
+@pytest.mark.parametrize("field", ["event_id", "user_id", "anonymous_id", "item_id", "category", "session_id"])
+def test_ids_with_lone_surrogates_are_rejected(field: str) -> None:
+    """Valid JSON escapes, but no UTF-8 encoding: as a key they would fail the job, not one record."""
+    fields = {"type": "product_view", "item_id": "i1"}
+    rejection = rejected(parse(doc(**{**fields, field: "u\ud800x"})))
+    assert rejection == Rejection("invalid_field", f"{field} has a lone surrogate escape (not Unicode text)")
+    accepted(parse(doc(**{**fields, field: "caf\u00e9 \U0001f600"})))
+
+
 def test_type_detail_is_capped() -> None:
     assert rejected(parse(doc(type="x" * 500))) == Rejection("unknown_type", "x" * 64)
 

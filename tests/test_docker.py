@@ -1,0 +1,143 @@
+"""The Docker deployment cannot run here (no Docker engine): check its structure and that it stays
+consistent with the project (pinned versions, the local cluster's configuration, the submit command)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kafka import KafkaAdminClient
+
+from personalize import bootstrap, cluster, paths
+from personalize import settings as settings_module
+from personalize.settings import Settings
+from personalize.topics import create_topics
+
+DOCKER = paths.ROOT / "docker"
+DEFAULTS = settings_module.load(environ={})
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.fixture(scope="module")
+def dockerfile_args() -> dict[str, str]:
+    """``ARG NAME=value`` defaults of the Dockerfile."""
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", (DOCKER / "Dockerfile").read_text(), flags=re.MULTILINE))
+
+
+def flink_properties(service: dict[str, Any]) -> dict[str, str]:
+    lines = service["environment"]["FLINK_PROPERTIES"].strip().splitlines()
+    return dict(line.split(": ", 1) for line in lines)
+
+
+def flattened(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flattened(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_compose_has_kraft_kafka_flink_redis_topic_init_and_submission(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"kafka", "redis", "topic-init", "jobmanager", "taskmanager", "submit"}
+    kafka = services["kafka"]["environment"]
+    assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}  # KRaft: no ZooKeeper
+    assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert int(kafka["KAFKA_TRANSACTION_MAX_TIMEOUT_MS"]) >= DEFAULTS.kafka.transaction_timeout_ms
+    submit = services["submit"]["depends_on"]
+    assert submit["topic-init"] == {"condition": "service_completed_successfully"}
+    assert submit["jobmanager"] == {"condition": "service_healthy"}
+    for name in ("topic-init", "jobmanager", "taskmanager", "submit"):
+        assert services[name]["image"] == "personalize-flink:latest"
+        assert services[name]["build"]["dockerfile"] == "docker/Dockerfile"
+
+
+def test_flink_configuration_matches_the_local_cluster(compose: dict[str, Any], tmp_path: Path) -> None:
+    services = compose["services"]
+    local = flattened(cluster.cluster_config(DEFAULTS.cluster, cluster.ClusterPaths.of(DEFAULTS.cluster)))
+    for name in ("jobmanager", "taskmanager"):
+        properties = flink_properties(services[name])
+        for key in ("jobmanager.memory.process.size", "taskmanager.memory.process.size",
+                    "taskmanager.numberOfTaskSlots", "state.backend.type", "execution.checkpointing.incremental",
+                    "execution.checkpointing.num-retained", "heartbeat.interval", "heartbeat.timeout",
+                    "heartbeat.rpc-failure-threshold"):
+            assert yaml.safe_load(properties[key]) == local[key], (name, key)
+        assert properties["execution.checkpointing.dir"].startswith("file:///flink-data/")
+        assert properties["python.executable"] == properties["python.client.executable"] == "/opt/python/bin/python3.11"
+    assert services["taskmanager"]["deploy"]["replicas"] == DEFAULTS.cluster.taskmanagers
+    for name in ("jobmanager", "taskmanager"):
+        assert "flink-data:/flink-data" in " ".join(services[name]["volumes"])  # checkpoints shared by all
+
+
+def test_job_environment_names_real_settings(compose: dict[str, Any]) -> None:
+    environment = {k: str(v) for k, v in compose["services"]["submit"]["environment"].items()
+                   if k.startswith("PERSONALIZE__")}
+    loaded = settings_module.load(environ=environment)
+    assert loaded.kafka.bootstrap_servers == "kafka:9092"
+    assert loaded.redis.url == "redis://redis:6379/0"
+
+
+def test_image_pins_match_the_project(dockerfile_args: dict[str, str]) -> None:
+    pyproject = tomllib.loads((paths.ROOT / "pyproject.toml").read_text())
+    pins = dict(dep.split("==", 1) for dep in pyproject["project"]["dependencies"] if "==" in dep)
+    assert dockerfile_args["PYFLINK_VERSION"] == pins["apache-flink"]
+    image = re.fullmatch(r"flink:(\d+\.\d+\.\d+)-scala_2\.12-java17", dockerfile_args["FLINK_IMAGE"])
+    assert image is not None and image.group(1) == pins["apache-flink"]  # the cluster runs the client's Flink
+    python = dockerfile_args["PYTHON_VERSION"].split(".")
+    assert (int(python[0]), int(python[1])) == sys.version_info[:2] == (3, 11)
+    wheel = bootstrap.FLINK_LIBRARIES
+    assert dockerfile_args["FLINK_LIBRARIES_WHEEL"] == f"{wheel.project}=={wheel.version}"
+
+
+def test_kafka_image_matches_the_kafka_clients_jar(compose: dict[str, Any]) -> None:
+    jar = bootstrap.FLINK_LIBRARIES.members["pyflink/lib/kafka-clients.jar"]
+    if not jar.exists():
+        pytest.skip("run `make bootstrap` first")
+    with zipfile.ZipFile(jar) as archive:
+        version = re.search(r"^version=(\S+)$", archive.read("kafka/kafka-version.properties").decode(), re.M)
+    assert version is not None
+    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{version.group(1)}"
+
+
+def test_the_image_holds_what_submission_ships() -> None:
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY (\w+) \1/$", dockerfile, flags=re.MULTILINE))
+    assert set(cluster.PROJECT_PACKAGES) <= copied
+    assert not re.search(r"^FROM \S+:latest", dockerfile, flags=re.MULTILINE)
+    assert all("--no-install-recommends" in line for line in dockerfile.splitlines() if "apt-get install" in line)
+    script = (DOCKER / "submit.sh").read_text()
+    packages = re.search(r"^packages=(\S+)$", script, flags=re.MULTILINE)
+    assert packages is not None and tuple(packages.group(1).split(",")) == cluster.PROJECT_PACKAGES
+    assert f"$PROJECT/{cluster.JOB_FILE}" in script
+    subprocess.run(["bash", "-n", str(DOCKER / "submit.sh")], check=True)
+
+
+@pytest.mark.integration
+def test_topic_init_creates_the_configured_topics(stack_settings: Settings) -> None:
+    """Against the local broker: what the compose topic-init step runs (create, then verify)."""
+    suffix = uuid.uuid4().hex[:8]
+    wanted = {f"{topic.name}.{suffix}": topic.partitions for topic in stack_settings.kafka.topics.all()}
+    create_topics(stack_settings.kafka.bootstrap_servers, wanted, replication=1, timeout_s=30)
+    create_topics(stack_settings.kafka.bootstrap_servers, wanted, replication=1, timeout_s=30)  # idempotent
+    admin = KafkaAdminClient(bootstrap_servers=stack_settings.kafka.bootstrap_servers)
+    try:
+        described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(wanted))}
+    finally:
+        admin.close()
+    assert described == wanted
