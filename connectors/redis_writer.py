@@ -73,14 +73,19 @@ return stored
 
 
 # KEYS: user segments hash, segment members zset, counts hash, changes stream.
-# ARGV: seq, action, segment, event time, ttl, change JSON, stream cap, user. Applies a change once:
-# a replayed change (seq not above the user's stored _seq) changes nothing, not even the stream.
+# ARGV: seq, action, segment, event time, ttl, change JSON, stream cap, user, epoch. Applies a change
+# once per writer: a change re-sent by the same writer (seq not above the user's stored _seq) changes
+# nothing, not even the stream. A writer of a later epoch (a task restarted from a checkpoint) applies
+# its changes even at a seq already stored: they replace what an aborted attempt wrote, whose change
+# numbering may differ (model-driven changes depend on when snapshots arrived).
 APPLY_SEGMENT_CHANGE = """
 local stored = tonumber(redis.call('HGET', KEYS[1], '_seq') or '-1')
-if tonumber(ARGV[1]) <= stored then
+local stored_epoch = tonumber(redis.call('HGET', KEYS[1], '_epoch') or '0')
+local epoch = tonumber(ARGV[9])
+if epoch < stored_epoch or (epoch == stored_epoch and tonumber(ARGV[1]) <= stored) then
   return 0
 end
-redis.call('HSET', KEYS[1], '_seq', ARGV[1])
+redis.call('HSET', KEYS[1], '_seq', ARGV[1], '_epoch', ARGV[9])
 if ARGV[2] == 'enter' then
   redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[8])
@@ -162,6 +167,8 @@ class RedisStateWriter:
         self.settings = settings
         self.clock = clock
         self.retry_deadline_s = retry_deadline_s
+        self.epoch = time.time_ns() // 1000
+        """When this writer started (µs): a task attempt's writer outranks the attempts before it."""
         self.client = redis.Redis.from_url(settings.url, socket_timeout=SOCKET_TIMEOUT_S,
                                            socket_connect_timeout=SOCKET_TIMEOUT_S)
         self.guarded_hset = self.client.register_script(GUARDED_HSET)
@@ -343,7 +350,7 @@ class RedisStateWriter:
                     segment_counts_key(prefix), segment_changes_key(prefix)]
             self.apply_segment_change(keys=keys, args=[
                 change.seq, change.action, change.segment, change.event_time, settings.user_ttl_s, record,
-                settings.changes_stream_maxlen, change.user_key], client=pipe)
+                settings.changes_stream_maxlen, change.user_key, self.epoch], client=pipe)
 
     def close(self) -> None:
         self.flush()

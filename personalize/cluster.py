@@ -296,6 +296,18 @@ def tasks_running(cluster: ClusterSettings, job_id: str) -> bool:
     return job["state"] == "RUNNING" and all(vertex["status"] == "RUNNING" for vertex in job["vertices"])
 
 
+def records_through(cluster: ClusterSettings, job_id: str, operator: str) -> int:
+    """Records into and out of the subtasks of the job vertex whose name contains ``operator``, summed:
+    it keeps growing while the job replays after a restore, when guarded Redis writes change nothing."""
+    job = rest(cluster, f"/jobs/{job_id}")
+    total = 0
+    for vertex in (vertex for vertex in job["vertices"] if operator in vertex["name"]):
+        metrics = rest(cluster, f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
+                                "?get=numRecordsIn,numRecordsOut&agg=sum")
+        total += sum(int(float(metric.get("sum", 0))) for metric in metrics)
+    return total
+
+
 def input_watermark(cluster: ClusterSettings, job_id: str, operator: str) -> int | None:
     """The lowest input watermark (ms) of the subtasks of the job vertex whose name contains ``operator``
     (``user-state``), or None while a subtask reports none (seen after a restore from a checkpoint,

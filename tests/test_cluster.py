@@ -138,7 +138,7 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
     machine can pause a job for longer than ``quiet_s``.
     """
     deadline = time.monotonic() + timeout_s
-    last: dict[str, Any] = {}
+    last: tuple[dict[str, Any], int | None] = ({}, None)
     quiet_since = time.monotonic()
     sentinel_keys = {f"user:{user}:profile" for user in sentinel_users(settings)}
     final_watermark = None if sentinel_ts is None else sentinel_ts - settings.job.max_out_of_orderness_ms - 1
@@ -147,8 +147,12 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
         started = any(key.endswith(":profile") for key in state)
         watermark = None if job_id is None else cluster.input_watermark(settings.cluster, job_id, "user-state")
         watermark_behind = watermark is not None and final_watermark is not None and watermark < final_watermark
-        if state != last or not started or (sentinels and not sentinel_keys <= state.keys()) or watermark_behind:
-            last, quiet_since = state, time.monotonic()
+        # A replay after a restore rewrites what Redis already holds (guarded writes change nothing):
+        # only the user operator's record counters show that it is still working.
+        through = None if job_id is None else cluster.records_through(settings.cluster, job_id, "user-state")
+        now = (state, through)
+        if now != last or not started or (sentinels and not sentinel_keys <= state.keys()) or watermark_behind:
+            last, quiet_since = now, time.monotonic()
         elif time.monotonic() - quiet_since > quiet_s:
             return
         time.sleep(2)
@@ -239,9 +243,9 @@ def comparable(key: str) -> bool:
 
 def strip(key: str, value: Any) -> Any:
     """The value without what depends on timing: a user's timing-dependent segments and change
-    counter (``_seq`` counts model segment changes too), a feature hash's population scores."""
+    counter (``_seq`` counts model segment changes too) and writer epoch, a feature hash's population scores."""
     if key.endswith(":segments") and isinstance(value, dict):
-        return {k: v for k, v in value.items() if k != "_seq" and stable_segment(k)}
+        return {k: v for k, v in value.items() if not k.startswith("_") and stable_segment(k)}
     if key.endswith(":features") and isinstance(value, dict):
         return {k: v for k, v in value.items() if k not in POPULATION_FIELDS}
     return value

@@ -14,9 +14,10 @@ import redis
 
 from connectors import redis_writer
 from connectors.population import SharedPopulation
-from connectors.redis_keys import rule_instances_key
+from connectors.redis_keys import rule_instances_key, user_segments_key
 from connectors.redis_writer import RETRY_MAX_DELAY_S, RedisStateWriter
 from operators.features.rfm import RFM_METRICS
+from operators.rules.engine import SegmentChange
 from personalize.settings import RedisSettings, Settings
 from tests.conftest import free_ports
 
@@ -93,3 +94,25 @@ def test_a_population_sync_is_skipped_while_redis_is_unreachable() -> None:
     settings = unreachable()
     population = SharedPopulation(redis.Redis.from_url(settings.url), settings.key_prefix, RFM_METRICS, 0, 1000)
     population.sync()  # no exception: scoring goes on against the last view
+
+
+def test_a_restarted_writer_replaces_what_an_aborted_attempt_wrote(stack_settings: Settings) -> None:
+    """After a restore the replay may number a user's changes differently from the aborted attempt
+    (model-driven changes depend on when snapshots arrived): the later writer's changes apply even at a
+    seq already stored, and the aborted attempt's writer can no longer overwrite them."""
+    settings = replace(stack_settings.redis, key_prefix=f"t{uuid.uuid4().hex[:8]}:")
+    aborted, replay = RedisStateWriter(settings), RedisStateWriter(settings)
+    replay.epoch = aborted.epoch + 1
+
+    def change(writer: RedisStateWriter, seq: int, segment: str, action: str) -> None:
+        writer.stage_segment_change(SegmentChange("u1", seq, segment, action, {}, (), (), 1_767_225_600_000 + seq),
+                                    b"{}")
+        writer.flush()
+
+    change(aborted, 1, "cluster:4", "enter")
+    change(aborted, 2, "new_visitor", "enter")
+    change(replay, 1, "new_visitor", "enter")  # the replay never entered cluster:4
+    change(replay, 2, "new_visitor", "exit")
+    change(aborted, 3, "dormant", "enter")  # a late flush of the aborted attempt changes nothing
+    stored = replay.client.hgetall(user_segments_key(settings.key_prefix, "u1"))
+    assert stored[b"_seq"] == b"2" and b"new_visitor" not in stored and b"dormant" not in stored

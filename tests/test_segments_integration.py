@@ -109,6 +109,7 @@ def test_redis_holds_memberships_counts_stream_and_rules(segments_run: dict[str,
     prefix = settings.redis.key_prefix
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     frank = client.hgetall(user_segments_key(prefix, "frank"))
+    assert int(frank.pop("_epoch")) > 0  # the writer's start time (connectors/redis_writer.py)
     assert frank == {"_seq": "3", "new_visitor": str(T0)}
     assert client.zscore(segment_members_key(prefix, "high_intent_browser"), "gina") == T0 + 2 * MINUTE
     assert client.zcard(segment_members_key(prefix, "checkout_in_progress")) == 0
