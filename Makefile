@@ -13,7 +13,7 @@ IS_PY311 := import sys; sys.exit(sys.version_info[:2] != (3, 11))
 PYTEST_ARGS ?=
 BOOTSTRAP_ARGS ?=
 
-.PHONY: venv bootstrap test demo lint clean-stack
+.PHONY: venv bootstrap test test-faults demo lint clean-stack
 
 venv:
 	@if ! $(PY) -c '$(IS_PY311)' 2>/dev/null; then \
@@ -46,7 +46,11 @@ test: BOOTSTRAP_ARGS = --browser
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not taskmanager_kill" $(PYTEST_ARGS)
+
+# The TaskManager-crash comparison alone (flaky on a loaded 2-core machine: docs/operations.md).
+test-faults: bootstrap
+	$(PY) -m pytest -q -m taskmanager_kill tests/test_faults.py $(PYTEST_ARGS)
 
 demo: bootstrap
 	$(VENV)/bin/personalize demo
