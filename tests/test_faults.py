@@ -220,13 +220,17 @@ def by_role(outcome: Outcome, topic: str) -> list[dict[str, Any]]:
 
 
 def population_affected(reference: Outcome, actual: Outcome) -> set[str]:
-    """Users with a feature vector at the same event time in both runs but other R/F/M scores: their
-    vectors' emission (a score change alone emits one) and so their vector ids depend on timing."""
+    """Users with a feature vector at the same event time in both runs but other R/F/M scores, or with a
+    vector in one run only: their vectors' emission (a score change alone emits one) and so their
+    vector ids depend on timing."""
     def scores(outcome: Outcome) -> dict[tuple[str, int], tuple[Any, ...]]:
         return {(v["user"], v["ts"]): tuple(v["features"][k] for k in POPULATION_FIELDS)
                 for v in outcome.outputs["features"]}
     expected, got = scores(reference), scores(actual)
-    return {user for user, ts in expected.keys() & got.keys() if expected[user, ts] != got[user, ts]}
+    differing = {user for user, ts in expected.keys() & got.keys() if expected[user, ts] != got[user, ts]}
+    # A vector one run emitted and the other did not: a score change alone emitted it (seen when an
+    # outage delayed the population sync).
+    return differing | {user for user, _ in expected.keys() ^ got.keys()}
 
 
 def stable_change(change: dict[str, Any]) -> str | None:
