@@ -46,11 +46,11 @@ test: BOOTSTRAP_ARGS = --browser
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -m "not taskmanager_kill" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not fault_comparison" $(PYTEST_ARGS)
 
-# The TaskManager-crash comparison alone (flaky on a loaded 2-core machine: docs/operations.md).
+# The fault comparisons (TaskManager crash, Redis outage): not reliable yet on a loaded 2-core machine (docs/operations.md).
 test-faults: bootstrap
-	$(PY) -m pytest -q -m taskmanager_kill tests/test_faults.py $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m fault_comparison tests/test_faults.py $(PYTEST_ARGS)
 
 demo: bootstrap
 	$(VENV)/bin/personalize demo

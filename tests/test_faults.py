@@ -350,7 +350,7 @@ def kill_a_taskmanager(settings: Settings, job_id: str, mid_stream: int) -> dict
             "recovery_to_running_s": round(running - killed, 1), "recovery_to_output_s": round(resumed - killed, 1)}
 
 
-@pytest.mark.taskmanager_kill
+@pytest.mark.fault_comparison
 def test_a_killed_taskmanager_loses_nothing(cluster_settings: Settings, inputs: Inputs, reference: Outcome,
                                             tmp_path: Path, report: dict[str, Any]) -> None:
     crashed = run(cluster_settings, inputs, tmp_path, "taskmanager-kill",
@@ -388,6 +388,7 @@ def stop_redis(settings: Settings, job_id: str, mid_stream: int) -> dict[str, An
             "redis_back_to_new_writes_s": round(time.monotonic() - back, 1)}
 
 
+@pytest.mark.fault_comparison
 def test_a_redis_outage_is_waited_out(cluster_settings: Settings, inputs: Inputs, reference: Outcome,
                                       tmp_path: Path, report: dict[str, Any]) -> None:
     outage = run(cluster_settings, inputs, tmp_path, "redis-outage",
