@@ -137,7 +137,7 @@ def test_every_instance_scores_with_the_same_model_and_a_restore_keeps_it(stack_
     try:
         generated(settings, 300, 50, seed=6, days_later=120)  # users on both instances load the restored model
         lineage, version = model.split(":")
-        after = wait_for("both instances on the restored model", everywhere())
+        after = wait_for("both instances on the restored model", everywhere(), timeout_s=240)
         assert after.split(":")[0] == lineage and int(after.split(":")[1]) >= int(version)
         version = after.split(":")[1]
         generated(settings, 3000, 50, seed=7, days_later=180)
