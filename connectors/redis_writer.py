@@ -100,6 +100,25 @@ return 1
 """
 
 
+# KEYS: the segment-change stream. ARGV: a user key. Deletes the stream entries whose change record names
+# the user (an erasure: the dashboard feed must not keep them); at most ``changes_stream_maxlen`` scanned.
+SCRUB_USER_CHANGES = """
+local removed = 0
+for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'change' then
+      local ok, record = pcall(cjson.decode, fields[i + 1])
+      if ok and type(record) == 'table' and record['user'] == ARGV[1] then
+        redis.call('XDEL', KEYS[1], entry[1])
+        removed = removed + 1
+      end
+    end
+  end
+end
+return removed
+"""
+
 # KEYS: the user's recommendation sorted set and info hash. ARGV: seq, ttl, event time, suppressed,
 # items JSON, then score, item, ... Replaces the list only when seq is above the stored version.
 APPLY_RECS = """
@@ -124,6 +143,7 @@ class UserStateSink(Protocol):
     def stage_profile(self, update: ProfileUpdate) -> None: ...
     def stage_features(self, vector: FeatureVector) -> None: ...
     def stage_forget(self, user_key: str) -> None: ...
+    def stage_erase(self, user_key: str) -> None: ...
     def stage_segment_change(self, change: SegmentChange, record: bytes) -> None: ...
     def write_rules(self, instance: int, fingerprint: int, entries: Iterable[RuleEntry]) -> None: ...
     def stage_model_scores(self, user_key: str, version: int, fields: list[Any]) -> None: ...
@@ -174,10 +194,13 @@ class RedisStateWriter:
         self.guarded_hset = self.client.register_script(GUARDED_HSET)
         self.apply_segment_change = self.client.register_script(APPLY_SEGMENT_CHANGE)
         self.apply_recs = self.client.register_script(APPLY_RECS)
+        self.scrub_user_changes = self.client.register_script(SCRUB_USER_CHANGES)
         self.pending: dict[str, tuple[int, list[Any]]] = {}
         self.rec_lists: dict[str, tuple[RecList, int]] = {}
         self.segment_changes: list[tuple[SegmentChange, bytes]] = []
         self.forgotten: set[str] = set()
+        self.erased: set[str] = set()
+        """Users whose entries leave the segment-change stream at the next flush (after their exits)."""
         self.new_users: set[str] = set()
         self.last_flush = clock()
 
@@ -241,6 +264,12 @@ class RedisStateWriter:
         self._forget([user_profile_key(prefix, user_key), user_features_key(prefix, user_key),
                       user_segments_key(prefix, user_key), user_model_key(prefix, user_key)])
 
+    def stage_erase(self, user_key: str) -> None:
+        """Forget the user as :meth:`stage_forget` does, and remove their entries from the change stream."""
+        self.stage_forget(user_key)
+        self.erased.add(user_key)
+        self.new_users.discard(user_key)
+
     def stage_forget_recs(self, user_key: str) -> None:
         """Delete the user's recommendation list (written by the recommender, so forgotten there)."""
         self.rec_lists.pop(user_key, None)
@@ -279,7 +308,7 @@ class RedisStateWriter:
                                                 maxlen=self.settings.changes_stream_maxlen, approximate=True))
 
     def _empty(self) -> bool:
-        return not (self.pending or self.forgotten or self.segment_changes or self.rec_lists)
+        return not (self.pending or self.forgotten or self.segment_changes or self.rec_lists or self.erased)
 
     def due(self) -> bool:
         """Whether the buffer should be written now (size or age limit reached)."""
@@ -319,6 +348,8 @@ class RedisStateWriter:
             return
         pipe = self.client.pipeline(transaction=False)
         self._segment_changes(pipe)
+        for user in self.erased:
+            self.scrub_user_changes(keys=[segment_changes_key(self.settings.key_prefix)], args=[user], client=pipe)
         if self.forgotten:
             pipe.unlink(*self.forgotten)
         for key, (version, fields) in self.pending.items():
@@ -329,6 +360,7 @@ class RedisStateWriter:
         pipe.execute()
         self.pending.clear()
         self.forgotten.clear()
+        self.erased.clear()
         self.new_users.clear()
         self.segment_changes.clear()
         self.rec_lists.clear()

@@ -22,6 +22,7 @@ from pyflink.datastream.functions import (
 
 from connectors.kafka import OUTPUT_TYPE
 from connectors.redis_writer import DeadLetterCounter, UserStateSink
+from connectors.secrets import SecretSource
 from operators.deadletter import dead_letter, late_record
 from operators.events import Event
 from operators.features.config import DAY_MS, FeatureConfig
@@ -30,7 +31,10 @@ from operators.features.rfm import PopulationScorer
 from operators.models.config import ModelConfig
 from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
 from operators.models.user import Rescored, TrainingInput, UserModels, UserModelState
-from operators.profile import ProfileOperator
+from operators.privacy.consent import ConsentPolicy, ConsentState
+from operators.privacy.erasure import ErasureSettings, Held, plan_erasure
+from operators.privacy.pii import PiiHasher, Redactor, pseudonymize_event
+from operators.profile import ProfileOperator, UserProfile
 from operators.recs.config import RecConfig
 from operators.recs.model import ItemModel
 from operators.recs.serving import Published, RecommendationServer, RecRequest
@@ -40,11 +44,13 @@ from operators.rules.engine import RuleState, SegmentChange, SegmentEngine
 from operators.rules.language import RuleError
 from operators.validation import Limits, Rejection, parse_event
 from state.codecs import (
+    decode_consent,
     decode_features,
     decode_models,
     decode_profile,
     decode_recs,
     decode_rules,
+    encode_consent,
     encode_features,
     encode_models,
     encode_profile,
@@ -57,6 +63,7 @@ from state.descriptors import (
     MODEL_SNAPSHOT_KEY,
     RULE_CATALOG,
     TRAINER_STATE,
+    consent_state,
     features_state,
     global_object_log,
     global_object_state,
@@ -89,17 +96,32 @@ LIST_EVENTS = frozenset({"checkout_start", "remove_from_cart"})
 END_OF_INPUT_WATERMARK = 2**63 - 1
 
 
+@dataclass(frozen=True)
+class IngestPrivacy:
+    """PII protection at ingest (docs/privacy.md): keyed hashing of ids, redaction of dead letters."""
+
+    hash_identifiers: bool
+    redact_deadletters: bool
+    secret: SecretSource
+    """Resolved on the worker (``open``), so the key is not in the job graph."""
+
+
 class ParseEvents(ProcessFunction):
-    """Validate raw Kafka rows; valid events go on, everything else to the dead-letter side output."""
+    """Validate raw Kafka rows; valid events go on (pseudonymized when configured), everything else
+    to the dead-letter side output (redacted when configured)."""
 
     def __init__(self, limits: Limits, deadletter_topic: str,
-                 counter: Callable[[], DeadLetterCounter] | None = None) -> None:
+                 counter: Callable[[], DeadLetterCounter] | None = None, privacy: IngestPrivacy | None = None) -> None:
         self.limits = limits
         self.deadletter_topic = deadletter_topic
         self.counter_factory = counter
+        self.privacy = privacy
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.counter = self.counter_factory() if self.counter_factory is not None else None
+        privacy = self.privacy
+        self.hasher = PiiHasher(privacy.secret.resolve()) if privacy and privacy.hash_identifiers else None
+        self.redactor = Redactor(self.hasher) if privacy and privacy.redact_deadletters else None
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         payload, topic, partition, offset, record_ts = value
@@ -108,9 +130,11 @@ class ParseEvents(ProcessFunction):
             key, letter = dead_letter(result, payload, topic, partition, offset, record_ts)
             if self.counter is not None:
                 self.counter.count(result.reason)
+            if self.redactor is not None:
+                letter = self.redactor.dead_letter(letter)
             yield DEAD_LETTERS, Row(key, letter, self.deadletter_topic)
         else:
-            yield Row(*result)
+            yield Row(*(pseudonymize_event(result, self.hasher) if self.hasher is not None else result))
 
     def close(self) -> None:
         counter = getattr(self, "counter", None)
@@ -139,6 +163,20 @@ def subtask_index(runtime_context: RuntimeContext) -> int:
 
 
 @dataclass(frozen=True)
+class PrivacyOperators:
+    """Consent gating and erasure in the user operator (docs/privacy.md)."""
+
+    consent: ConsentPolicy
+    secret: SecretSource
+    """Resolved on the worker (``open``): the key of erasure confirmations' subject hashes."""
+    tombstone_topics: tuple[str, ...]
+    """The user-keyed topics the user operator writes (profiles, features, segments)."""
+    confirmation_topic: str
+    consent_state_ttl_ms: int
+    key_prefix: str
+
+
+@dataclass(frozen=True)
 class UserOperators:
     """Everything the keyed user function needs, built on the client and shipped to the workers."""
 
@@ -160,6 +198,8 @@ class UserOperators:
     recs: RecConfig | None = None
     """Recommendations; None: no requests to the recommender."""
     rec_shards: int = 1
+    privacy: PrivacyOperators | None = None
+    """Consent and erasure; None: every event is personalized."""
 
 
 def rec_shard(user_key: str, shards: int) -> str:
@@ -199,6 +239,14 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.flush_timer_set = False
         self.catalog: RuleCatalog | None = None
         self.engine: SegmentEngine | None = None
+        privacy = ops.privacy
+        if privacy is not None:
+            self.consent_state = runtime_context.get_state(consent_state(privacy.consent_state_ttl_ms))
+            self.erasure = ErasureSettings(privacy.key_prefix, privacy.tombstone_topics, privacy.confirmation_topic,
+                                           PiiHasher(privacy.secret.resolve()))
+            metrics = runtime_context.get_metrics_group()
+            self.without_consent = metrics.counter("events_without_consent")
+            self.erasures = metrics.counter("erasures")
 
     def _engine(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> SegmentEngine | None:
         """The compiled rules; loaded once from the broadcast state (restored from a checkpoint)."""
@@ -270,6 +318,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
         ops = self.operators
         timers = ctx.timer_service()
         engine = self._engine(ctx)
+        if ops.privacy is not None and not (yield from self._consent(event, engine, timers)):
+            return
         features: UserFeatures | None = None
         if ops.features_enabled:
             stored_features = self.feature_state.value()
@@ -280,7 +330,9 @@ class UserFunction(KeyedBroadcastProcessFunction):
                     yield from self._forget(event.user_key, features, engine, due, timers)
                     features = None
         stored = self.profile_state.value()
-        profile, update = ops.profile.process(decode_profile(stored) if stored else None, event)
+        profile, update = ops.profile.process(
+            decode_profile(stored) if stored
+            else UserProfile(first_seen=event.ts, last_seen=event.ts, seq=self._counter_base()), event)
         if update is None:
             return
         self.profile_state.update(encode_profile(profile))
@@ -298,7 +350,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
             if ops.features_enabled:
                 if features is not None:
                     yield from self._close_due_session(features, event.user_key, event.ts)
-                features, vector = self.features.process(features, event)
+                features, vector = self.features.process(features or UserFeatures(version=self._counter_base()), event)
                 decision = features.decision
                 yield from self._after_features(features, vector, timers)
                 if self.user_models is not None:
@@ -311,6 +363,60 @@ class UserFunction(KeyedBroadcastProcessFunction):
                                           + self._model_segment(engine, state, event.user_key, event.ts, rescored))
             if ops.recs is not None:
                 yield from self._recommend(event)
+        self._schedule_flush(timers)
+
+    def _consent(self, event: Event, engine: SegmentEngine | None,
+                 timers: TimerService) -> Generator[Any, None, bool]:
+        """Apply a consent change (a withdrawal or an erasure request erases the user at once) and
+        decide whether the event may be personalized; the generator's value says so."""
+        privacy = self.operators.privacy
+        assert privacy is not None
+        stored = self.consent_state.value()
+        consent: ConsentState | None = decode_consent(stored) if stored else None
+        if event.type == "consent_change":
+            step = privacy.consent.apply(consent, event)
+            if not step.stale:
+                self.consent_state.update(encode_consent(step.state))
+            if step.erase:
+                yield from self._erase(event.user_key, step.erase, event.ts, step.state.generation, engine, timers)
+                return False
+            consent = step.state
+        if not privacy.consent.may_personalize(consent, event.ts):
+            self.without_consent.inc()
+            return False
+        return True
+
+    def _counter_base(self) -> int:
+        """Where the current user's new counters start: above every id erased before (docs/privacy.md)."""
+        if self.operators.privacy is None:
+            return 0
+        stored = self.consent_state.value()
+        return decode_consent(stored).counter_base if stored else 0
+
+    def _erase(self, user: str, reason: str, ts: int, generation: int, engine: SegmentEngine | None,
+               timers: TimerService) -> Iterator[Any]:
+        """Erase the user now: exit every segment, clear every keyed state but consent, delete the
+        Redis keys and change-stream entries, tombstone the user-keyed topics, confirm (docs/privacy.md)."""
+        stored_features = self.feature_state.value()
+        if stored_features:
+            self.features.forget(decode_features(stored_features))  # the population forgets its R/F/M
+        stored_rules = self.rule_state.value()
+        segments: tuple[str, ...] = ()
+        if engine is not None and stored_rules:
+            rules = decode_rules(stored_rules)
+            segments = tuple(rules.members)
+            yield from self._emit_changes(engine.forget(rules, user, ts, "erasure"))
+        plan = plan_erasure(user, reason, ts, generation,
+                            Held(segments=segments, recs=self.rec_state.value() is not None), self.erasure)
+        if plan.forget_recs:
+            yield self._rec_request(RecRequest(user, "", ts, None, None, (), erase=True))
+        for state in (self.profile_state, self.feature_state, self.rule_state, self.model_state, self.rec_state):
+            state.clear()
+        self.sink.stage_erase(user)
+        for tombstone in plan.tombstones:
+            yield Row(tombstone.key, None, tombstone.topic)
+        yield Row(plan.confirmation.key(), plan.confirmation.to_json(), self.erasure.confirmation_topic)
+        self.erasures.inc()
         self._schedule_flush(timers)
 
     def _models(self, vector: FeatureVector | None, purchase_ts: int | None, now: int | None,
@@ -430,7 +536,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
                   step: Callable[[RuleState], list[SegmentChange]]) -> Iterator[Row]:
         """Load the user's rule state, run ``step``, store it, set the next rule timer, emit the changes."""
         stored = self.rule_state.value()
-        state = decode_rules(stored) if stored else RuleState()
+        state = decode_rules(stored) if stored else RuleState(seq=self._counter_base())
         wake_before = state.wake
         changes = step(state)
         self.segments_now = tuple(sorted(state.members))
@@ -576,6 +682,8 @@ class RecommenderFunction(KeyedProcessFunction):
             server.handle(value, None)
             self.published.remove(user)
             self.sink.stage_forget_recs(user)
+            if value.erase:  # after any list still in flight: compacted topics forget the user
+                yield Row(user.encode("utf-8"), None, settings.topic)
         else:
             stored = self.published.get(user)
             recs = server.handle(value, Published(*stored) if stored else None)

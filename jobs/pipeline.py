@@ -22,6 +22,7 @@ from pyflink.table.expressions import col, lit
 from connectors.kafka import OUTPUT_TYPE, SourceSpec, attach_kafka_sink, event_time_expression, kafka_source
 from connectors.population import SharedPopulation
 from connectors.redis_writer import DeadLetterCounter, DeadLetterCounterFactory, RedisStateWriterFactory, UserStateSink
+from connectors.secrets import SECRET_FILE_NAME, SecretSource
 from jobs.adapters import (
     DEAD_LETTERS,
     EVENT_TYPE,
@@ -29,8 +30,10 @@ from jobs.adapters import (
     LATE_EVENTS,
     RECS_ROUTE,
     TRAINING_ROUTE,
+    IngestPrivacy,
     ModelTrainerFunction,
     ParseEvents,
+    PrivacyOperators,
     RecommenderFunction,
     RecommenderSettings,
     TrainerSettings,
@@ -44,6 +47,8 @@ from operators.features.rfm import RFM_METRICS, PopulationScorer
 from operators.features.windows import WindowSpec
 from operators.models.config import ModelConfig
 from operators.models.user import MODEL_FIELDS
+from operators.privacy.consent import ConsentPolicy
+from operators.privacy.pii import SecretError
 from operators.profile import ProfileOperator
 from operators.recs.config import RecConfig, rec_config
 from operators.rules.catalog import RuleBook
@@ -116,6 +121,31 @@ def recommendation_config(settings: Settings) -> RecConfig | None:
         return rec_config(asdict(settings.recommendations))
     except ValueError as exc:
         raise SettingsError(f"recommendations: {exc}") from None
+
+
+def secret_source(settings: Settings) -> SecretSource:
+    """Where workers find the privacy secret; checked here, so a missing secret stops the job at start."""
+    privacy = settings.privacy
+    file = privacy.secret_file or str(Path(settings.stack.run_dir) / SECRET_FILE_NAME)
+    source = SecretSource(privacy.secret, privacy.secret_env, str(resolve(file)))
+    if privacy.enabled or privacy.hash_identifiers:
+        try:
+            source.resolve()
+        except SecretError as exc:
+            raise SettingsError(str(exc)) from None
+    return source
+
+
+def privacy_operators(settings: Settings, secret: SecretSource) -> PrivacyOperators | None:
+    privacy, topics = settings.privacy, settings.kafka.topics
+    if not privacy.enabled:
+        return None
+    try:
+        policy = ConsentPolicy(dict(privacy.consent_defaults))
+    except ValueError as exc:
+        raise SettingsError(f"privacy.consent_defaults: {exc}") from None
+    return PrivacyOperators(policy, secret, (topics.profiles.name, topics.features.name, topics.segments.name),
+                            topics.erasures.name, privacy.consent_state_ttl_ms, settings.redis.key_prefix)
 
 
 @dataclass(frozen=True)
@@ -224,9 +254,11 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     """Add the job's operators to ``env``; returns the output stream handed to ``io.sink``."""
     job, topics, validation = settings.job, settings.kafka.topics, settings.validation
     limits = Limits(validation.max_payload_bytes, validation.min_event_time_ms, validation.max_future_skew_ms)
+    secret = secret_source(settings)
+    ingest = IngestPrivacy(settings.privacy.hash_identifiers, settings.privacy.redact_deadletters, secret)
     parsed = (
         io.source(env, t_env)
-        .process(ParseEvents(limits, topics.deadletter.name, io.deadletters), output_type=EVENT_TYPE)
+        .process(ParseEvents(limits, topics.deadletter.name, io.deadletters, ingest), output_type=EVENT_TYPE)
         .name("parse-validate").uid("parse-validate")
     )
     models, recs = model_config(settings), recommendation_config(settings)
@@ -240,7 +272,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
                 "models": topics.models.name},
         state_ttl_ms=job.state_ttl_ms, allowed_lateness_ms=settings.features.allowed_lateness_ms,
         redis=io.redis, population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
-        models=models, recs=recs,
+        models=models, recs=recs, privacy=privacy_operators(settings, secret),
     )
     control = io.rules(env, t_env)
     if models is not None:

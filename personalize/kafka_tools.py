@@ -10,8 +10,10 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 
 def read_topic(bootstrap_servers: str, topic: str, partitions: int, idle_timeout_s: float = 3.0,
-               expected: int | None = None, committed_only: bool = True) -> Iterator[ConsumerRecord]:
-    """Yield every record of ``topic`` from the beginning (only committed ones by default).
+               expected: int | None = None, committed_only: bool = True,
+               tombstones: bool = False) -> Iterator[ConsumerRecord]:
+    """Yield every record of ``topic`` from the beginning (only committed ones by default; tombstones,
+    the null values an erasure writes, only with ``tombstones``).
 
     Stops after ``idle_timeout_s`` without new records (once ``expected`` records were seen, if
     given). Not bounded by "latest" offsets on purpose: the local broker reports them wrongly.
@@ -31,6 +33,8 @@ def read_topic(bootstrap_servers: str, topic: str, partitions: int, idle_timeout
             batches = consumer.poll(timeout_ms=200, max_records=5000)
             for records in batches.values():
                 for record in records:
+                    if record.value is None and not tombstones:
+                        continue
                     seen += 1
                     yield record
             if batches:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -68,15 +68,18 @@ class Topics:
     models: Topic
     """Internal: model snapshots from the trainer back to the scoring user operator."""
     drift: Topic
+    erasures: Topic
+    """Erasure confirmations (privacy audit)."""
 
     def all(self) -> list[Topic]:
         return [self.behavior, self.profile, self.consent, self.rules, self.deadletter, self.profiles,
-                self.features, self.late, self.segments, self.recommendations, self.models, self.drift]
+                self.features, self.late, self.segments, self.recommendations, self.models, self.drift,
+                self.erasures]
 
     def outputs(self) -> list[Topic]:
         """Topics the job writes (one exactly-once sink routes records among them)."""
         return [self.profiles, self.features, self.deadletter, self.late, self.segments, self.recommendations,
-                self.models, self.drift]
+                self.models, self.drift, self.erasures]
 
     def inputs(self) -> list[Topic]:
         """Topics carrying user events, in the order the job reads them."""
@@ -246,6 +249,21 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    """Consent, erasure and PII protection (docs/privacy.md)."""
+
+    enabled: bool
+    consent_defaults: dict[str, bool]
+    secret: str = field(repr=False)
+    """Never printed: ``repr`` of settings ends up in logs."""
+    secret_env: str
+    secret_file: str
+    hash_identifiers: bool
+    redact_deadletters: bool
+    consent_state_ttl_ms: int
+
+
+@dataclass(frozen=True)
 class Settings:
     stack: StackSettings
     kafka: KafkaSettings
@@ -258,6 +276,7 @@ class Settings:
     cluster: ClusterSettings
     models: ModelSettings
     recommendations: RecommendationSettings
+    privacy: PrivacySettings
 
 
 def iso_to_ms(text: str, field: str = "timestamp") -> int:
@@ -338,6 +357,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
         models=ModelSettings(**raw["models"]),
         recommendations=RecommendationSettings(**{**raw["recommendations"],
                                                   "pinned_items": tuple(raw["recommendations"]["pinned_items"])}),
+        privacy=PrivacySettings(**raw["privacy"]),
         generator=GeneratorSettings(
             seed=generator["seed"], users=generator["users"], events=generator["events"],
             items=generator["items"], categories=tuple(generator["categories"]),

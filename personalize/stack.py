@@ -27,6 +27,7 @@ import redis
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from connectors.secrets import SECRET_FILE_NAME, ensure_secret_file
 from personalize import bootstrap, paths
 from personalize.settings import Settings
 
@@ -387,6 +388,7 @@ def up(settings: Settings) -> StackInfo:
             if not _port_free(spec.port):
                 raise _port_taken(spec)
         (run_dir / "redis").mkdir(exist_ok=True)
+        ensure_secret_file(run_dir / SECRET_FILE_NAME)
         started: list[str] = []
         try:
             for spec in to_start:

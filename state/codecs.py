@@ -25,6 +25,8 @@ from operators.models.inputs import INTENT_FEATURES
 from operators.models.intent import PendingExamples
 from operators.models.membership import Membership as ClusterMembership
 from operators.models.user import UserModelState
+from operators.privacy.consent import ConsentState
+from operators.privacy.identity import IdentityState
 from operators.profile import UserProfile
 from operators.recs.user import UserRecState
 from operators.rules.engine import Membership, RuleState
@@ -236,3 +238,31 @@ def decode_models(data: bytes) -> UserModelState:
     return UserModelState(pending=PendingExamples(examples, document["d"]),  # type: ignore[arg-type]
                           membership=ClusterMembership(cluster, candidate, streak),
                           intent=document["i"], version=document["s"])
+
+
+# Privacy states: JSON with "v". A decoder refuses unknown versions loudly: silently misreading consent
+# is worse than failing.
+CONSENT_CODEC_VERSION = 1
+IDENTITY_CODEC_VERSION = 1
+
+
+def encode_consent(state: ConsentState) -> bytes:
+    """About 60 bytes: ``{"v":1,"c":{"personalization":false},"t":..,"g":..,"n":..}``."""
+    return json.dumps({"v": CONSENT_CODEC_VERSION, "c": state.choices, "t": state.changed_at,
+                       "g": state.granted_since, "n": state.generation}, separators=(",", ":")).encode("utf-8")
+
+
+def decode_consent(data: bytes) -> ConsentState:
+    document = _json_document(data, "consent", CONSENT_CODEC_VERSION)
+    return ConsentState(choices=document["c"], changed_at=document["t"], granted_since=document["g"],
+                        generation=document["n"])
+
+
+def encode_identity(state: IdentityState) -> bytes:
+    return json.dumps({"v": IDENTITY_CODEC_VERSION, "a": state.alias_of, "s": state.since, "l": state.linked},
+                      separators=(",", ":")).encode("utf-8")
+
+
+def decode_identity(data: bytes) -> IdentityState:
+    document = _json_document(data, "identity", IDENTITY_CODEC_VERSION)
+    return IdentityState(alias_of=document["a"], since=document["s"], linked=document["l"])

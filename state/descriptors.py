@@ -11,6 +11,8 @@ FEATURES_STATE = "features-v1"
 RULES_STATE = "rules-v1"
 MODELS_STATE = "models-v1"
 RECS_STATE = "recs-v1"
+#: Kept through an erasure on purpose (docs/privacy.md): without it the next event would profile the user again.
+CONSENT_STATE = "consent-v1"
 #: Broadcast state: rule id -> the RuleEntry JSON of the latest applied command (the same on every instance).
 RULE_CATALOG = MapStateDescriptor("rule-catalog-v1", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 #: Broadcast state: ``current`` -> the pickled ModelSnapshot the instance scores with.
@@ -73,6 +75,10 @@ def models_state(ttl_ms: int) -> ValueStateDescriptor:
 
 def recs_state(ttl_ms: int) -> ValueStateDescriptor:
     return _bytes_state(RECS_STATE, ttl_ms)
+
+
+def consent_state(ttl_ms: int) -> ValueStateDescriptor:
+    return _bytes_state(CONSENT_STATE, ttl_ms)
 
 
 def global_object_state(name: str) -> ValueStateDescriptor:

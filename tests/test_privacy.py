@@ -17,7 +17,6 @@ from operators.features.sessions import Session, SessionTracker
 from operators.features.windows import SlidingCount
 from operators.models.intent import PendingExamples
 from operators.models.user import MODEL_FIELDS, UserModelState
-from operators.privacy.codecs import decode_consent, decode_identity, encode_consent, encode_identity
 from operators.privacy.consent import (
     CONSENT_WITHDRAWN,
     COUNTER_STRIDE,
@@ -77,7 +76,7 @@ from operators.rules.catalog import RuleCatalog
 from operators.rules.engine import RuleState, SegmentEngine
 from operators.rules.language import Compiler
 from operators.validation import Rejection, parse_event
-from state.codecs import CodecError
+from state.codecs import CodecError, decode_consent, decode_identity, encode_consent, encode_identity
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000
@@ -312,7 +311,7 @@ def test_user_state_names_match_the_descriptors() -> None:
 
     assert (descriptors.PROFILE_STATE, descriptors.FEATURES_STATE, descriptors.RULES_STATE, descriptors.MODELS_STATE,
             descriptors.RECS_STATE) == USER_STATES
-    assert descriptors.PUBLISHED_RECS_STATE == "published-recs-v1"
+    assert descriptors.PUBLISHED_RECS_STATE == "published-recs-v1" and descriptors.CONSENT_STATE == CONSENT_STATE
 
 
 def test_confirmation_and_tombstones_carry_no_raw_ids() -> None:

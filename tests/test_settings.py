@@ -29,7 +29,7 @@ def test_defaults_load_and_match_the_yaml(defaults: Settings) -> None:
     assert defaults.kafka.topics.behavior.name == raw["kafka"]["topics"]["behavior"]["name"]
     assert defaults.generator.categories == tuple(raw["generator"]["categories"])
     assert [t.name for t in defaults.kafka.topics.inputs()] == ["events.behavior", "events.profile", "events.consent"]
-    assert len({t.name for t in defaults.kafka.topics.all()}) == 12
+    assert len({t.name for t in defaults.kafka.topics.all()}) == 13
 
 
 def test_timestamps_are_parsed_to_epoch_ms(defaults: Settings) -> None:
@@ -156,3 +156,9 @@ def test_settings_are_frozen(defaults: Settings) -> None:
     changed = dataclasses.replace(defaults, job=dataclasses.replace(defaults.job, parallelism=8))
     assert (changed.job.parallelism, defaults.job.parallelism) == (8, 2)
     assert isinstance(defaults.generator.categories, tuple)
+
+
+def test_the_privacy_secret_is_never_printed() -> None:
+    settings = load(environ={"PERSONALIZE__PRIVACY__SECRET": "a-secret-of-32-bytes-for-testing!"})
+    assert settings.privacy.secret == "a-secret-of-32-bytes-for-testing!"
+    assert "a-secret-of-32" not in repr(settings)

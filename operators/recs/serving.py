@@ -33,6 +33,8 @@ class RecRequest(NamedTuple):
     interaction: Interaction | None
     user: UserRecState | None
     segments: tuple[str, ...]
+    erase: bool = False
+    """With ``user`` None: an erasure, so the published list is also tombstoned on Kafka."""
 
 
 class Published(NamedTuple):
