@@ -21,8 +21,8 @@ from pyflink.datastream.functions import (
 )
 
 from connectors.kafka import OUTPUT_TYPE
+from connectors.pii_secret import SecretSource
 from connectors.redis_writer import DeadLetterCounter, UserStateSink
-from connectors.secrets import SecretSource
 from operators.deadletter import dead_letter, late_record
 from operators.events import Event
 from operators.features.config import DAY_MS, FeatureConfig
@@ -31,7 +31,7 @@ from operators.features.rfm import PopulationScorer
 from operators.models.config import ModelConfig
 from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
 from operators.models.user import Rescored, TrainingInput, UserModels, UserModelState
-from operators.privacy.consent import ConsentPolicy, ConsentState
+from operators.privacy.consent import COUNTER_STRIDE, ConsentPolicy, ConsentState
 from operators.privacy.erasure import ErasureSettings, Held, plan_erasure
 from operators.privacy.pii import PiiHasher, Redactor, pseudonymize_event
 from operators.profile import ProfileOperator, UserProfile
@@ -362,7 +362,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
                 yield from self._segments(timers, lambda state: engine.observe(state, event, first_seen, decision)
                                           + self._model_segment(engine, state, event.user_key, event.ts, rescored))
             if ops.recs is not None:
-                yield from self._recommend(event)
+                yield from self._recommend(event, profile.seq - profile.seq % COUNTER_STRIDE)
         self._schedule_flush(timers)
 
     def _consent(self, event: Event, engine: SegmentEngine | None,
@@ -462,8 +462,9 @@ class UserFunction(KeyedBroadcastProcessFunction):
                                          {"kind": rescored.cause, "model_version": rescored.score.version},
                                          rescored.score.version)
 
-    def _recommend(self, event: Event) -> Iterator[Any]:
-        """Update the user's recommendation state; ask the recommender for a list when it may change."""
+    def _recommend(self, event: Event, seq_base: int) -> Iterator[Any]:
+        """Update the user's recommendation state; ask the recommender for a list when it may change
+        (``seq_base``: the user's counter base, read off the profile ``seq``)."""
         config = self.operators.recs
         assert config is not None
         if event.type not in config.event_weights and event.type not in LIST_EVENTS:
@@ -473,7 +474,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         interaction = user.remember(event, config, "", self.segments_now)
         self.rec_state.update(encode_recs(user))
         yield self._rec_request(RecRequest(event.user_key, event.event_id, event.ts, interaction, user,
-                                           self.segments_now))
+                                           self.segments_now, seq_base=seq_base))
 
     def _rec_request(self, request: RecRequest) -> Row:
         shard = rec_shard(request.user_key, self.operators.rec_shards)

@@ -20,9 +20,9 @@ from pyflink.table import StreamTableEnvironment
 from pyflink.table.expressions import col, lit
 
 from connectors.kafka import OUTPUT_TYPE, SourceSpec, attach_kafka_sink, event_time_expression, kafka_source
+from connectors.pii_secret import SECRET_FILE_NAME, SecretSource
 from connectors.population import SharedPopulation
 from connectors.redis_writer import DeadLetterCounter, DeadLetterCounterFactory, RedisStateWriterFactory, UserStateSink
-from connectors.secrets import SECRET_FILE_NAME, SecretSource
 from jobs.adapters import (
     DEAD_LETTERS,
     EVENT_TYPE,

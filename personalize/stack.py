@@ -27,7 +27,7 @@ import redis
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from connectors.secrets import SECRET_FILE_NAME, ensure_secret_file
+from connectors.pii_secret import SECRET_FILE_NAME, ensure_secret_file
 from personalize import bootstrap, paths
 from personalize.settings import Settings
 

@@ -315,3 +315,14 @@ def test_replaying_logged_inputs_rebuilds_the_same_models() -> None:
             trainer.models.clusterer.assign(behaviour_input(values))
         assert logged.models.intent.predict_proba_one(intent_input(values)) == \
             trainer.models.intent.predict_proba_one(intent_input(values))
+
+
+def test_after_an_erasure_a_users_lists_count_on_from_the_counter_base() -> None:
+    from operators.privacy.consent import COUNTER_STRIDE
+
+    config = RecConfig()
+    server = RecommendationServer(config)
+    server.handle(view(UserRecState(), config, "dune", T0, user="alice"), None)
+    request = view(UserRecState(), config, "dune", T0 + 1, user="bob")._replace(seq_base=COUNTER_STRIDE)
+    recs = server.handle(request, None)
+    assert recs is not None and recs.seq == COUNTER_STRIDE + 1

@@ -35,6 +35,8 @@ class RecRequest(NamedTuple):
     segments: tuple[str, ...]
     erase: bool = False
     """With ``user`` None: an erasure, so the published list is also tombstoned on Kafka."""
+    seq_base: int = 0
+    """Where the user's list ``seq`` starts when nothing was published (above every erased list's)."""
 
 
 class Published(NamedTuple):
@@ -96,5 +98,5 @@ class RecommendationServer:
             return None
         if published is None and not items:
             return None  # nothing to show and nothing shown: no record
-        return RecList(request.user_key, (published.seq if published else 0) + 1, request.event_id, request.ts,
-                       ranking)
+        seq = (published.seq if published else request.seq_base) + 1
+        return RecList(request.user_key, seq, request.event_id, request.ts, ranking)

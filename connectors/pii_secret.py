@@ -3,6 +3,9 @@
 The job graph carries only this description; each worker resolves the secret in ``open()``, so the
 key itself is not serialized into the job graph. Order: the configured value, the environment
 variable, the secret file (``personalize stack up`` writes a random one for the local stack).
+
+Not named ``secrets``: ``flink run -pyfs connectors`` puts this directory on the workers' path, where
+such a module would shadow the standard library's (numpy imports it).
 """
 
 from __future__ import annotations
