@@ -33,6 +33,22 @@ from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
 from operators.models.user import Rescored, TrainingInput, UserModels, UserModelState
 from operators.privacy.consent import COUNTER_STRIDE, ConsentPolicy, ConsentState
 from operators.privacy.erasure import ErasureSettings, Held, plan_erasure
+from operators.privacy.identity import (
+    ERASE_TYPE,
+    HANDOVER_TYPE,
+    ErasureCommand,
+    Handover,
+    IdentityState,
+    Route,
+    decode_internal,
+    encode_internal,
+    forwarded,
+    link,
+    merge_record,
+    route,
+    routing_key,
+)
+from operators.privacy.merge import STATE_NAMES, StateMerger, UserStates
 from operators.privacy.pii import PiiHasher, Redactor, pseudonymize_event
 from operators.profile import ProfileOperator, UserProfile
 from operators.recs.config import RecConfig
@@ -46,12 +62,14 @@ from operators.validation import Limits, Rejection, parse_event
 from state.codecs import (
     decode_consent,
     decode_features,
+    decode_identity,
     decode_models,
     decode_profile,
     decode_recs,
     decode_rules,
     encode_consent,
     encode_features,
+    encode_identity,
     encode_models,
     encode_profile,
     encode_recs,
@@ -67,6 +85,7 @@ from state.descriptors import (
     features_state,
     global_object_log,
     global_object_state,
+    identity_state,
     models_state,
     profile_state,
     published_recs_state,
@@ -104,6 +123,8 @@ class IngestPrivacy:
     redact_deadletters: bool
     secret: SecretSource
     """Resolved on the worker (``open``), so the key is not in the job graph."""
+    internal_topic: str = ""
+    """Identity stitching's internal topic: its records are the job's own (already validated and hashed)."""
 
 
 class ParseEvents(ProcessFunction):
@@ -125,6 +146,9 @@ class ParseEvents(ProcessFunction):
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         payload, topic, partition, offset, record_ts = value
+        if self.privacy is not None and topic == self.privacy.internal_topic:
+            yield Row(*decode_internal(payload))
+            return
         result = parse_event(payload, record_ts, self.limits)
         if isinstance(result, Rejection):
             key, letter = dead_letter(result, payload, topic, partition, offset, record_ts)
@@ -153,6 +177,11 @@ def user_key(event: Row) -> str:
     return event[2]
 
 
+def identity_key(event: Row) -> str:
+    """With identity stitching: ``identify`` at the anonymous key (which owns the state to hand over)."""
+    return routing_key(Event(*event))
+
+
 def subtask_index(runtime_context: RuntimeContext) -> int:
     """This instance's index. PyFlink 2.0.2's thread mode calls a Java method Flink 2.0 removed
     (``getIndexOfThisSubtask``); the index now lives in the task info."""
@@ -174,6 +203,18 @@ class PrivacyOperators:
     confirmation_topic: str
     consent_state_ttl_ms: int
     key_prefix: str
+    identity: IdentityOperators | None = None
+    """Identity stitching; None: an anonymous visitor and the user they log in as stay two profiles."""
+
+
+@dataclass(frozen=True)
+class IdentityOperators:
+    """Identity stitching (docs/privacy.md): the internal topic that carries handovers, forwarded
+    events and erasure cascades to another key, and the merges output."""
+
+    internal_topic: str
+    merges_topic: str
+    max_links: int
 
 
 @dataclass(frozen=True)
@@ -247,6 +288,9 @@ class UserFunction(KeyedBroadcastProcessFunction):
             metrics = runtime_context.get_metrics_group()
             self.without_consent = metrics.counter("events_without_consent")
             self.erasures = metrics.counter("erasures")
+        self.identity = privacy.identity if privacy is not None else None
+        if self.identity is not None:
+            self.identity_state = runtime_context.get_state(identity_state(ops.state_ttl_ms))
 
     def _engine(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> SegmentEngine | None:
         """The compiled rules; loaded once from the broadcast state (restored from a checkpoint)."""
@@ -318,8 +362,11 @@ class UserFunction(KeyedBroadcastProcessFunction):
         ops = self.operators
         timers = ctx.timer_service()
         engine = self._engine(ctx)
-        if ops.privacy is not None and not (yield from self._consent(event, engine, timers)):
-            return
+        if ops.privacy is not None:
+            admitted = yield from self._privacy(event, ctx.get_current_key(), engine, timers)
+            if admitted is None:
+                return
+            event = admitted
         features: UserFeatures | None = None
         if ops.features_enabled:
             stored_features = self.feature_state.value()
@@ -365,6 +412,98 @@ class UserFunction(KeyedBroadcastProcessFunction):
                 yield from self._recommend(event, profile.seq - profile.seq % COUNTER_STRIDE)
         self._schedule_flush(timers)
 
+    def _privacy(self, event: Event, key: str, engine: SegmentEngine | None,
+                 timers: TimerService) -> Generator[Any, None, Event | None]:
+        """Identity routing and consent before anything else: the event to process here (a merged
+        handover's identify), or None when it was forwarded, handed over, erased or not consented."""
+        identity = self.identity
+        step = None
+        if identity is not None:
+            if event.type == ERASE_TYPE:
+                yield from self._cascaded_erasure(event, key, engine, timers)
+                return None
+            step = route(self._identity_state(), event, key)
+            if step.route is Route.FORWARD:  # the anonymous key merged: its events (consent too) count there
+                yield self._internal(forwarded(event, step.target)._replace(
+                    anonymous_id="" if event.type == "identify" else event.anonymous_id))
+                return None
+        if not (yield from self._consent(event, engine, timers)):
+            return None
+        if step is not None and step.route is Route.HANDOVER:
+            yield from self._hand_over(event, key, step.state, step.target, engine, timers)
+            return None
+        if identity is not None and event.type == HANDOVER_TYPE:
+            return (yield from self._merge(Handover.from_event(event), engine))
+        return event
+
+    def _identity_state(self) -> IdentityState | None:
+        stored = self.identity_state.value()
+        return decode_identity(stored) if stored else None
+
+    def _internal(self, event: Event) -> Row:
+        """A record for another key, through the internal topic (read back as input, keyed by ``user_key``)."""
+        assert self.identity is not None
+        return Row(event.user_key.encode("utf-8"), encode_internal(event), self.identity.internal_topic)
+
+    def _user_states(self) -> dict[str, Any]:
+        """The five user states by their ``operators.privacy.merge.STATE_NAMES``."""
+        return dict(zip(STATE_NAMES, (self.profile_state, self.feature_state, self.rule_state, self.model_state,
+                                      self.rec_state), strict=True))
+
+    def _hand_over(self, identify: Event, key: str, alias: IdentityState | None, target: str,
+                   engine: SegmentEngine | None, timers: TimerService) -> Iterator[Any]:
+        """The anonymous key logs in: its segments exit, its population share goes, its stored state
+        travels to the known user and only the alias stays here."""
+        stored = {name: bytes(data) for name, state in self._user_states().items() if (data := state.value())}
+        if "features" in stored:
+            self.features.forget(decode_features(stored["features"]))
+        if engine is not None and "rules" in stored:
+            yield from self._emit_changes(engine.forget(decode_rules(stored["rules"]), key, identify.ts, "merge"))
+        if self.operators.recs is not None and "recs" in stored:
+            yield self._rec_request(RecRequest(key, "", identify.ts, None, None, ()))
+        for state in self._user_states().values():
+            state.clear()
+        self.sink.stage_forget(key)
+        assert alias is not None
+        self.identity_state.update(encode_identity(alias))
+        yield self._internal(Handover(key, target, identify, stored).to_event())
+        self._schedule_flush(timers)
+
+    def _merge(self, handover: Handover, engine: SegmentEngine | None) -> Generator[Any, None, Event]:
+        """Merge an anonymous key's state into this known user's (once: a re-delivered handover is
+        recognised by the link), emit the merge event; the identify is then processed as usual."""
+        assert self.identity is not None
+        identity = self._identity_state()
+        if identity is None or handover.source not in identity.linked:
+            ops = self.operators
+            merger = StateMerger(self.features, ops.recs or RecConfig(), engine.rules.signals if engine else {},
+                                 ops.profile.dedup_max_ids, ops.models.intent_max_pending if ops.models else 16)
+            states = self._user_states()
+            known = UserStates.from_stored({name: state.value() for name, state in states.items()})
+            merged = merger.merge(known, UserStates.from_stored(handover.states), self._counter_base()).to_stored()
+            for name, state in states.items():
+                if name in merged:
+                    state.update(merged[name])
+                else:
+                    state.clear()
+            self.identity_state.update(encode_identity(
+                link(identity, handover.source, handover.identify.ts, self.identity.max_links)))
+            key, record = merge_record(handover, tuple(name for name in STATE_NAMES if name in handover.states))
+            yield Row(key, record, self.identity.merges_topic)
+        return handover.identify
+
+    def _cascaded_erasure(self, event: Event, key: str, engine: SegmentEngine | None,
+                          timers: TimerService) -> Iterator[Any]:
+        """A related key (alias target or linked anonymous key) was erased: the same person, so this
+        key erases too and stops personalizing."""
+        privacy = self.operators.privacy
+        assert privacy is not None
+        command = ErasureCommand.from_event(event)
+        stored = self.consent_state.value()
+        step = privacy.consent.cascaded(decode_consent(stored) if stored else None, command.reason, command.ts)
+        self.consent_state.update(encode_consent(step.state))
+        yield from self._erase(key, step.erase, command.ts, step.state.generation, engine, timers, command.source)
+
     def _consent(self, event: Event, engine: SegmentEngine | None,
                  timers: TimerService) -> Generator[Any, None, bool]:
         """Apply a consent change (a withdrawal or an erasure request erases the user at once) and
@@ -394,7 +533,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         return decode_consent(stored).counter_base if stored else 0
 
     def _erase(self, user: str, reason: str, ts: int, generation: int, engine: SegmentEngine | None,
-               timers: TimerService) -> Iterator[Any]:
+               timers: TimerService, source: str = "") -> Iterator[Any]:
         """Erase the user now: exit every segment, clear every keyed state but consent, delete the
         Redis keys and change-stream entries, tombstone the user-keyed topics, confirm (docs/privacy.md)."""
         stored_features = self.feature_state.value()
@@ -406,12 +545,19 @@ class UserFunction(KeyedBroadcastProcessFunction):
             rules = decode_rules(stored_rules)
             segments = tuple(rules.members)
             yield from self._emit_changes(engine.forget(rules, user, ts, "erasure"))
+        identity = self._identity_state() if self.identity is not None else None
+        related = identity.related_keys() if identity is not None else ()
         plan = plan_erasure(user, reason, ts, generation,
-                            Held(segments=segments, recs=self.rec_state.value() is not None), self.erasure)
+                            Held(segments=segments, related=related, recs=self.rec_state.value() is not None),
+                            self.erasure, source)
         if plan.forget_recs:
             yield self._rec_request(RecRequest(user, "", ts, None, None, (), erase=True))
-        for state in (self.profile_state, self.feature_state, self.rule_state, self.model_state, self.rec_state):
+        for state in self._user_states().values():
             state.clear()
+        if self.identity is not None:
+            self.identity_state.clear()
+            for command in plan.cascade:  # one hop: a cascade never returns to its source
+                yield self._internal(command.to_event())
         self.sink.stage_erase(user)
         for tombstone in plan.tombstones:
             yield Row(tombstone.key, None, tombstone.topic)
@@ -528,7 +674,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
             yield from self._emit_changes(engine.forget(decode_rules(stored_rules), user, timestamp, "retention"))
         if self.operators.recs is not None and self.rec_state.value():
             yield self._rec_request(RecRequest(user, "", timestamp, None, None, ()))  # the recommender forgets too
-        for state in (self.profile_state, self.feature_state, self.rule_state, self.model_state, self.rec_state):
+        for state in self._user_states().values():
             state.clear()
         self.sink.stage_forget(user)
         self._schedule_flush(timers)

@@ -30,6 +30,7 @@ from jobs.adapters import (
     LATE_EVENTS,
     RECS_ROUTE,
     TRAINING_ROUTE,
+    IdentityOperators,
     IngestPrivacy,
     ModelTrainerFunction,
     ParseEvents,
@@ -39,6 +40,7 @@ from jobs.adapters import (
     TrainerSettings,
     UserFunction,
     UserOperators,
+    identity_key,
     user_key,
 )
 from operators.features.config import DAY_MS, FeatureConfig
@@ -136,16 +138,21 @@ def secret_source(settings: Settings) -> SecretSource:
     return source
 
 
-def privacy_operators(settings: Settings, secret: SecretSource) -> PrivacyOperators | None:
+def stitches_identities(settings: Settings) -> bool:
+    return settings.privacy.enabled and settings.privacy.stitch_identities
+
+
+def privacy_operators(settings: Settings, secret: SecretSource, stitching: bool) -> PrivacyOperators | None:
     privacy, topics = settings.privacy, settings.kafka.topics
     if not privacy.enabled:
         return None
+    identity = IdentityOperators(topics.handover.name, topics.merges.name, privacy.max_links) if stitching else None
     try:
         policy = ConsentPolicy(dict(privacy.consent_defaults))
     except ValueError as exc:
         raise SettingsError(f"privacy.consent_defaults: {exc}") from None
     return PrivacyOperators(policy, secret, (topics.profiles.name, topics.features.name, topics.segments.name),
-                            topics.erasures.name, privacy.consent_state_ttl_ms, settings.redis.key_prefix)
+                            topics.erasures.name, privacy.consent_state_ttl_ms, settings.redis.key_prefix, identity)
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,9 @@ class PipelineIO:
     redis: Callable[[], UserStateSink]
     deadletters: Callable[[], DeadLetterCounter]
     population: Callable[[int], PopulationScorer]
+    reads_back: bool = True
+    """Whether ``source`` also reads the job's internal identity topic back (identity stitching needs
+    it). Not in bounded runs: end offsets name only the input topics."""
 
 
 def put_interpreter_first_on_path() -> None:
@@ -233,7 +243,12 @@ def kafka_io(settings: Settings, spec: SourceSpec, transactional_id_prefix: str 
     rules_spec = SourceSpec([rules.name], "earliest", spec.end_offsets, {rules.name: rules.partitions})
     # Snapshots replay from the start too: the newest one is what scores (the newest lineage wins).
     models_spec = SourceSpec([models.name], "earliest", spec.end_offsets, {models.name: models.partitions})
+    reads_back = spec.end_offsets is None and stitches_identities(settings)
+    if reads_back:  # handovers and forwarded events come back through the event source, keyed by user
+        spec = replace(spec, topics=[*spec.topics, topics.handover.name],
+                       partitions={**spec.partitions, topics.handover.name: topics.handover.partitions})
     return PipelineIO(
+        reads_back=reads_back,
         source=lambda env, t_env: kafka_source(
             t_env, settings.kafka, spec, settings.job.max_out_of_orderness_ms, event_time),
         rules=lambda env, t_env: kafka_source(
@@ -255,7 +270,9 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     job, topics, validation = settings.job, settings.kafka.topics, settings.validation
     limits = Limits(validation.max_payload_bytes, validation.min_event_time_ms, validation.max_future_skew_ms)
     secret = secret_source(settings)
-    ingest = IngestPrivacy(settings.privacy.hash_identifiers, settings.privacy.redact_deadletters, secret)
+    stitching = io.reads_back and stitches_identities(settings)
+    ingest = IngestPrivacy(settings.privacy.hash_identifiers, settings.privacy.redact_deadletters, secret,
+                           topics.handover.name if stitching else "")
     parsed = (
         io.source(env, t_env)
         .process(ParseEvents(limits, topics.deadletter.name, io.deadletters, ingest), output_type=EVENT_TYPE)
@@ -272,13 +289,13 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
                 "models": topics.models.name},
         state_ttl_ms=job.state_ttl_ms, allowed_lateness_ms=settings.features.allowed_lateness_ms,
         redis=io.redis, population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
-        models=models, recs=recs, privacy=privacy_operators(settings, secret),
+        models=models, recs=recs, privacy=privacy_operators(settings, secret, stitching),
     )
     control = io.rules(env, t_env)
     if models is not None:
         control = control.union(io.snapshots(env, t_env))
     users = (
-        parsed.key_by(user_key, key_type=Types.STRING())
+        parsed.key_by(identity_key if stitching else user_key, key_type=Types.STRING())
         .connect(control.broadcast(RULE_CATALOG, MODEL_SNAPSHOT))
         .process(UserFunction(operators), output_type=OUTPUT_TYPE)
         .name("user-state").uid("user-state")

@@ -70,16 +70,20 @@ class Topics:
     drift: Topic
     erasures: Topic
     """Erasure confirmations (privacy audit)."""
+    merges: Topic
+    """Identity merges (an anonymous visitor joined a known user)."""
+    handover: Topic
+    """Internal: state and events on their way to the merged profile, read back by the job."""
 
     def all(self) -> list[Topic]:
         return [self.behavior, self.profile, self.consent, self.rules, self.deadletter, self.profiles,
                 self.features, self.late, self.segments, self.recommendations, self.models, self.drift,
-                self.erasures]
+                self.erasures, self.merges, self.handover]
 
     def outputs(self) -> list[Topic]:
         """Topics the job writes (one exactly-once sink routes records among them)."""
         return [self.profiles, self.features, self.deadletter, self.late, self.segments, self.recommendations,
-                self.models, self.drift, self.erasures]
+                self.models, self.drift, self.erasures, self.merges, self.handover]
 
     def inputs(self) -> list[Topic]:
         """Topics carrying user events, in the order the job reads them."""
@@ -261,6 +265,8 @@ class PrivacySettings:
     hash_identifiers: bool
     redact_deadletters: bool
     consent_state_ttl_ms: int
+    stitch_identities: bool
+    max_links: int
 
 
 @dataclass(frozen=True)

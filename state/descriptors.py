@@ -13,6 +13,8 @@ MODELS_STATE = "models-v1"
 RECS_STATE = "recs-v1"
 #: Kept through an erasure on purpose (docs/privacy.md): without it the next event would profile the user again.
 CONSENT_STATE = "consent-v1"
+#: Identity stitching: at an anonymous key its alias (the known user it merged into); at a known key its links.
+IDENTITY_STATE = "identity-v1"
 #: Broadcast state: rule id -> the RuleEntry JSON of the latest applied command (the same on every instance).
 RULE_CATALOG = MapStateDescriptor("rule-catalog-v1", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 #: Broadcast state: ``current`` -> the pickled ModelSnapshot the instance scores with.
@@ -79,6 +81,10 @@ def recs_state(ttl_ms: int) -> ValueStateDescriptor:
 
 def consent_state(ttl_ms: int) -> ValueStateDescriptor:
     return _bytes_state(CONSENT_STATE, ttl_ms)
+
+
+def identity_state(ttl_ms: int) -> ValueStateDescriptor:
+    return _bytes_state(IDENTITY_STATE, ttl_ms)
 
 
 def global_object_state(name: str) -> ValueStateDescriptor:

@@ -312,6 +312,7 @@ def test_user_state_names_match_the_descriptors() -> None:
     assert (descriptors.PROFILE_STATE, descriptors.FEATURES_STATE, descriptors.RULES_STATE, descriptors.MODELS_STATE,
             descriptors.RECS_STATE) == USER_STATES
     assert descriptors.PUBLISHED_RECS_STATE == "published-recs-v1" and descriptors.CONSENT_STATE == CONSENT_STATE
+    assert descriptors.IDENTITY_STATE == IDENTITY_STATE
 
 
 def test_confirmation_and_tombstones_carry_no_raw_ids() -> None:

@@ -7,7 +7,10 @@ awaited (consent and behaviour travel on different topics, read at their own spe
 2. ann withdraws consent, bob asks for erasure, cid withdraws: their keyed state and Redis keys go,
    tombstones and confirmations appear, their segment exits carry cause ``erasure``;
 3. ann and bob go on browsing: nothing of theirs is written anywhere; cid consents again;
-4. cid browses: a fresh profile whose counters start above every erased id.
+4. cid browses: a fresh profile whose counters start above every erased id;
+5. an anonymous visitor browses and puts an item in the cart, logs in as eve (the anonymous history
+   merges into eve's profile), browses on under the cookie alone (the event lands on eve), and eve
+   asks for erasure (which cascades to the anonymous key).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ def browsing(user: str, start: int, n: int = 4) -> list[dict[str, Any]]:
            [event(f"{user}-{start}-cart", user, "add_to_cart", start + n * MINUTE, item_id="item-1", category="books")]
 
 
+def anonymous(events: list[dict[str, Any]], cookie: str) -> list[dict[str, Any]]:
+    return [{**{k: v for k, v in e.items() if k != "user_id"}, "anonymous_id": cookie} for e in events]
+
+
 def consent(event_id: str, user: str, ts: int, personalization: bool, erase: bool = False) -> dict[str, Any]:
     fields: dict[str, Any] = {"consent": {"personalization": personalization}}
     if erase:
@@ -69,7 +76,8 @@ def privacy_run(stack_settings: Settings) -> Iterator[dict[str, Any]]:
     topics, prefix = settings.kafka.topics, settings.redis.key_prefix
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     hasher = PiiHasher(SECRET.encode())
-    key = {user: hasher.user_id(user) for user in ("ann", "bob", "cid", "dan")}
+    key = {user: hasher.user_id(user) for user in ("ann", "bob", "cid", "dan", "eve")}
+    key["cookie"] = "anon:" + hasher.anonymous_id("eve-cookie")
 
     def keys_of(user: str) -> list[str]:
         return list(client.scan_iter(f"{prefix}*{key[user]}*"))
@@ -83,7 +91,7 @@ def privacy_run(stack_settings: Settings) -> Iterator[dict[str, Any]]:
             [e for user in ("ann", "bob", "cid", "dan") for e in browsing(user, T0)]))
         bad = b'{"type": "page_view", "user_id": "ann", "email": "ann@example.com"}'  # no event_id, no ts
         publish(settings, topics.behavior.name, [bad])
-        wait_for("four profiles", lambda: all(profile(u).get("total") == "5" for u in key))
+        wait_for("four profiles", lambda: all(profile(u).get("total") == "5" for u in ("ann", "bob", "cid", "dan")))
         before = {u: keys_of(u) for u in key}
         publish(settings, topics.consent.name, encoded([
             consent("ann-withdraw", "ann", T0 + 10 * MINUTE, personalization=False),
@@ -97,14 +105,30 @@ def privacy_run(stack_settings: Settings) -> Iterator[dict[str, Any]]:
         publish(settings, topics.behavior.name, encoded(browsing("cid", T0 + 40 * MINUTE)))
         wait_for("cid's new events", lambda: profile("cid").get("total") == "6")
         wait_for("dan's recommendations", lambda: any("recs" in k for k in keys_of("dan")))
+        publish(settings, topics.behavior.name, encoded(anonymous(browsing("eve", T0 + 50 * MINUTE), "eve-cookie")))
+        wait_for("the anonymous visitor's profile", lambda: profile("cookie").get("total") == "5")
+        cookie_keys = keys_of("cookie")
+        publish(settings, topics.behavior.name, encoded([event("eve-login", "eve", "identify", T0 + 60 * MINUTE,
+                                                               anonymous_id="eve-cookie")]))
+        wait_for("the merge into eve", lambda: profile("eve").get("total") == "6")
+        merged = {"cookie_keys_after_merge": keys_of("cookie"),
+                  "segments": client.hgetall(f"{prefix}user:{key['eve']}:segments")}
+        publish(settings, topics.behavior.name, encoded(anonymous([event(
+            "eve-later", "eve", "product_view", T0 + 61 * MINUTE, item_id="item-2", category="books")], "eve-cookie")))
+        wait_for("the cookie's later event at eve", lambda: profile("eve").get("total") == "7")
+        wait_for("eve's list with her cart", lambda: "cart" in client.hget(
+            f"{prefix}user:{key['eve']}:recs:info", "items") or "")
+        merged["recs"] = json.loads(client.hget(f"{prefix}user:{key['eve']}:recs:info", "items"))
+        publish(settings, topics.consent.name, encoded([consent("eve-erase", "eve", T0 + 70 * MINUTE, False, True)]))
+        wait_for("eve erased", lambda: not keys_of("eve"))
         confirmations = list(read_topic(settings.kafka.bootstrap_servers, topics.erasures.name,
-                                        topics.erasures.partitions, committed_only=False, expected=3))
+                                        topics.erasures.partitions, committed_only=False, expected=5))
         outputs = {name: list(read_topic(settings.kafka.bootstrap_servers, getattr(topics, name).name,
                                          getattr(topics, name).partitions, committed_only=False, tombstones=True))
-                   for name in ("profiles", "features", "segments", "recommendations", "deadletter")}
+                   for name in ("profiles", "features", "segments", "recommendations", "deadletter", "merges")}
         yield {"settings": settings, "client": client, "key": key, "before": before, "keys_of": keys_of,
                "profile": profile, "confirmations": [json.loads(r.value) for r in confirmations],
-               "outputs": outputs, "hasher": hasher}
+               "outputs": outputs, "hasher": hasher, "cookie_keys": cookie_keys, "merged": merged}
     finally:
         job.cancel().result()
 
@@ -150,11 +174,15 @@ def test_confirmations_are_auditable_and_carry_no_personal_data(privacy_run: dic
     key = privacy_run["key"]
     by_subject = {c["subject"]: c for c in privacy_run["confirmations"]}
     expected = {hasher.hash("erasure_subject", key[u]): reason for u, reason in
-                (("ann", "consent_withdrawn"), ("bob", "erasure_request"), ("cid", "consent_withdrawn"))}
+                (("ann", "consent_withdrawn"), ("bob", "erasure_request"), ("cid", "consent_withdrawn"),
+                 ("eve", "erasure_request"), ("cookie", "erasure_request"))}
     assert {s: c["reason"] for s, c in by_subject.items()} == expected
     text = json.dumps(privacy_run["confirmations"])
-    assert not any(name in text for name in ("ann", "bob", "cid")) and not any(k in text for k in key.values())
-    assert all(c["schema"] == "privacy.erasure.v1" and c["event_time"] == T0 + 10 * MINUTE for c in by_subject.values())
+    leaks = [n for n in ("ann", "bob", "cid", "eve") if f'"{n}"' in text] + [k for k in key.values() if k in text]
+    assert not leaks, (leaks, text[:600])
+    assert all(c["schema"] == "privacy.erasure.v1" for c in by_subject.values())
+    assert by_subject[hasher.hash("erasure_subject", key["eve"])]["cascaded"] == 1  # to the merged cookie
+    assert by_subject[hasher.hash("erasure_subject", key["cookie"])]["cascaded"] == 0  # not back again
 
 
 def test_a_reconsent_starts_fresh_with_counters_above_every_erased_id(privacy_run: dict[str, Any]) -> None:
@@ -173,3 +201,17 @@ def test_identifiers_are_hashed_and_dead_letters_redacted(privacy_run: dict[str,
     assert len(letters) == 1 and "ann@example.com" not in letters[0]["payload"]
     assert set(letters[0]["redacted"]) == {"email", "user_id"}
     assert privacy_run["hasher"].user_id("ann") in letters[0]["payload"]
+
+
+def test_an_anonymous_visitors_history_merges_into_the_known_user(privacy_run: dict[str, Any]) -> None:
+    key, outputs, merged = privacy_run["key"], privacy_run["outputs"], privacy_run["merged"]
+    assert privacy_run["cookie_keys"] and not merged["cookie_keys_after_merge"]  # the cookie's keys moved
+    assert any(name != "_seq" for name in merged["segments"])  # segments re-derived on the merged history
+    assert any("cart" in item["reasons"] and item["item"] == "item-1" for item in merged["recs"])  # cart kept
+    merges = [json.loads(r.value) for r in outputs["merges"]]
+    assert [(m["user"], m["anonymous"]) for m in merges] == [(key["eve"], key["cookie"])]
+    assert {"profile", "features", "rules", "recs"} <= set(merges[0]["merged"])
+    exits = [r for r in records_of(outputs["segments"], key["cookie"]) if r is not None and r["action"] == "exit"]
+    assert exits and {r["cause"]["kind"] for r in exits} == {"merge"}
+    eve = sorted(r["seq"] for r in records_of(outputs["profiles"], key["eve"]) if r is not None)
+    assert eve == [1, 2]  # eve's own updates: the identify (after the merge) and the forwarded event

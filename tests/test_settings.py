@@ -29,7 +29,7 @@ def test_defaults_load_and_match_the_yaml(defaults: Settings) -> None:
     assert defaults.kafka.topics.behavior.name == raw["kafka"]["topics"]["behavior"]["name"]
     assert defaults.generator.categories == tuple(raw["generator"]["categories"])
     assert [t.name for t in defaults.kafka.topics.inputs()] == ["events.behavior", "events.profile", "events.consent"]
-    assert len({t.name for t in defaults.kafka.topics.all()}) == 13
+    assert len({t.name for t in defaults.kafka.topics.all()}) == 15
 
 
 def test_timestamps_are_parsed_to_epoch_ms(defaults: Settings) -> None:
