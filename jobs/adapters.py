@@ -424,8 +424,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
                 return None
             step = route(self._identity_state(), event, key)
             if step.route is Route.FORWARD:  # the anonymous key merged: its events (consent too) count there
-                yield self._internal(forwarded(event, step.target)._replace(
-                    anonymous_id="" if event.type == "identify" else event.anonymous_id))
+                yield self._internal(forwarded(event, step.target))
                 return None
         if not (yield from self._consent(event, engine, timers)):
             return None

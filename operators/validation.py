@@ -161,6 +161,9 @@ def _check_structured(doc: dict[str, Any], event_type: str) -> None:
     if consent and (not set(consent) <= set(CONSENT_PURPOSES)
                     or not all(isinstance(v, bool) for v in consent.values())):
         raise _Invalid(INVALID_FIELD, f"consent maps {'/'.join(CONSENT_PURPOSES)} to booleans")
+    erase = (doc.get("properties") or {}).get("erase")
+    if "erase" in (doc.get("properties") or {}) and not isinstance(erase, bool):
+        raise _Invalid(INVALID_FIELD, "properties.erase must be true or false")  # "true" must not be ignored
     required = {"search": "query", "profile_update": "traits", "consent_change": "consent"}.get(event_type)
     if required and not doc.get(required) and doc.get(required) != "":
         raise _Invalid(MISSING_FIELD, required)

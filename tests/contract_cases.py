@@ -169,6 +169,7 @@ BAD: list[Bad] = [
     Bad("consent-change-empty-consent", doc("consent_change", consent={}), "missing_field", "consent"),
     Bad("consent-unknown-purpose", doc("consent_change", consent={"ads": True}), "invalid_field", "consent"),
     Bad("consent-not-bool", doc("consent_change", consent={"marketing": "yes"}), "invalid_field", "booleans"),
+    Bad("erase-not-bool", doc("consent_change", properties={"erase": "true"}), "invalid_field", "properties.erase"),
     Bad("consent-on-page-view-not-bool", doc(consent={"analytics": 1}), "invalid_field", "consent"),
     Bad("context-string", doc(context="mobile"), "invalid_field", "context must be an object"),
     Bad("context-list", doc(context=[]), "invalid_field", "context must be an object"),

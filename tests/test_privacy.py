@@ -369,6 +369,8 @@ def test_internal_records_round_trip_and_cannot_come_from_producers() -> None:
     assert {HANDOVER_TYPE, ERASE_TYPE} == INTERNAL_TYPES and INTERNAL_TYPES.isdisjoint(EVENT_TYPES)
     moved = forwarded(event("page_view", T0, user_id="", anonymous_id="c1"), "alice")
     assert decode_internal(encode_internal(moved)) == moved and moved.anonymous_id == "c1"
+    again = forwarded(identify, "alice")  # a repeated login, forwarded: not routed back to the cookie
+    assert routing_key(identify) == "anon:c1" and routing_key(again) == "alice" and again.user_id == "alice"
     key, value = merge_record(handover, ("profile", "recs"))
     assert key == b"alice" and json.loads(value) == {
         "id": f"alice:merge:{identify.event_id}", "schema": "identity.merge.v1", "user": "alice",

@@ -97,8 +97,9 @@ def route(state: IdentityState | None, event: Event, key: str) -> IdentityStep:
 
 
 def forwarded(event: Event, target: str) -> Event:
-    """The event as it travels to ``target`` (its ids are kept; only the key changes)."""
-    return event._replace(user_key=target)
+    """The event as it travels to ``target``: the key changes, its ids are kept, except that a
+    repeated identify loses its anonymous id, or :func:`routing_key` would send it back."""
+    return event._replace(user_key=target, anonymous_id="" if event.type == "identify" else event.anonymous_id)
 
 
 def link(state: IdentityState | None, anonymous_key: str, ts: int, max_links: int = DEFAULT_MAX_LINKS) -> IdentityState:
