@@ -46,6 +46,8 @@ class Summary:
     model: dict[str, str] = field(default_factory=dict)
     """The newest snapshot's summary in Redis (version, intent AUC, ...); empty with models off."""
     drift_events: int = 0
+    erasures: Counter[str] = field(default_factory=Counter)
+    """Erasure confirmations by reason (consent withdrawals, erasure requests)."""
 
     @property
     def events_per_second(self) -> float:
@@ -62,6 +64,7 @@ class Summary:
             "dead_letters": dict(self.dead_letters), "recommendation_lists": self.recommendation_lists,
             "users_with_recommendations": self.users_with_recommendations,
             "model_snapshots": self.model_snapshots, "model": self.model, "drift_events": self.drift_events,
+            "erasures": dict(self.erasures),
         }
 
 
@@ -112,6 +115,8 @@ def read_back(settings: Settings, summary: Summary) -> None:
     summary.model_snapshots = len(distinct_records(settings, topics.models, idle_timeout_s=1.0))
     summary.model = client.hgetall(models_current_key(prefix))  # type: ignore[assignment]
     summary.drift_events = len(distinct_records(settings, topics.drift, idle_timeout_s=1.0))
+    erasures = distinct_records(settings, topics.erasures, idle_timeout_s=1.0)
+    summary.erasures = Counter(confirmation["reason"] for confirmation in erasures.values())
 
 
 def print_summary(summary: Summary, out: IO[str]) -> None:
@@ -143,6 +148,8 @@ def print_summary(summary: Summary, out: IO[str]) -> None:
         rows.append(("newest model (Redis)", f"v{model.get('version')}, intent AUC "
                      f"{float(model.get('intent_auc', 0)):.3f}, log loss {float(model.get('intent_log_loss', 0)):.3f}"))
     rows.append(("drift events (Kafka)", f"{summary.drift_events:,}"))
+    rows.append(("erasures confirmed (Kafka)", f"{sum(summary.erasures.values()):,}"))
+    rows += [(f"  {reason}", f"{count:,}") for reason, count in summary.erasures.most_common()]
     width = max(len(label) for label, _ in rows)
     print("\n== personalize demo summary ==", file=out)
     for label, value in rows:
