@@ -116,8 +116,8 @@ def privacy_run(stack_settings: Settings) -> Iterator[dict[str, Any]]:
         publish(settings, topics.behavior.name, encoded(anonymous([event(
             "eve-later", "eve", "product_view", T0 + 61 * MINUTE, item_id="item-2", category="books")], "eve-cookie")))
         wait_for("the cookie's later event at eve", lambda: profile("eve").get("total") == "7")
-        wait_for("eve's list with her cart", lambda: "cart" in client.hget(
-            f"{prefix}user:{key['eve']}:recs:info", "items") or "")
+        wait_for("eve's list with her cart", lambda: "cart" in (client.hget(
+            f"{prefix}user:{key['eve']}:recs:info", "items") or ""))
         merged["recs"] = json.loads(client.hget(f"{prefix}user:{key['eve']}:recs:info", "items"))
         publish(settings, topics.consent.name, encoded([consent("eve-erase", "eve", T0 + 70 * MINUTE, False, True)]))
         wait_for("eve erased", lambda: not keys_of("eve"))
