@@ -147,8 +147,9 @@ def kafka_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, spec: Sour
     return t_env.to_data_stream(union)
 
 
-def sink_options(kafka: KafkaSettings, topics: Sequence[str], transactional_id_prefix: str) -> dict[str, str]:
-    return {
+def sink_options(kafka: KafkaSettings, topics: Sequence[str], transactional_id_prefix: str,
+                 parallelism: int | None = None) -> dict[str, str]:
+    options = {
         "connector": "kafka",
         "topic": ";".join(topics),
         "properties.bootstrap.servers": kafka.bootstrap_servers,
@@ -160,6 +161,9 @@ def sink_options(kafka: KafkaSettings, topics: Sequence[str], transactional_id_p
         "sink.delivery-guarantee": "exactly-once",
         "sink.transactional-id-prefix": transactional_id_prefix,
     }
+    if parallelism is not None:
+        options["sink.parallelism"] = str(parallelism)
+    return options
 
 
 def attach_kafka_sink(
@@ -169,22 +173,32 @@ def attach_kafka_sink(
     topics: Sequence[str],
     transactional_id_prefix: str,
     skip: Sequence[str] = (),
+    name: str = "kafka_sink",
+    parallelism: int | None = None,
 ) -> None:
-    """Write :data:`OUTPUT_TYPE` rows exactly-once, each to the topic named in its ``topic`` field.
+    """Write :data:`OUTPUT_TYPE` rows exactly-once, each to the topic named in its ``topic`` field,
+    if that is one of ``topics``.
 
-    Rows whose ``topic`` is in ``skip`` (records the job routes internally) are dropped, in Java.
+    Rows whose ``topic`` is in ``skip`` (records the job routes internally or to another sink) are
+    dropped, in Java; so are rows for topics not in ``topics`` when ``skip`` is empty and a sink
+    serves only some topics (``name`` tells the sinks apart; ``parallelism`` defaults to the job's).
     """
+    single = len(topics) == 1  # the connector writes the `topic` metadata only when given several topics
+    topic_column = "" if single else ", `topic` STRING METADATA"
     t_env.execute_sql(f"""
-        CREATE TEMPORARY TABLE kafka_sink (
+        CREATE TEMPORARY TABLE {name} (
           `k` BYTES,
-          `v` BYTES,
-          `topic` STRING METADATA
+          `v` BYTES{topic_column}
         ) WITH (
-          {_with_clause(sink_options(kafka, topics, transactional_id_prefix))}
+          {_with_clause(sink_options(kafka, topics, transactional_id_prefix, parallelism))}
         )""")
     statements = t_env.create_statement_set()
     table = t_env.from_data_stream(stream)
     if skip:
         table = table.where(~col("topic").in_(*[lit(topic) for topic in skip]))
-    statements.add_insert("kafka_sink", table)
+    else:
+        table = table.where(col("topic").in_(*[lit(topic) for topic in topics]))
+    if single:
+        table = table.select(col("k"), col("v"))
+    statements.add_insert(name, table)
     statements.attach_as_datastream()

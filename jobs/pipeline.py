@@ -255,13 +255,26 @@ def kafka_io(settings: Settings, spec: SourceSpec, transactional_id_prefix: str 
             t_env, settings.kafka, rules_spec, 0, RULES_EVENT_TIME, "rules_source"),
         snapshots=lambda env, t_env: kafka_source(
             t_env, settings.kafka, models_spec, settings.job.max_out_of_orderness_ms, event_time, "snapshots_source"),
-        sink=lambda t_env, stream: attach_kafka_sink(
-            t_env, stream, settings.kafka, [topic.name for topic in topics.outputs()], prefix, INTERNAL_ROUTES
-        ),
+        sink=lambda t_env, stream: attach_sinks(t_env, stream, settings, prefix, reads_back),
         redis=RedisStateWriterFactory(settings.redis),
         deadletters=DeadLetterCounterFactory(settings.redis),
         population=SharedPopulationFactory(settings.redis, settings.features.population_refresh_ms),
     )
+
+
+def attach_sinks(t_env: StreamTableEnvironment, stream: DataStream, settings: Settings, prefix: str,
+                 reads_back: bool) -> None:
+    """The outputs' exactly-once sink; with the identity loop, a second one of parallelism 1 for the
+    internal topic. One transactional producer per internal partition: the job reads that topic back
+    read_committed, and the local broker's last stable offset stalls when producers overlap on a
+    partition (docs/local-stack.md); one producer is also plenty for handovers and forwarded events."""
+    topics = settings.kafka.topics
+    internal = topics.handover.name
+    attach_kafka_sink(t_env, stream, settings.kafka, [t.name for t in topics.outputs() if t.name != internal], prefix,
+                      (*INTERNAL_ROUTES, internal))
+    if reads_back:
+        attach_kafka_sink(t_env, stream, settings.kafka, [internal], f"internal-{prefix}", name="internal_sink",
+                          parallelism=1)
 
 
 def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, settings: Settings,

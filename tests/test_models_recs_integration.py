@@ -99,7 +99,9 @@ def test_the_trainer_publishes_snapshots_and_cluster_descriptions(recs_run: dict
 
 def test_every_instance_scores_with_the_same_model_and_a_restore_keeps_it(stack_settings: Settings,
                                                                           tmp_path: Path) -> None:
+    # Models only: identity stitching (on in unbounded runs) has its own test (test_privacy_integration).
     settings = isolated(stack_settings)
+    settings = replace(settings, privacy=replace(settings.privacy, stitch_identities=False))
     stack.up(settings)
     prefix = settings.redis.key_prefix
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
