@@ -454,14 +454,9 @@ class UserFunction(KeyedBroadcastProcessFunction):
         """The anonymous key logs in: its segments exit, its population share goes, its stored state
         travels to the known user and only the alias stays here."""
         stored = {name: bytes(data) for name, state in self._user_states().items() if (data := state.value())}
-        if "features" in stored:
-            self.features.forget(decode_features(stored["features"]))
-        if engine is not None and "rules" in stored:
-            yield from self._emit_changes(engine.forget(decode_rules(stored["rules"]), key, identify.ts, "merge"))
-        if self.operators.recs is not None and "recs" in stored:
-            yield self._rec_request(RecRequest(key, "", identify.ts, None, None, ()))
-        for state in self._user_states().values():
-            state.clear()
+        yield from self._leave(key, identify.ts, "merge", engine,
+                               decode_features(stored["features"]) if "features" in stored else None,
+                               decode_rules(stored["rules"]) if "rules" in stored else None)
         self.sink.stage_forget(key)
         assert alias is not None
         self.identity_state.update(encode_identity(alias))
@@ -535,24 +530,15 @@ class UserFunction(KeyedBroadcastProcessFunction):
                timers: TimerService, source: str = "") -> Iterator[Any]:
         """Erase the user now: exit every segment, clear every keyed state but consent, delete the
         Redis keys and change-stream entries, tombstone the user-keyed topics, confirm (docs/privacy.md)."""
-        stored_features = self.feature_state.value()
-        if stored_features:
-            self.features.forget(decode_features(stored_features))  # the population forgets its R/F/M
-        stored_rules = self.rule_state.value()
-        segments: tuple[str, ...] = ()
-        if engine is not None and stored_rules:
-            rules = decode_rules(stored_rules)
-            segments = tuple(rules.members)
-            yield from self._emit_changes(engine.forget(rules, user, ts, "erasure"))
+        stored_features, stored_rules = self.feature_state.value(), self.rule_state.value()
+        rules = decode_rules(stored_rules) if stored_rules else None
         identity = self._identity_state() if self.identity is not None else None
-        related = identity.related_keys() if identity is not None else ()
-        plan = plan_erasure(user, reason, ts, generation,
-                            Held(segments=segments, related=related, recs=self.rec_state.value() is not None),
-                            self.erasure, source)
-        if plan.forget_recs:
-            yield self._rec_request(RecRequest(user, "", ts, None, None, (), erase=True))
-        for state in self._user_states().values():
-            state.clear()
+        held = Held(segments=tuple(rules.members) if rules is not None else (),
+                    related=identity.related_keys() if identity is not None else (),
+                    recs=self.rec_state.value() is not None)
+        plan = plan_erasure(user, reason, ts, generation, held, self.erasure, source)
+        yield from self._leave(user, ts, "erasure", engine,
+                               decode_features(stored_features) if stored_features else None, rules, erase=True)
         if self.identity is not None:
             self.identity_state.clear()
             for command in plan.cascade:  # one hop: a cascade never returns to its source
@@ -667,16 +653,25 @@ class UserFunction(KeyedBroadcastProcessFunction):
     def _forget(self, user: str, features: UserFeatures, engine: SegmentEngine | None, timestamp: int,
                 timers: TimerService) -> Iterator[Any]:
         """Idle past retention: exit every segment, then nothing of the user stays behind."""
-        self.features.forget(features)
         stored_rules = self.rule_state.value()
-        if engine is not None and stored_rules:
-            yield from self._emit_changes(engine.forget(decode_rules(stored_rules), user, timestamp, "retention"))
-        if self.operators.recs is not None and self.rec_state.value():
-            yield self._rec_request(RecRequest(user, "", timestamp, None, None, ()))  # the recommender forgets too
-        for state in self._user_states().values():
-            state.clear()
+        yield from self._leave(user, timestamp, "retention", engine, features,
+                               decode_rules(stored_rules) if stored_rules else None)
         self.sink.stage_forget(user)
         self._schedule_flush(timers)
+
+    def _leave(self, user: str, ts: int, cause: str, engine: SegmentEngine | None, features: UserFeatures | None,
+               rules: RuleState | None, erase: bool = False) -> Iterator[Any]:
+        """The user leaves this operator (retention, erasure, a merge into another key): their R/F/M
+        leaves the population, every segment is exited with ``cause``, the recommender forgets the
+        list (and tombstones it on ``erase``), and the five user states are cleared."""
+        if features is not None:
+            self.features.forget(features)
+        if engine is not None and rules is not None:
+            yield from self._emit_changes(engine.forget(rules, user, ts, cause))
+        if self.operators.recs is not None and self.rec_state.value():
+            yield self._rec_request(RecRequest(user, "", ts, None, None, (), erase=erase))
+        for state in self._user_states().values():
+            state.clear()
 
     def _segments(self, timers: TimerService,
                   step: Callable[[RuleState], list[SegmentChange]]) -> Iterator[Row]:
