@@ -100,16 +100,19 @@ return 1
 """
 
 
-# KEYS: the segment-change stream. ARGV: a user key. Deletes the stream entries whose change record names
-# the user (an erasure: the dashboard feed must not keep them); at most ``changes_stream_maxlen`` scanned.
+# KEYS: the segment-change stream. ARGV: user keys. Deletes the stream entries whose change record names
+# one of the users (erasures: the dashboard feed must not keep them); one scan of at most
+# ``changes_stream_maxlen`` entries for all the users erased since the last flush.
 SCRUB_USER_CHANGES = """
+local erased = {}
+for _, user in ipairs(ARGV) do erased[user] = true end
 local removed = 0
 for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+')) do
   local fields = entry[2]
   for i = 1, #fields, 2 do
     if fields[i] == 'change' then
       local ok, record = pcall(cjson.decode, fields[i + 1])
-      if ok and type(record) == 'table' and record['user'] == ARGV[1] then
+      if ok and type(record) == 'table' and erased[record['user']] then
         redis.call('XDEL', KEYS[1], entry[1])
         removed = removed + 1
       end
@@ -348,8 +351,9 @@ class RedisStateWriter:
             return
         pipe = self.client.pipeline(transaction=False)
         self._segment_changes(pipe)
-        for user in self.erased:
-            self.scrub_user_changes(keys=[segment_changes_key(self.settings.key_prefix)], args=[user], client=pipe)
+        if self.erased:
+            self.scrub_user_changes(keys=[segment_changes_key(self.settings.key_prefix)], args=sorted(self.erased),
+                                    client=pipe)
         if self.forgotten:
             pipe.unlink(*self.forgotten)
         for key, (version, fields) in self.pending.items():
