@@ -760,6 +760,10 @@ class GlobalObject:
             self.dirty.add(key)
             timers.register_processing_time_timer(last + self.write_interval_ms)
 
+    def write(self, key: str, timers: TimerService) -> None:
+        """Write ``key``'s object (the current key's) whole now, e.g. after a change no log entry replays."""
+        self._write(key, timers.current_processing_time())
+
     def on_timer(self, key: str, now: int) -> None:
         """A processing-time timer of ``key`` (the current key) fired: write its object if it waits and is
         due (the function's other timers, e.g. Redis flushes, come here too)."""
@@ -870,6 +874,7 @@ class ModelTrainerFunction(KeyedProcessFunction):
                                      lambda: ModelTrainer(config, lineage=uuid.uuid4().hex[:12]),
                                      learn_training_input, self.settings.state_write_ms)
         self.sink = self.settings.redis()
+        self.end_timer_set = False
         self.quality: dict[str, float] = {}
         metrics = runtime_context.get_metrics_group()
         metrics.gauge("model_version", lambda: int(self.quality.get("version", 0)))
@@ -885,16 +890,29 @@ class ModelTrainerFunction(KeyedProcessFunction):
             self.sink.write_drift(drift)
             yield Row(drift.model.encode("utf-8"), drift.to_json(), topics["drift"])
         snapshot = trainer.maybe_snapshot()
+        yield from self._publish(trainer, snapshot)
+        # A published version is in state before any later checkpoint: a restore never re-issues it.
+        self.trainers.changed(TRAINER_KEY, ctx.timer_service(), bytes(row[1]), force=snapshot is not None)
+        if not self.end_timer_set:  # deduplicated by Flink, and kept in state across a restore
+            ctx.timer_service().register_event_time_timer(END_OF_INPUT_WATERMARK)
+            self.end_timer_set = True
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        """A state write timer, or the end of a bounded input: publish what was learned since the last snapshot."""
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            self.trainers.on_timer(ctx.get_current_key(), timestamp)
+            return
+        trainer: ModelTrainer = self.trainers.get(TRAINER_KEY)
+        snapshot = trainer.maybe_snapshot(final=True)
+        if snapshot is not None:
+            yield from self._publish(trainer, snapshot)
+            self.trainers.write(TRAINER_KEY, ctx.timer_service())
+
+    def _publish(self, trainer: ModelTrainer, snapshot: ModelSnapshot | None) -> Iterator[Row]:
         if snapshot is not None:
             self.quality = {"version": snapshot.version, **trainer.quality()}
             self.sink.write_model(snapshot, trainer.quality())
-            yield Row(b"models", snapshot.to_json(), topics["models"])
-        # A published version is in state before any later checkpoint: a restore never re-issues it.
-        self.trainers.changed(TRAINER_KEY, ctx.timer_service(), bytes(row[1]), force=snapshot is not None)
-
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        self.trainers.on_timer(ctx.get_current_key(), timestamp)
-        return iter(())
+            yield Row(b"models", snapshot.to_json(), self.settings.topics["models"])
 
     def close(self) -> None:
         close_sink(self)

@@ -380,6 +380,15 @@ def test_the_first_snapshot_needs_enough_examples_then_count_or_event_time_trigg
     assert trainer.maybe_snapshot() is None  # nothing new learned
 
 
+def test_the_end_of_a_bounded_input_publishes_what_was_learned_since_the_last_snapshot() -> None:
+    trainer = ModelTrainer(CONFIG)
+    assert trainer.maybe_snapshot(final=True) is None  # nothing learned: nothing to publish
+    train(trainer, 10)  # 20 learned: not enough for a first snapshot on its own
+    final = trainer.maybe_snapshot(final=True)
+    assert final is not None and final.version == 1 and trainer.quality()["examples"] == 10
+    assert trainer.maybe_snapshot(final=True) is None
+
+
 def test_a_drift_publishes_early_with_its_cause() -> None:
     trainer = ModelTrainer(CONFIG)
     train(trainer, 50)

@@ -153,13 +153,16 @@ class ModelTrainer:
         self.drifted |= event is not None
         return event
 
-    def maybe_snapshot(self) -> ModelSnapshot | None:
+    def maybe_snapshot(self, final: bool = False) -> ModelSnapshot | None:
         """A new snapshot when due: after ``snapshot_every`` learned examples (always so for the
-        first), or after ``snapshot_interval_ms`` of event time or a drift, once anything was learned."""
+        first), or after ``snapshot_interval_ms`` of event time or a drift, once anything was learned.
+
+        ``final`` (the end of a bounded input) publishes whatever was learned since the last one, so
+        a finished run's newest model and its quality are never left unpublished."""
         config = self.config
         if not self.since_snapshot:
             return None
-        if self.since_snapshot < config.snapshot_every and not (self.version and (
+        if not final and self.since_snapshot < config.snapshot_every and not (self.version and (
                 self.drifted or self.now_ts - self.snapshot_ts >= config.snapshot_interval_ms)):
             return None
         cause = "drift" if self.drifted else "model"
