@@ -155,6 +155,7 @@ class UserStateSink(Protocol):
     def write_model(self, snapshot: ModelSnapshot, quality: dict[str, float]) -> None: ...
     def write_model_instance(self, instance: int, snapshot: ModelSnapshot) -> None: ...
     def write_drift(self, drift: DriftEvent) -> None: ...
+    def empty(self) -> bool: ...
     def due(self) -> bool: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
@@ -310,12 +311,13 @@ class RedisStateWriter:
         self._retrying(lambda: self.client.xadd(models_drift_key(self.settings.key_prefix), {"drift": drift.to_json()},
                                                 maxlen=self.settings.changes_stream_maxlen, approximate=True))
 
-    def _empty(self) -> bool:
+    def empty(self) -> bool:
+        """Whether nothing waits for the next flush."""
         return not (self.pending or self.forgotten or self.segment_changes or self.rec_lists or self.erased)
 
     def due(self) -> bool:
         """Whether the buffer should be written now (size or age limit reached)."""
-        if self._empty():
+        if self.empty():
             return False
         age_ms = (self.clock() - self.last_flush) * 1000
         size = len(self.pending) + len(self.segment_changes) + len(self.rec_lists)
@@ -347,7 +349,7 @@ class RedisStateWriter:
 
     def _flush_once(self) -> None:
         self.last_flush = self.clock()
-        if self._empty():
+        if self.empty():
             return
         pipe = self.client.pipeline(transaction=False)
         self._segment_changes(pipe)

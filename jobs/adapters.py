@@ -649,6 +649,9 @@ class UserFunction(KeyedBroadcastProcessFunction):
         if engine is not None and (self.rule_state.value() or rescored is not None):
             yield from self._segments(timers, lambda state: engine.advance(state, user, timestamp)
                                       + self._model_segment(engine, state, user, timestamp, rescored))
+        # What event time changed (a closed session's vector, expiries, dormancy) reaches Redis even
+        # when no event follows: a quiet stream's last changes must not wait for the next one.
+        self._schedule_flush(timers)
 
     def _forget(self, user: str, features: UserFeatures, engine: SegmentEngine | None, timestamp: int,
                 timers: TimerService) -> Iterator[Any]:
@@ -919,10 +922,11 @@ class ModelTrainerFunction(KeyedProcessFunction):
 
 
 def flush_later(function: Any, timers: TimerService, interval_ms: int) -> None:
-    """Flush the function's Redis sink now when due, else at most ``interval_ms`` from now (one timer)."""
+    """Flush the function's Redis sink now when due, else at most ``interval_ms`` from now (one timer);
+    nothing when nothing is staged."""
     if function.sink.due():
         function.sink.flush()
-    elif not function.flush_timer_set:
+    elif not function.flush_timer_set and not function.sink.empty():
         timers.register_processing_time_timer(timers.current_processing_time() + interval_ms)
         function.flush_timer_set = True
 

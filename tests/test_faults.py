@@ -162,12 +162,19 @@ def run(cluster_settings: Settings, inputs: Inputs, tmp_path: Path, name: str, f
     measured["final_state"] = cluster.job_state(settings.cluster, job_id)
     measured["restarts"] = cluster.restarts(settings.cluster, job_id)
     measured["checkpoints"] = checkpoint_summary(cluster.checkpoint_stats(settings.cluster, job_id))
+    # Redis as the running job serves it: a cancelled task's last flush could race with the reading.
+    served = redis_state(settings)
     cluster.cancel(settings.cluster, job_id)
-    outcome = Outcome(settings, redis_state(settings), read_outputs(settings), measured)
-    # Kept for a look after a failure: every record delivered, the Redis state, the measurements.
+    outcome = Outcome(settings, served, read_outputs(settings), measured)
+    # Kept for a look after a failure: every record delivered, the Redis state, the segment changes
+    # Redis applied (its change stream, in the order applied), the measurements.
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    applied = [[entry_id, fields["change"]]
+               for entry_id, fields in client.xrange(f"{settings.redis.key_prefix}segments:changes")]
+    client.close()
     DUMPS.mkdir(parents=True, exist_ok=True)
     (DUMPS / f"{name}.json").write_text(json.dumps({"outputs": outcome.outputs, "redis": outcome.redis,
-                                                   "measured": measured}))
+                                                   "changes_applied": applied, "measured": measured}))
     return outcome
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
-from connectors.redis_writer import DeadLetterCounter
-from jobs.adapters import GlobalObject, learn_interaction, learn_training_input
+from connectors.redis_writer import DeadLetterCounter, RedisStateWriter
+from jobs.adapters import GlobalObject, flush_later, learn_interaction, learn_training_input
 from operators.events import Event
 from operators.features.operator import FeatureVector
 from operators.models.inputs import INTENT_FEATURES, behaviour_input, intent_input
 from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
 from operators.models.user import TrainingInput, UserModels, UserModelState
+from operators.profile import ProfileUpdate
 from operators.recs.config import RecConfig
 from operators.recs.serving import Published, RecommendationServer, RecRequest
 from operators.recs.user import UserRecState
@@ -326,3 +328,18 @@ def test_after_an_erasure_a_users_lists_count_on_from_the_counter_base() -> None
     request = view(UserRecState(), config, "dune", T0 + 1, user="bob")._replace(seq_base=COUNTER_STRIDE)
     recs = server.handle(request, None)
     assert recs is not None and recs.seq == COUNTER_STRIDE + 1
+
+
+def test_a_flush_is_scheduled_when_something_is_staged_and_only_then() -> None:
+    """Event-time timers stage changes too (dormancy, session closes): each such staging must lead to a
+    flush even when no event follows, and an empty buffer needs no timer."""
+    (port,) = free_ports(1)
+    sink = RedisStateWriter(replace(settings_module.load(environ={}).redis, url=f"redis://127.0.0.1:{port}/0"))
+    function = SimpleNamespace(sink=sink, flush_timer_set=False)
+    context = FakeContext()
+    flush_later(function, context, 200)  # type: ignore[arg-type]
+    assert context.timers == [] and not function.flush_timer_set
+    sink.stage_profile(ProfileUpdate("nora", 1, {"page_view": 1}, 0, 0, "e1", "page_view", 0))
+    flush_later(function, context, 200)  # type: ignore[arg-type]
+    flush_later(function, context, 200)  # type: ignore[arg-type]
+    assert context.timers == [200] and function.flush_timer_set  # one timer per pending batch

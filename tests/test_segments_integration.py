@@ -210,3 +210,25 @@ def test_rule_commands_apply_mid_stream_without_a_restart(stack_settings: Settin
 def _dead_letters(settings: Settings, count: int) -> list[dict[str, Any]]:
     letters = list(distinct_records(settings, settings.kafka.topics.deadletter, idle_timeout_s=2).values())
     return letters if len(letters) >= count else []
+
+
+def test_changes_event_time_makes_reach_redis_without_a_later_event(stack_settings: Settings) -> None:
+    """Dormancy is made by a watermark alone (no event of the user): once no event follows, it must
+    still reach Redis while the job runs, not wait in the writer's buffer until the job stops."""
+    settings = isolated(stack_settings)
+    stack.up(settings)
+    behavior = settings.kafka.topics.behavior
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    job = start_job(settings, source_spec(settings, "earliest", None))
+    try:
+        publish(settings, behavior.name, [json.dumps(event("n1", "nora", "page_view", T0)).encode()])
+        # One later event on every partition moves the watermark 31 days on: nora turns dormant.
+        for partition in range(behavior.partitions):
+            later = event(f"late-{partition}", f"walker-{partition}", "page_view", T0 + 31 * 24 * HOUR)
+            publish(settings, behavior.name, [json.dumps(later).encode()], partition=partition)
+        dormant = wait_for("nora dormant in Redis", lambda: client.hget(
+            user_segments_key(settings.redis.key_prefix, "nora"), "dormant"))
+        assert int(dormant) == T0 + 30 * 24 * HOUR
+        assert client.zscore(segment_members_key(settings.redis.key_prefix, "dormant"), "nora") is not None
+    finally:
+        job.cancel().result()
