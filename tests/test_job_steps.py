@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from connectors.redis_writer import DeadLetterCounter, RedisStateWriter
 from jobs.adapters import GlobalObject, flush_later, learn_interaction, learn_training_input
@@ -21,7 +24,7 @@ from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleCatalog
 from operators.rules.engine import RuleState, SegmentEngine
 from personalize import settings as settings_module
-from state.codecs import decode_models, decode_recs, encode_models, encode_recs
+from state.codecs import CodecError, decode_models, decode_recs, encode_models, encode_recs
 from tests.conftest import free_ports
 from tests.test_models import CONFIG, VALUES, train
 from tests.test_rules import COMPILER, DEFAULT_RULES
@@ -97,8 +100,19 @@ def test_model_state_codec_round_trip_is_compact() -> None:
     assert [ts for ts, _ in restored.pending.examples] == [ts for ts, _ in state.pending.examples]
     for (_, before), (_, after) in zip(state.pending.examples, restored.pending.examples, strict=True):
         assert list(after) == list(INTENT_FEATURES)
-        assert all(abs(after[name] - before[name]) < 1e-4 for name in INTENT_FEATURES)
-    assert len(data) < 2_000, "16 pending examples must stay well under the 2 KB per-user budget"
+        assert all(after[name] == pytest.approx(before[name], rel=1e-3, abs=1e-4) for name in INTENT_FEATURES)
+    assert len(data) < 1_100, "16 pending examples must stay well under the 2 KB per-user budget"
+    assert encode_models(restored) == data  # decoding is exact: a stored example is learned as stored
+
+
+def test_model_state_of_the_previous_codec_version_is_still_read() -> None:
+    values = list(range(len(INTENT_FEATURES)))
+    v1 = json.dumps({"v": 1, "p": [[T0, values]], "d": 2, "m": [3, None, 0], "i": 0.25, "s": 7}).encode()
+    state = decode_models(v1)
+    assert state.pending.examples == [(T0, dict(zip(INTENT_FEATURES, values, strict=True)))]
+    assert (state.pending.dropped, state.membership.cluster, state.intent, state.version) == (2, 3, 0.25, 7)
+    with pytest.raises(CodecError):
+        decode_models(b"\x09" + v1)
 
 
 # --- snapshots through the topic ------------------------------------------------------------------------------
