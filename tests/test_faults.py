@@ -322,9 +322,11 @@ def assert_same_results(reference: Outcome, actual: Outcome, inputs: Inputs) -> 
 
 # --- TaskManager crash ---------------------------------------------------------------------------
 
-def kill_a_taskmanager(settings: Settings, job_id: str, mid_stream: int) -> dict[str, Any]:
+def kill_a_taskmanager(settings: Settings, job_id: str, mid_stream: int, total: int) -> dict[str, Any]:
     """SIGKILL one TaskManager mid-stream and start a replacement (as a supervisor would); time the
-    recovery: until the job's tasks all run again, and until new events show up in Redis."""
+    recovery: until the job's tasks all run again, and until new events show up in Redis (unless all
+    ``total`` were there before the kill: a slow first checkpoint on a busy machine can delay the
+    kill that long, and then only the first time is measured)."""
     wait_mid_stream(settings, job_id, mid_stream)
     victim = cluster.taskmanager_pids(settings.cluster)[-1]
     checkpoints_before = cluster.checkpoint_stats(settings.cluster, job_id)["counts"]["completed"]
@@ -343,24 +345,26 @@ def kill_a_taskmanager(settings: Settings, job_id: str, mid_stream: int) -> dict
             seen_max = max(seen_max, current)
             if cluster.restarts(settings.cluster, job_id) >= 1 and cluster.tasks_running(settings.cluster, job_id):
                 running = now
-        elif current > seen_max:
+        elif current > seen_max or seen_max >= total:
             resumed = now
         time.sleep(0.1)
     replacement.join()
     assert running is not None and resumed is not None, "the job did not recover within 300 s"
+    output_s = None if seen_max >= total else round(resumed - killed, 1)
     # The JobManager's view: when it noticed the failure (RESTARTING) and when the job ran again.
     timestamps = cluster.rest(settings.cluster, f"/jobs/{job_id}")["timestamps"]
     return {"killed_pid": victim, "events_in_redis_at_kill": at_kill, "checkpoints_before_kill": checkpoints_before,
             "failure_noticed_s": round((timestamps["RESTARTING"] - killed_epoch_ms) / 1000, 1),
             "job_running_again_s": round((timestamps["RUNNING"] - killed_epoch_ms) / 1000, 1),
-            "recovery_to_running_s": round(running - killed, 1), "recovery_to_output_s": round(resumed - killed, 1)}
+            "recovery_to_running_s": round(running - killed, 1), "recovery_to_output_s": output_s}
 
 
 @pytest.mark.fault_comparison
 def test_a_killed_taskmanager_loses_nothing(cluster_settings: Settings, inputs: Inputs, reference: Outcome,
                                             tmp_path: Path, report: dict[str, Any]) -> None:
     crashed = run(cluster_settings, inputs, tmp_path, "taskmanager-kill",
-                  lambda settings, job_id: kill_a_taskmanager(settings, job_id, inputs.valid * 2 // 5))
+                  lambda settings, job_id: kill_a_taskmanager(settings, job_id, inputs.valid * 3 // 10,
+                                                              inputs.valid + len(sentinel_users(settings))))
     report["taskmanager_kill"] = {**crashed.measured, "duplicates": crashed.duplicates()}
     assert crashed.measured["final_state"] == "RUNNING" and crashed.measured["restarts"] >= 1
     assert crashed.measured["checkpoints"]["restored_from"] is not None
