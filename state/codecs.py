@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from typing import Any
 
 from operators.dedup import RecentIds
@@ -64,7 +65,7 @@ def decode_profile(data: bytes) -> UserProfile:
                        recent=RecentIds(seen=seen))
 
 
-FEATURES_CODEC_VERSION = 1
+FEATURES_CODEC_VERSION = 2
 
 
 def _pairs(counter: SlidingCount) -> list[float]:
@@ -111,7 +112,30 @@ def encode_features(features: UserFeatures) -> bytes:
         "e": [features.version, [features.emitted.get(name) for name in EMITTED_FIELDS] if features.emitted else [],
               features.emitted_at],
     }
-    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    return _compressed(document, FEATURES_CODEC_VERSION)
+
+
+def _compressed(document: dict[str, Any], version: int) -> bytes:
+    """Byte 0 the codec version, then the JSON document compressed with zlib level 1 (the fastest).
+
+    The feature and rule documents repeat keys, window names and digits: compressed they take about
+    half (726 -> 314 and 588 -> 311 bytes for a mean user of a 30,000-event run) for ~10 µs per
+    encode and decode, and a user's keyed state stays under 2 KB (docs/performance.md).
+    """
+    return bytes([version]) + zlib.compress(json.dumps(document, separators=(",", ":")).encode("utf-8"), 1)
+
+
+def _compressed_document(data: bytes, kind: str, version: int) -> dict[str, Any]:
+    """A document :func:`_compressed` wrote, or one of version 1 (bare JSON, still read), or a loud
+    :class:`CodecError`."""
+    if data[:1] == b"{":
+        return _json_document(data, kind, 1)
+    if data[:1] != bytes([version]):
+        raise CodecError(f"unknown {kind} codec version {data[:1]!r}; expected {version}")
+    try:
+        return _json_document(zlib.decompress(data[1:]), kind, version)
+    except zlib.error as exc:
+        raise CodecError(f"{kind} state is not readable: {exc}") from exc
 
 
 def _json_document(data: bytes, kind: str, version: int) -> dict[str, Any]:
@@ -126,7 +150,7 @@ def _json_document(data: bytes, kind: str, version: int) -> dict[str, Any]:
 
 
 def decode_features(data: bytes) -> UserFeatures:
-    document = _json_document(data, "feature", FEATURES_CODEC_VERSION)
+    document = _compressed_document(data, "feature", FEATURES_CODEC_VERSION)
     current, previous_end, abandoned_at, returned_at, out_of_order, timer_at = document["s"]
     count, spend, last_purchase_ts, scored = document["p"]
     version, emitted_values, emitted_at = document["e"]
@@ -151,7 +175,7 @@ def decode_features(data: bytes) -> UserFeatures:
     )
 
 
-RULES_CODEC_VERSION = 1
+RULES_CODEC_VERSION = 2
 
 
 def encode_rules(state: RuleState) -> bytes:
@@ -171,11 +195,11 @@ def encode_rules(state: RuleState) -> bytes:
         "w": state.wake,
         "p": state.fingerprint,
     }
-    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    return _compressed(document, RULES_CODEC_VERSION)
 
 
 def decode_rules(data: bytes) -> RuleState:
-    document = _json_document(data, "rule", RULES_CODEC_VERSION)
+    document = _compressed_document(data, "rule", RULES_CODEC_VERSION)
     now = document["n"]
     return RuleState(
         logs={key: SignalLog({entity: [now - age for age in ages] for entity, ages in entities.items()}, floor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import zlib
 from typing import Any
 
 import pytest
@@ -705,10 +706,17 @@ def test_codec_refuses_unknown_or_unreadable_state(data: bytes) -> None:
 
 def test_codec_refuses_a_newer_version_of_real_state() -> None:
     encoded = encode_features(run(new_operator(), SCENARIO)[0])
-    document = json.loads(encoded)
-    document["v"] = 99
     with pytest.raises(CodecError, match="version"):
-        decode_features(json.dumps(document).encode())
+        decode_features(bytes([99]) + encoded[1:])
+    with pytest.raises(CodecError, match="not readable"):
+        decode_features(encoded[:1] + b"not zlib")
+
+
+def test_codec_still_reads_version_1_state() -> None:
+    """Version 1 stored the same document as bare JSON; version 2 compresses it."""
+    encoded = encode_features(run(new_operator(), SCENARIO)[0])
+    version_1 = json.dumps({**json.loads(zlib.decompress(encoded[1:])), "v": 1}).encode()
+    assert encode_features(decode_features(version_1)) == encoded
 
 
 def test_encoded_size_of_a_typical_user() -> None:

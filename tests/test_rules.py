@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,8 @@ def test_rule_state_stays_bounded_and_round_trips() -> None:
     assert len(encoded) < 2048
     restored = decode_rules(encoded)
     assert restored == user.state
+    version_1 = json.dumps({**json.loads(zlib.decompress(encoded[1:])), "v": 1}).encode()  # bare JSON, still read
+    assert decode_rules(version_1) == user.state
 
 
 def test_decision_fields_match_what_the_feature_operator_computes() -> None:
