@@ -67,6 +67,7 @@ def source_options(kafka: KafkaSettings, topic: str, spec: SourceSpec) -> dict[s
         "properties.bootstrap.servers": kafka.bootstrap_servers,
         "properties.group.id": kafka.group_id,
         "properties.isolation.level": "read_committed",
+        "properties.fetch.max.wait.ms": str(kafka.fetch_max_wait_ms),
         "format": "raw",
     }
     if spec.start == "earliest":

@@ -225,6 +225,7 @@ def create_environment(settings: Settings, jars: list[Path], savepoint: str | No
     config.set_string("execution.checkpointing.dir", checkpoints.resolve().as_uri())
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(settings.job.parallelism)
+    env.set_buffer_timeout(settings.job.buffer_timeout_ms)
     env.enable_checkpointing(settings.job.checkpoint_interval_ms)
     t_env = StreamTableEnvironment.create(env)
     t_env.get_config().set("table.local-time-zone", "UTC")

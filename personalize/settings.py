@@ -96,6 +96,8 @@ class KafkaSettings:
     group_id: str
     transactional_id_prefix: str
     transaction_timeout_ms: int
+    fetch_max_wait_ms: int
+    """How long a source's fetch may wait for data (the local broker always waits this long)."""
     topics: Topics
 
 
@@ -121,6 +123,8 @@ class JobSettings:
     max_out_of_orderness_ms: int
     idleness_ms: int
     watermark_interval_ms: int
+    buffer_timeout_ms: int
+    """Longest wait of a record in a network buffer between operators (Flink's default: 100 ms)."""
     dedup_window_ms: int
     dedup_max_ids_per_user: int
     state_ttl_ms: int
