@@ -241,6 +241,9 @@ MODELS_CODEC_VERSION = 2
 #: Half precision (3 significant digits) is far below what SGD on these log counts and rates resolves,
 #: and an example takes 58 bytes instead of ~150 as JSON. Version 1 (all JSON) is still read.
 _EXAMPLE = struct.Struct(f"<q{len(INTENT_FEATURES)}e")
+#: The largest float16: a rate of a pathological user (100,000 email opens in no session) is capped
+#: there rather than failing the encoding, far past where the model's inputs mean anything different.
+HALF_MAX = 65504.0
 
 
 def encode_models(state: UserModelState) -> bytes:
@@ -249,7 +252,8 @@ def encode_models(state: UserModelState) -> bytes:
     header = json.dumps({"d": state.pending.dropped, "m": [membership.cluster, membership.candidate, membership.streak],
                          "i": state.intent, "s": state.version, "n": len(examples)},
                         separators=(",", ":")).encode("utf-8")
-    packed = b"".join(_EXAMPLE.pack(ts, *(example[name] for name in INTENT_FEATURES)) for ts, example in examples)
+    packed = b"".join(_EXAMPLE.pack(ts, *(min(example[name], HALF_MAX) for name in INTENT_FEATURES))
+                      for ts, example in examples)
     return bytes([MODELS_CODEC_VERSION]) + struct.pack("<I", len(header)) + header + packed
 
 

@@ -24,7 +24,7 @@ from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleCatalog
 from operators.rules.engine import RuleState, SegmentEngine
 from personalize import settings as settings_module
-from state.codecs import CodecError, decode_models, decode_recs, encode_models, encode_recs
+from state.codecs import HALF_MAX, CodecError, decode_models, decode_recs, encode_models, encode_recs
 from tests.conftest import free_ports
 from tests.test_models import CONFIG, VALUES, train
 from tests.test_rules import COMPILER, DEFAULT_RULES
@@ -103,6 +103,14 @@ def test_model_state_codec_round_trip_is_compact() -> None:
         assert all(after[name] == pytest.approx(before[name], rel=1e-3, abs=1e-4) for name in INTENT_FEATURES)
     assert len(data) < 1_100, "16 pending examples must stay well under the 2 KB per-user budget"
     assert encode_models(restored) == data  # decoding is exact: a stored example is learned as stored
+
+
+def test_a_pending_example_beyond_half_precision_is_capped_not_fatal() -> None:
+    example = {name: 0.0 for name in INTENT_FEATURES} | {"email_open_rate": 100_000.0}
+    state = UserModelState()
+    state.pending.examples.append((T0, example))  # type: ignore[arg-type]
+    restored = decode_models(encode_models(state))
+    assert restored.pending.examples[0][1]["email_open_rate"] == HALF_MAX
 
 
 def test_model_state_of_the_previous_codec_version_is_still_read() -> None:
