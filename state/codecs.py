@@ -235,8 +235,8 @@ MODELS_CODEC_VERSION = 2
 #: Layout of an encoded :class:`~operators.models.user.UserModelState` (version 2)::
 #:
 #:     byte 0      codec version (2)
-#:     bytes 1..4  header length (uint32), then the JSON header {"d", "m", "i", "s", "n": examples}
-#:     then        n pending examples: int64 event time, then the ``INTENT_FEATURES`` as float16
+#:     bytes 1..4  header length (uint32), then the JSON header {"d", "m", "i", "s"}
+#:     then        the pending examples to the end: int64 event time, then the ``INTENT_FEATURES`` as float16
 #:
 #: Half precision (3 significant digits) is far below what SGD on these log counts and rates resolves,
 #: and an example takes 58 bytes instead of ~150 as JSON. Version 1 (all JSON) is still read.
@@ -250,7 +250,7 @@ def encode_models(state: UserModelState) -> bytes:
     membership = state.membership
     examples = state.pending.examples
     header = json.dumps({"d": state.pending.dropped, "m": [membership.cluster, membership.candidate, membership.streak],
-                         "i": state.intent, "s": state.version, "n": len(examples)},
+                         "i": state.intent, "s": state.version},
                         separators=(",", ":")).encode("utf-8")
     packed = b"".join(_EXAMPLE.pack(ts, *(min(example[name], HALF_MAX) for name in INTENT_FEATURES))
                       for ts, example in examples)
@@ -262,12 +262,13 @@ def decode_models(data: bytes) -> UserModelState:
         return _decode_models_v1(data)
     if data[:1] != bytes([MODELS_CODEC_VERSION]):
         raise CodecError(f"unknown model codec version {data[:1]!r}; expected {MODELS_CODEC_VERSION}")
-    (header_length,) = struct.unpack_from("<I", data, 1)
-    header = json.loads(data[5:5 + header_length])
-    examples = []
-    for index in range(header["n"]):
-        ts, *values = _EXAMPLE.unpack_from(data, 5 + header_length + index * _EXAMPLE.size)
-        examples.append((ts, dict(zip(INTENT_FEATURES, values, strict=True))))
+    try:
+        (header_length,) = struct.unpack_from("<I", data, 1)
+        header = json.loads(data[5:5 + header_length])
+        examples = [(ts, dict(zip(INTENT_FEATURES, values, strict=True)))
+                    for ts, *values in _EXAMPLE.iter_unpack(data[5 + header_length:])]
+    except (struct.error, ValueError) as exc:
+        raise CodecError(f"model state is not readable: {exc}") from exc
     return _model_state(examples, header)
 
 

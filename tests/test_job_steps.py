@@ -121,6 +121,8 @@ def test_model_state_of_the_previous_codec_version_is_still_read() -> None:
     assert (state.pending.dropped, state.membership.cluster, state.intent, state.version) == (2, 3, 0.25, 7)
     with pytest.raises(CodecError):
         decode_models(b"\x09" + v1)
+    with pytest.raises(CodecError, match="not readable"):
+        decode_models(encode_models(state)[:-1])  # a cut example
 
 
 # --- snapshots through the topic ------------------------------------------------------------------------------
