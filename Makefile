@@ -46,9 +46,10 @@ test: BOOTSTRAP_ARGS = --browser
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not fault_comparison" $(PYTEST_ARGS)
 
-# Only the fault comparisons (TaskManager crash, Redis outage; also part of `make test`): docs/operations.md.
+# The fault comparisons (TaskManager crash, Redis outage): not in `make test` until a Flink 2.0.2 bug that can
+# take the surviving TaskManager down with the killed one is worked around (docs/operations.md).
 test-faults: bootstrap
 	$(PY) -m pytest -q -m fault_comparison tests/test_faults.py $(PYTEST_ARGS)
 
