@@ -893,7 +893,8 @@ class ModelTrainerFunction(KeyedProcessFunction):
             self.sink.write_drift(drift)
             yield Row(drift.model.encode("utf-8"), drift.to_json(), topics["drift"])
         snapshot = trainer.maybe_snapshot()
-        yield from self._publish(trainer, snapshot)
+        if snapshot is not None:
+            yield self._publish(trainer, snapshot)
         # A published version is in state before any later checkpoint: a restore never re-issues it.
         self.trainers.changed(TRAINER_KEY, ctx.timer_service(), bytes(row[1]), force=snapshot is not None)
         if not self.end_timer_set:  # deduplicated by Flink, and kept in state across a restore
@@ -908,14 +909,15 @@ class ModelTrainerFunction(KeyedProcessFunction):
         trainer: ModelTrainer = self.trainers.get(TRAINER_KEY)
         snapshot = trainer.maybe_snapshot(final=True)
         if snapshot is not None:
-            yield from self._publish(trainer, snapshot)
+            yield self._publish(trainer, snapshot)
             self.trainers.write(TRAINER_KEY, ctx.timer_service())
 
-    def _publish(self, trainer: ModelTrainer, snapshot: ModelSnapshot | None) -> Iterator[Row]:
-        if snapshot is not None:
-            self.quality = {"version": snapshot.version, **trainer.quality()}
-            self.sink.write_model(snapshot, trainer.quality())
-            yield Row(b"models", snapshot.to_json(), self.settings.topics["models"])
+    def _publish(self, trainer: ModelTrainer, snapshot: ModelSnapshot) -> Row:
+        """Redis gets the snapshot's summary with the trainer's quality; the returned row goes to the snapshot topic."""
+        quality = trainer.quality()
+        self.quality = {"version": snapshot.version, **quality}
+        self.sink.write_model(snapshot, quality)
+        return Row(b"models", snapshot.to_json(), self.settings.topics["models"])
 
     def close(self) -> None:
         close_sink(self)
