@@ -57,7 +57,7 @@ from operators.rules.catalog import RuleBook
 from operators.rules.language import RuleError
 from operators.validation import Limits
 from personalize.paths import resolve
-from personalize.settings import FeatureSettings, ModelSettings, RedisSettings, Settings, SettingsError
+from personalize.settings import FeatureSettings, JobSettings, ModelSettings, RedisSettings, Settings, SettingsError
 from state.descriptors import MODEL_SNAPSHOT, RULE_CATALOG
 
 SourceBuilder = Callable[[StreamExecutionEnvironment, StreamTableEnvironment], DataStream]
@@ -203,6 +203,19 @@ def put_interpreter_first_on_path() -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + path
 
 
+def restart_strategy(job: JobSettings) -> dict[str, str]:
+    """Exponential delay, bounded: a job failing on every attempt must surface, not loop forever, but
+    the delays grow long enough for lost TaskManagers to be replaced (a restart needs all its slots),
+    and a long healthy spell resets the count (fixed-delay attempts add up over the job's lifetime)."""
+    prefix = "restart-strategy.exponential-delay."
+    return {"restart-strategy.type": "exponential-delay",
+            prefix + "initial-backoff": f"{job.restart_initial_delay_ms} ms",
+            prefix + "max-backoff": f"{job.restart_max_delay_ms} ms",
+            prefix + "backoff-multiplier": "2.0",
+            prefix + "reset-backoff-threshold": f"{job.restart_reset_after_ms} ms",
+            prefix + "attempts-before-reset-backoff": str(job.restart_attempts)}
+
+
 def create_environment(settings: Settings, jars: list[Path], savepoint: str | None = None) -> tuple[
         StreamExecutionEnvironment, StreamTableEnvironment]:
     """The job's environment; ``savepoint``: restore from this savepoint or retained checkpoint."""
@@ -216,10 +229,8 @@ def create_environment(settings: Settings, jars: list[Path], savepoint: str | No
     config.set_string("python.execution-mode", settings.job.execution_mode)
     config.set_string("pipeline.name", settings.job.name)
     config.set_string("pipeline.auto-watermark-interval", f"{settings.job.watermark_interval_ms} ms")
-    # Bounded restarts: a job failing on every attempt must surface, not loop forever.
-    config.set_string("restart-strategy.type", "fixed-delay")
-    config.set_string("restart-strategy.fixed-delay.attempts", str(settings.job.restart_attempts))
-    config.set_string("restart-strategy.fixed-delay.delay", f"{settings.job.restart_delay_ms} ms")
+    for key, value in restart_strategy(settings.job).items():
+        config.set_string(key, value)
     # On disk, never in JobManager memory: that caps a task's state at 5 MB, and the item model is larger.
     checkpoints = resolve(settings.job.checkpoint_dir or str(Path(settings.stack.run_dir) / "checkpoints"))
     config.set_string("execution.checkpointing.dir", checkpoints.resolve().as_uri())

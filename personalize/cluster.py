@@ -10,6 +10,8 @@ savepoints. ``submit``, ``savepoint`` and ``cancel`` drive jobs with ``bin/flink
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -19,7 +21,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,13 @@ HEARTBEAT_INTERVAL = "1 s"
 HEARTBEAT_TIMEOUT = "20 s"
 #: What Flink reports as the watermark of a task that has none yet.
 LONG_MIN = -(2**63)
+#: Files of the TaskManager supervisor (personalize/supervisor.py) in the run directory.
+SUPERVISOR_SETTINGS = "supervisor.json"
+SUPERVISOR_STATUS = "supervisor-status.json"
+SUPERVISOR_PID = "pids/personalize-supervisor.pid"
+#: Main classes on the command lines of the cluster's JVMs (a recycled pid is not one of ours).
+TASKMANAGER_CLASS = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
+JOBMANAGER_CLASS = "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint"
 
 
 class ClusterError(RuntimeError):
@@ -83,9 +93,9 @@ def cluster_config(cluster: ClusterSettings, where: ClusterPaths) -> dict[str, A
                         "numberOfTaskSlots": cluster.slots_per_taskmanager,
                         "memory": {"process": {"size": cluster.taskmanager_memory}}},
         "rest": {"address": "localhost", "bind-address": "localhost", "port": cluster.rest_port},
-        # A crashed TaskManager must be noticed within the job's restart budget (job.restart_attempts x
-        # job.restart_delay_ms): restarts deployed to a dead TaskManager's slots fail at once. Two failed
-        # heartbeat RPCs 1 s apart mark it lost; the timeout covers a live but hung process.
+        # A crashed TaskManager must be noticed quickly: until it is, restarts are deployed to its slots,
+        # fail at once and use up the job's restart attempts. Two failed heartbeat RPCs 1 s apart mark
+        # it lost; the timeout covers a live but hung process.
         "heartbeat": {"interval": HEARTBEAT_INTERVAL, "timeout": HEARTBEAT_TIMEOUT, "rpc-failure-threshold": 2},
         "state": {"backend": {"type": cluster.state_backend}},
         "execution": {"checkpointing": {"incremental": cluster.incremental_checkpoints,
@@ -153,17 +163,20 @@ def _overview(cluster: ClusterSettings) -> dict[str, Any] | None:
 
 
 def up(cluster: ClusterSettings) -> dict[str, Any]:
-    """Start the JobManager and TaskManagers unless a cluster already answers on the REST port."""
+    """Start the JobManager and TaskManagers unless a cluster already answers on the REST port, and
+    the supervisor that replaces TaskManagers that exit (``cluster.supervise``)."""
     overview = _overview(cluster)
-    if overview is not None and overview["taskmanagers"] >= cluster.taskmanagers:
-        return overview
-    prepare(cluster)
-    if overview is None:
-        _script(cluster, "jobmanager.sh", "start")
-    running = overview["taskmanagers"] if overview else 0
-    for _ in range(cluster.taskmanagers - running):
-        _script(cluster, "taskmanager.sh", "start")
-    return wait_for_taskmanagers(cluster, cluster.taskmanagers)
+    if overview is None or overview["taskmanagers"] < cluster.taskmanagers:
+        prepare(cluster)
+        if overview is None:
+            _script(cluster, "jobmanager.sh", "start")
+        running = overview["taskmanagers"] if overview else 0
+        for _ in range(cluster.taskmanagers - running):
+            _script(cluster, "taskmanager.sh", "start")
+        overview = wait_for_taskmanagers(cluster, cluster.taskmanagers)
+    if cluster.supervise and supervisor_pid(cluster) is None:
+        _start_supervisor(cluster)
+    return overview
 
 
 def wait_for_taskmanagers(cluster: ClusterSettings, count: int) -> dict[str, Any]:
@@ -179,6 +192,7 @@ def wait_for_taskmanagers(cluster: ClusterSettings, count: int) -> dict[str, Any
 
 
 def down(cluster: ClusterSettings) -> None:
+    _stop_supervisor(cluster)  # first, or it would replace the TaskManagers being stopped
     _script(cluster, "taskmanager.sh", "stop-all")
     _script(cluster, "jobmanager.sh", "stop-all")
 
@@ -189,7 +203,8 @@ def status(cluster: ClusterSettings) -> dict[str, Any]:
         return {"running": False, "rest": f"http://localhost:{cluster.rest_port}"}
     jobs = rest(cluster, "/jobs/overview")["jobs"]
     return {"running": True, "rest": f"http://localhost:{cluster.rest_port}", **overview,
-            "jobs": [{"id": job["jid"], "name": job["name"], "state": job["state"]} for job in jobs]}
+            "jobs": [{"id": job["jid"], "name": job["name"], "state": job["state"]} for job in jobs],
+            "supervisor": supervisor_status(cluster)}
 
 
 def submit(settings: Settings, job_args: Sequence[str], savepoint: str | None = None,
@@ -250,31 +265,125 @@ def cancel(cluster: ClusterSettings, job_id: str) -> None:
 
 
 def start_taskmanager(cluster: ClusterSettings) -> None:
-    """One more TaskManager, as a supervisor (systemd, Kubernetes) would start after a crash."""
+    """One more TaskManager (the supervisor's way of replacing one that exited)."""
     prepare(cluster)
     _script(cluster, "taskmanager.sh", "start")
 
 
-def _taskmanager_pid_file(cluster: ClusterSettings) -> Path | None:
-    """Flink's pid file of the TaskManagers (``flink-$USER-taskexecutor.pid``; $USER may be empty)."""
-    return next(iter(sorted((ClusterPaths.of(cluster).run_dir / "pids").glob("flink-*-taskexecutor.pid"))), None)
+@contextmanager
+def _pid_lock(cluster: ClusterSettings) -> Iterator[Path]:
+    """The lock Flink's daemon script takes (``flock`` on the pid directory) while it appends a pid:
+    rewriting a pid file under it never loses a TaskManager being started."""
+    pid_dir = ClusterPaths.of(cluster).run_dir / "pids"
+    pid_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(pid_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield pid_dir
+    finally:
+        os.close(descriptor)
+
+
+def _pid_file(cluster: ClusterSettings, daemon: str) -> Path | None:
+    """Flink's pid file of a daemon type (``flink-$USER-taskexecutor.pid``; $USER may be empty)."""
+    return next(iter(sorted((ClusterPaths.of(cluster).run_dir / "pids").glob(f"flink-*-{daemon}.pid"))), None)
+
+
+def _pids(pid_file: Path | None) -> list[int]:
+    return [int(line) for line in pid_file.read_text().split()] if pid_file and pid_file.exists() else []
 
 
 def taskmanager_pids(cluster: ClusterSettings) -> list[int]:
     """Pids of the TaskManagers this run directory started, in start order."""
-    pid_file = _taskmanager_pid_file(cluster)
-    return [int(line) for line in pid_file.read_text().split()] if pid_file else []
+    return _pids(_pid_file(cluster, "taskexecutor"))
+
+
+def process_running(pid: int, main_class: str) -> bool:
+    """Whether ``pid`` runs (not a zombie) with ``main_class`` on its command line; where there is no
+    ``/proc`` (macOS), whether it exists."""
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc/self").exists():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # it exists, as another user's
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z" and main_class.encode() in (proc / "cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def jobmanager_running(cluster: ClusterSettings) -> bool:
+    return any(process_running(pid, JOBMANAGER_CLASS) for pid in _pids(_pid_file(cluster, "standalonesession")))
+
+
+def _forget_taskmanagers(cluster: ClusterSettings, keep: Callable[[int], bool]) -> list[int]:
+    """Rewrite the pid file with the TaskManagers ``keep`` accepts (so ``down`` never signals a pid
+    once it is recycled, and Flink's next log file index stays small); returns them."""
+    with _pid_lock(cluster):
+        pid_file = _pid_file(cluster, "taskexecutor")
+        pids = _pids(pid_file)
+        kept = [pid for pid in pids if keep(pid)]
+        if pid_file is not None and kept != pids:
+            pid_file.write_text("".join(f"{pid}\n" for pid in kept))
+        return kept
+
+
+def prune_taskmanagers(cluster: ClusterSettings) -> list[int]:
+    """Drop TaskManagers that exited from the pid file; returns the running ones."""
+    return _forget_taskmanagers(cluster, lambda pid: process_running(pid, TASKMANAGER_CLASS))
 
 
 def kill_taskmanager(cluster: ClusterSettings, pid: int) -> None:
     """SIGKILL a TaskManager (a crash: no shutdown, no goodbye to the JobManager) and drop it from
-    Flink's pid file, so ``down`` never signals the pid once it is recycled."""
+    Flink's pid file."""
     pids = taskmanager_pids(cluster)
-    pid_file = _taskmanager_pid_file(cluster)
-    if pid not in pids or pid_file is None:
+    if pid not in pids:
         raise ClusterError(f"{pid} is not a TaskManager of this cluster ({pids})")
     os.kill(pid, signal.SIGKILL)
-    pid_file.write_text("".join(f"{other}\n" for other in pids if other != pid))
+    _forget_taskmanagers(cluster, lambda other: other != pid)
+
+
+def supervisor_pid(cluster: ClusterSettings) -> int | None:
+    """The running supervisor's pid, or None."""
+    pid_file = ClusterPaths.of(cluster).run_dir / SUPERVISOR_PID
+    pids = _pids(pid_file)
+    return pids[0] if pids and process_running(pids[0], "personalize.supervisor") else None
+
+
+def _start_supervisor(cluster: ClusterSettings) -> None:
+    where = ClusterPaths.of(cluster)
+    (where.run_dir / SUPERVISOR_SETTINGS).write_text(json.dumps(dataclasses.asdict(cluster)))
+    (where.run_dir / SUPERVISOR_STATUS).unlink(missing_ok=True)
+    process = subprocess.Popen([sys.executable, "-m", "personalize.supervisor", str(where.run_dir)],
+                               env=environment(cluster), cwd=paths.ROOT, start_new_session=True,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (where.run_dir / SUPERVISOR_PID).write_text(f"{process.pid}\n")
+
+
+def _stop_supervisor(cluster: ClusterSettings, timeout_s: float = 30) -> None:
+    """SIGTERM the supervisor and wait until it exited (it finishes a TaskManager start first)."""
+    pid = supervisor_pid(cluster)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while process_running(pid, "personalize.supervisor"):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"the TaskManager supervisor (pid {pid}) did not stop within {timeout_s} s")
+        time.sleep(0.1)
+    (ClusterPaths.of(cluster).run_dir / SUPERVISOR_PID).unlink(missing_ok=True)
+
+
+def supervisor_status(cluster: ClusterSettings) -> dict[str, Any]:
+    """Whether the supervisor runs and how many TaskManagers it started."""
+    status_file = ClusterPaths.of(cluster).run_dir / SUPERVISOR_STATUS
+    counts = json.loads(status_file.read_text()) if status_file.exists() else {"taskmanagers_started": 0}
+    return {"pid": supervisor_pid(cluster), **counts}
 
 
 def checkpoint_stats(cluster: ClusterSettings, job_id: str) -> dict[str, Any]:

@@ -119,7 +119,9 @@ class JobSettings:
     checkpoint_interval_ms: int
     checkpoint_dir: str
     restart_attempts: int
-    restart_delay_ms: int
+    restart_initial_delay_ms: int
+    restart_max_delay_ms: int
+    restart_reset_after_ms: int
     max_out_of_orderness_ms: int
     idleness_ms: int
     watermark_interval_ms: int
@@ -254,6 +256,7 @@ class ClusterSettings:
     checkpoint_dir: str
     savepoint_dir: str
     start_timeout_s: int
+    supervise: bool
 
 
 @dataclass(frozen=True)

@@ -273,3 +273,20 @@ def differing_keys(expected: dict[str, Any], actual: dict[str, Any],
         keys -= {f"user:{user}:features" for user in population_affected}
     return sorted(key for key in keys
                   if key not in expected or key not in actual or strip(key, actual[key]) != strip(key, expected[key]))
+
+
+def test_the_supervisor_replaces_a_taskmanager_that_exits(cluster_settings: Settings) -> None:
+    """Last in the module: it changes the TaskManagers the other tests ran on."""
+    settings = cluster_settings.cluster
+    assert cluster.status(settings)["supervisor"]["pid"] is not None
+    started_before = cluster.supervisor_status(settings)["taskmanagers_started"]
+    victim = cluster.taskmanager_pids(settings)[-1]
+    cluster.kill_taskmanager(settings, victim)
+    deadline = time.monotonic() + 60
+    while len(cluster.taskmanager_pids(settings)) < settings.taskmanagers and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = cluster.taskmanager_pids(settings)
+    assert len(pids) == settings.taskmanagers and victim not in pids
+    assert all(cluster.process_running(pid, cluster.TASKMANAGER_CLASS) for pid in pids)
+    assert cluster.supervisor_status(settings)["taskmanagers_started"] == started_before + 1
+    cluster.wait_for_taskmanagers(settings, settings.taskmanagers)

@@ -1,0 +1,84 @@
+"""The TaskManager supervisor's pacing and pid bookkeeping, and the job's restart strategy (no cluster;
+tests/test_cluster.py has the supervisor replacing a killed TaskManager of a real one)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from jobs.pipeline import restart_strategy
+from personalize import cluster
+from personalize.settings import ClusterSettings, Settings, load
+from personalize.supervisor import RestartPacing
+
+
+@pytest.fixture
+def defaults() -> Settings:
+    return load()
+
+
+def test_the_first_start_is_immediate_and_a_crash_loop_backs_off() -> None:
+    pacing = RestartPacing(initial_delay_s=1, max_delay_s=4, quiet_s=100)
+    assert pacing.due(0)
+    starts = []
+    now = 0.0
+    while now < 20:
+        if pacing.due(now):
+            pacing.started(now)
+            starts.append(now)
+        now += 0.5
+    assert starts == [0.0, 1.0, 3.0, 7.0, 11.0, 15.0, 19.0]
+
+
+def test_a_quiet_spell_resets_the_delay() -> None:
+    pacing = RestartPacing(initial_delay_s=1, max_delay_s=60, quiet_s=100)
+    for now in (0, 1, 3, 7):
+        pacing.started(now)
+    assert pacing.delay_s == 8 and not pacing.due(10)
+    assert pacing.due(107)
+    pacing.started(107)
+    assert pacing.delay_s == 1
+
+
+@pytest.fixture
+def fake_taskmanager() -> Iterator[subprocess.Popen[bytes]]:
+    """A process whose command line names the TaskManager's main class, as a real one's does."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", cluster.TASKMANAGER_CLASS])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_process_running_needs_the_main_class_and_a_live_process(
+        fake_taskmanager: subprocess.Popen[bytes]) -> None:
+    assert cluster.process_running(fake_taskmanager.pid, cluster.TASKMANAGER_CLASS)
+    assert not cluster.process_running(fake_taskmanager.pid, cluster.JOBMANAGER_CLASS)
+    fake_taskmanager.kill()
+    fake_taskmanager.wait()
+    assert not cluster.process_running(fake_taskmanager.pid, cluster.TASKMANAGER_CLASS)
+
+
+def test_prune_keeps_running_taskmanagers_and_drops_the_rest(
+        defaults: Settings, tmp_path: Path, fake_taskmanager: subprocess.Popen[bytes]) -> None:
+    settings: ClusterSettings = replace(defaults.cluster, run_dir=str(tmp_path))
+    exited = subprocess.Popen([sys.executable, "-c", "pass", cluster.TASKMANAGER_CLASS])
+    exited.wait()
+    (tmp_path / "pids").mkdir()
+    pid_file = tmp_path / "pids" / "flink-tester-taskexecutor.pid"
+    pid_file.write_text(f"{exited.pid}\n{fake_taskmanager.pid}\n")
+    assert cluster.prune_taskmanagers(settings) == [fake_taskmanager.pid]
+    assert cluster.taskmanager_pids(settings) == [fake_taskmanager.pid]
+
+
+def test_restarts_back_off_exponentially_and_stay_bounded(defaults: Settings) -> None:
+    options = restart_strategy(defaults.job)
+    assert options["restart-strategy.type"] == "exponential-delay"
+    prefix = "restart-strategy.exponential-delay."
+    assert options[prefix + "attempts-before-reset-backoff"] == str(defaults.job.restart_attempts)
+    assert options[prefix + "initial-backoff"] == f"{defaults.job.restart_initial_delay_ms} ms"
+    assert options[prefix + "max-backoff"] == f"{defaults.job.restart_max_delay_ms} ms"
