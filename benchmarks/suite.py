@@ -298,10 +298,11 @@ class Suite:
         # Per change: publish -> Redis, split at the moment the job emitted it (its processing time):
         # publish -> job (Kafka, source, the operators) and job -> Redis (the writer's batching).
         measured = [(1000 * (stream_ms / 1000 - sent[event_id]), emitted_ms - 1000 * sent[event_id],
-                     stream_ms - emitted_ms, sent[event_id] >= warmup_end)
+                     stream_ms - emitted_ms, sent[event_id] - started)
                     for stream_ms, emitted_ms, event_id in changes if event_id in sent]
-        kept = [(total, to_job, to_redis) for total, to_job, to_redis, steady in measured if steady]
-        warmup = [total for total, _, _, steady in measured if not steady]
+        steady_from = warmup_end - started
+        kept = [(total, to_job, to_redis) for total, to_job, to_redis, at in measured if at >= steady_from]
+        warmup = [total for total, _, _, at in measured if at < steady_from]
         if not kept:
             return {"offered_rate": round(rate), "samples": 0}
         millis = [total for total, _, _ in kept]
@@ -317,6 +318,8 @@ class Suite:
                        **({"p50_ms": round(percentile(warmup, 0.50)), "p99_ms": round(percentile(warmup, 0.99)),
                            "max_ms": round(max(warmup))} if warmup else {})},
             "latencies_ms": [round(m) for m in millis],
+            # (seconds since the first event was offered, ms) per change, warm-up included: when the tail happens.
+            "timeline": sorted([round(at, 2), round(total)] for total, _, _, at in measured),
         }
         say(f"      p50 {report['p50_ms']} ms, p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms "
             f"({len(millis):,} segment changes)")
@@ -410,7 +413,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (left, right, over_time) = plt.subplots(1, 3, figsize=(18, 4.5))
     bars = []
     if "pure" in result:
         bars.append(("pure\nloop", result["pure"]["events_per_s"], None))
@@ -432,8 +435,16 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         right.set_xlabel("publish -> segment change in Redis (ms)")
         right.set_title(f"latency at {latency['offered_rate']:,} events/s")
         right.legend()
+        seconds, millis = zip(*latency["timeline"], strict=True)
+        over_time.scatter(seconds, millis, s=2, color="#e8684a")
+        over_time.axvline(latency["warmup"]["seconds"], color="black", linestyle="--", label="end of warm-up")
+        over_time.set_xlabel("seconds since the first event was offered")
+        over_time.set_ylabel("publish -> Redis (ms)")
+        over_time.set_title("latency over time")
+        over_time.legend()
     else:
         right.set_axis_off()
+        over_time.set_axis_off()
     figure.suptitle(f"personalize bench {result['date']} ({result['commit']}), {result['machine']['cpus']} cpus")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
