@@ -111,3 +111,17 @@ def test_bench_pure_stage_writes_json_and_plot(tmp_path: Path, capsys: pytest.Ca
     assert "state_per_user" in result["targets"]
     assert out.with_suffix(".png").stat().st_size > 0
     assert "pure logic (Python loop)" in capsys.readouterr().out
+
+
+def test_the_plot_shows_the_latency_distribution_and_timeline(tmp_path: Path) -> None:
+    """The latency panels from a result as the latency stage writes it (the stage itself runs on demand)."""
+    from benchmarks.suite import plot
+
+    timeline = [[second / 10, 80 + (1500 if 400 <= second < 420 else 0)] for second in range(600)]
+    latency = {"offered_rate": 250, "samples": 500, "p50_ms": 80, "p95_ms": 1580, "p99_ms": 1580,
+               "latencies_ms": [ms for at, ms in timeline if at >= 10], "timeline": timeline,
+               "warmup": {"seconds": 10.0}}
+    result = {"events": 0, "date": "2026-11-24", "commit": "test", "machine": {"cpus": 2}, "latency": latency}
+    path = tmp_path / "plot.png"
+    assert plot(result, path)
+    assert path.stat().st_size > 10_000
