@@ -24,6 +24,7 @@ docs/performance.md holds the results measured here.
 from __future__ import annotations
 
 import argparse
+import bisect
 import datetime as dt
 import json
 import os
@@ -32,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from typing import Any
 import redis
 
 from benchmarks.common import RESULTS, machine
+from benchmarks.probe import BrokerProbe
 from connectors.redis_keys import segment_changes_key
 from personalize import stack
 from personalize.generator import EventGenerator, GeneratedRecord
@@ -68,6 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency-seconds", type=float, default=60.0,
                         help="how long to offer events in the latency stage (default 60; the first "
                              f"{WARMUP_S:.0f} s warm up and are reported apart)")
+    parser.add_argument("--latency-event-time", choices=("live", "generated"), default="live",
+                        help="live (default): the latency stage's events happen as they are offered, as in "
+                             "production; generated: the generator's 30 days pass within the run (a replay "
+                             "at ~40,000x, with a month of timers and model snapshots in a minute)")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,7 +82,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("personalize bench: the latency stage needs the full job's rate: add --only full or --rate R",
               file=sys.stderr)
         return 2
-    result = Suite(settings, args.events, stages, args.rate, args.latency_seconds).run()
+    result = Suite(settings, args.events, stages, args.rate, args.latency_seconds,
+                   live_event_time=args.latency_event_time == "live").run()
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -136,8 +143,9 @@ def timed_job(submit: Callable[[], Any]) -> dict[str, float]:
 
 class Suite:
     def __init__(self, settings: Settings, events: int, stages: Sequence[str], rate: float | None,
-                 latency_seconds: float) -> None:
+                 latency_seconds: float, live_event_time: bool = True) -> None:
         self.base = settings
+        self.live_event_time = live_event_time
         self.events = events
         self.stages = stages
         self.rate = rate
@@ -276,22 +284,31 @@ class Suite:
         count = int(rate * self.latency_seconds)
         generator = replace(settings.generator, events=count, seed=settings.generator.seed + 1)
         sent: dict[str, float] = {}
+        looped = StitchingLoop()
 
         def on_send(record: GeneratedRecord, at: float) -> None:
             if record.kind == "valid":
-                sent[json.loads(record.value)["event_id"]] = at
+                event = json.loads(record.value)
+                sent[event["event_id"]] = at
+                looped.observe(event)
 
         client = start_job(settings, source_spec(settings, "earliest", None))
+        probe = BrokerProbe(settings.kafka)
         try:
             while client.get_job_status().result() != JobStatus.RUNNING:
                 time.sleep(0.1)
             time.sleep(5)  # Python workers and connectors finish starting
+            probe.start()
             started = time.time()
-            publish(EventGenerator(generator).records(), settings.kafka, total=count, rate=rate, on_send=on_send)
+            records: Iterable[GeneratedRecord] = EventGenerator(generator).records()
+            if self.live_event_time:
+                records = live(list(records), int(started * 1000), self.latency_seconds)
+            publish(records, settings.kafka, total=count, rate=rate, on_send=on_send)
             offered_s = time.time() - started
             changes = drained(redis.Redis.from_url(settings.redis.url, decode_responses=True),
                               segment_changes_key(settings.redis.key_prefix))
         finally:
+            probe.stop()
             client.cancel().result()
             clear_redis(settings)
         warmup_end = started + min(WARMUP_S, self.latency_seconds / 3)
@@ -299,7 +316,12 @@ class Suite:
         # publish -> job (Kafka, source, the operators) and job -> Redis (the writer's batching).
         measured = [(1000 * (stream_ms / 1000 - sent[event_id]), emitted_ms - 1000 * sent[event_id],
                      stream_ms - emitted_ms, sent[event_id] - started)
-                    for stream_ms, emitted_ms, event_id in changes if event_id in sent]
+                    for stream_ms, emitted_ms, event_id, _ in changes if event_id in sent]
+        direct = [1000 * (stream_ms / 1000 - sent[event_id]) for stream_ms, _, event_id, _ in changes
+                  if event_id in sent and event_id not in looped.event_ids and sent[event_id] >= warmup_end]
+        # Per event offered: publish -> readable by a plain consumer (the broker's and the machine's share).
+        readable = sorted((at - started, 1000 * (probe.seen[event_id] - at))
+                          for event_id, at in sent.items() if event_id in probe.seen)
         steady_from = warmup_end - started
         kept = [(total, to_job, to_redis) for total, to_job, to_redis, at in measured if at >= steady_from]
         warmup = [total for total, _, _, at in measured if at < steady_from]
@@ -307,29 +329,88 @@ class Suite:
             return {"offered_rate": round(rate), "samples": 0}
         millis = [total for total, _, _ in kept]
         report = {
+            "event_time": "live" if self.live_event_time else "generated",
             "offered_rate": round(rate), "achieved_rate": round(count / offered_s), "seconds": self.latency_seconds,
             "parallelism": parallelism, "samples": len(millis),
             "p50_ms": round(percentile(millis, 0.50)), "p95_ms": round(percentile(millis, 0.95)),
             "p99_ms": round(percentile(millis, 0.99)), "max_ms": round(max(millis)),
             "mean_ms": round(statistics.mean(millis)),
+            # Changes of events that take the identity-stitching loop (an identify, and a stitched
+            # visitor's later anonymous events) wait for a checkpoint there (docs/privacy.md): apart.
+            "not_through_identity_loop": {"samples": len(direct), **(spread(direct) if direct else {})},
             "to_job_ms": spread([to_job for _, to_job, _ in kept]),
             "job_to_redis_ms": spread([to_redis for _, _, to_redis in kept]),
+            "to_broker_probe_ms": spread([ms for at, ms in readable if at >= steady_from]) if readable else {},
             "warmup": {"seconds": round(warmup_end - started, 1), "samples": len(warmup),
                        **({"p50_ms": round(percentile(warmup, 0.50)), "p99_ms": round(percentile(warmup, 0.99)),
                            "max_ms": round(max(warmup))} if warmup else {})},
             "latencies_ms": [round(m) for m in millis],
             # (seconds since the first event was offered, ms) per change, warm-up included: when the tail happens.
             "timeline": sorted([round(at, 2), round(total)] for total, _, _, at in measured),
+            # (seconds since the first event was offered, ms) per event: publish -> readable by the probe.
+            "broker_probe_timeline": [[round(at, 2), round(ms)] for at, ms in readable],
+            "slowest": slowest(changes, sent, started, looped.event_ids),
         }
         say(f"      p50 {report['p50_ms']} ms, p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms "
             f"({len(millis):,} segment changes)")
         return report
 
 
+def live(records: Sequence[GeneratedRecord], start_ms: int, seconds: float) -> list[GeneratedRecord]:
+    """The records with their event times moved into ``seconds`` from ``start_ms``: offered at a
+    fixed rate, events then happen when they are sent, as in a live stream. The generator spreads
+    them over 30 days, which offered within a minute is a replay at ~40,000x: every session gap,
+    dormancy period, rule window and model snapshot interval of a month would pass in the measured
+    minute. The new time is the share of the events that happened up to the old one (so order,
+    disorder and exact duplicates survive); the payload's event time changes with the record's."""
+    times = sorted(record.ts for record in records if record.kind != "malformed")
+
+    def moved(record: GeneratedRecord) -> GeneratedRecord:
+        ts = start_ms + round(1000 * seconds * bisect.bisect_right(times, record.ts) / len(times))
+        if record.kind == "malformed":
+            return replace(record, ts=ts)
+        document = json.loads(record.value)
+        document["ts"] = ts
+        return replace(record, ts=ts, value=json.dumps(document, separators=(",", ":")).encode())
+
+    return [moved(record) for record in records]
+
+
+class StitchingLoop:
+    """Which offered events go through the identity-stitching loop (the internal topic, read back
+    after the checkpoint commits it): an ``identify`` naming an anonymous id, and every later event
+    carrying only that anonymous id (forwarded to the known user)."""
+
+    def __init__(self) -> None:
+        self.identified: set[str] = set()
+        self.event_ids: set[str] = set()
+
+    def observe(self, event: dict[str, Any]) -> None:
+        anonymous = event.get("anonymous_id")
+        if event.get("type") == "identify" and anonymous:
+            self.identified.add(anonymous)
+            self.event_ids.add(event["event_id"])
+        elif anonymous in self.identified and not event.get("user_id"):
+            self.event_ids.add(event["event_id"])
+
+
+def slowest(changes: Sequence[tuple[int, int, str, dict[str, Any]]], sent: dict[str, float], started: float,
+            looped: set[str], count: int = 20) -> list[dict[str, Any]]:
+    """The slowest changes with what they were: which segment, which event, when it was offered."""
+    timed = sorted(((stream_ms - 1000 * sent[event_id], event_id, change)
+                    for stream_ms, _, event_id, change in changes if event_id in sent),
+                   key=lambda entry: entry[0], reverse=True)
+    return [{"ms": round(ms), "sent_s": round(sent[event_id] - started, 2), "segment": change.get("segment"),
+             "action": change.get("action"), "event_type": change["cause"]["event"].get("type"),
+             "identity_loop": event_id in looped,
+             "to_job_ms": round(change.get("processing_time", 0) - 1000 * sent[event_id])}
+            for ms, event_id, change in timed[:count]]
+
+
 def drained(client: redis.Redis, stream: str, quiet_s: float = 3.0,
-            limit_s: float = 120.0) -> list[tuple[int, int, str]]:
+            limit_s: float = 120.0) -> list[tuple[int, int, str, dict[str, Any]]]:
     """Once the stream stopped growing: per change caused by an event, (Redis ms of its stream entry,
-    the job's wall clock ms when it emitted the change, id of the event)."""
+    the job's wall clock ms when it emitted the change, id of the event, the change)."""
     deadline = time.monotonic() + limit_s
     length, stable_since = -1, time.monotonic()
     while time.monotonic() < deadline:
@@ -344,7 +425,8 @@ def drained(client: redis.Redis, stream: str, quiet_s: float = 3.0,
         change = json.loads(fields["change"])
         cause = change.get("cause") or {}
         if cause.get("kind") == "event":
-            out.append((int(entry_id.split("-")[0]), int(change.get("processing_time") or 0), cause["event"]["id"]))
+            out.append((int(entry_id.split("-")[0]), int(change.get("processing_time") or 0), cause["event"]["id"],
+                        change))
     return out
 
 
@@ -393,6 +475,13 @@ def summary(result: dict[str, Any]) -> str:
                          f"p99 {latency['to_job_ms']['p99']} ms")
             lines.append(f"  job -> Redis                  p50 {latency['job_to_redis_ms']['p50']} ms, "
                          f"p99 {latency['job_to_redis_ms']['p99']} ms")
+        if latency.get("not_through_identity_loop", {}).get("samples"):
+            direct = latency["not_through_identity_loop"]
+            lines.append(f"  not through the identity loop p50 {direct['p50']} ms, p99 {direct['p99']} ms "
+                         f"({direct['samples']:,} changes)")
+        if latency.get("to_broker_probe_ms"):
+            lines.append(f"  publish -> readable (probe)   p50 {latency['to_broker_probe_ms']['p50']} ms, "
+                         f"p99 {latency['to_broker_probe_ms']['p99']} ms")
     state = result.get("state", {})
     if "keyed_bytes_per_user" in state:
         lines.append(f"keyed state per user            {state['keyed_bytes_per_user']['mean']:>8,} bytes (mean)")
@@ -436,7 +525,10 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         right.set_title(f"latency at {latency['offered_rate']:,} events/s")
         right.legend()
         seconds, millis = zip(*latency["timeline"], strict=True)
-        over_time.scatter(seconds, millis, s=2, color="#e8684a")
+        over_time.scatter(seconds, millis, s=2, color="#e8684a", label="publish -> Redis")
+        if latency.get("broker_probe_timeline"):
+            seconds, millis = zip(*latency["broker_probe_timeline"], strict=True)
+            over_time.scatter(seconds, millis, s=1, color="#5b8def", label="publish -> readable (probe)")
         over_time.axvline(latency["warmup"]["seconds"], color="black", linestyle="--", label="end of warm-up")
         over_time.set_xlabel("seconds since the first event was offered")
         over_time.set_ylabel("publish -> Redis (ms)")

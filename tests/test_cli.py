@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,8 +122,30 @@ def test_the_plot_shows_the_latency_distribution_and_timeline(tmp_path: Path) ->
     timeline = [[second / 10, 80 + (1500 if 400 <= second < 420 else 0)] for second in range(600)]
     latency = {"offered_rate": 250, "samples": 500, "p50_ms": 80, "p95_ms": 1580, "p99_ms": 1580,
                "latencies_ms": [ms for at, ms in timeline if at >= 10], "timeline": timeline,
-               "warmup": {"seconds": 10.0}}
+               "broker_probe_timeline": [[at, 20] for at, _ in timeline], "warmup": {"seconds": 10.0}}
     result = {"events": 0, "date": "2026-11-24", "commit": "test", "machine": {"cpus": 2}, "latency": latency}
     path = tmp_path / "plot.png"
     assert plot(result, path)
     assert path.stat().st_size > 10_000
+
+
+def test_live_event_time_follows_the_offer_and_keeps_order_and_duplicates() -> None:
+    from benchmarks.suite import live
+    from personalize.generator import EventGenerator
+    from personalize.settings import load
+
+    settings = load()
+    records = list(EventGenerator(replace(settings.generator, events=3000, users=200)).records())
+    moved = live(records, 1_000_000, 60.0)
+    assert len(moved) == len(records)
+    # Every event happens within 1 s of its share of the minute, in the generator's order.
+    for index, (before, after) in enumerate(zip(records, moved, strict=True)):
+        assert abs(after.ts - (1_000_000 + 60_000 * index / len(records))) < 1000
+        if before.kind != "malformed":
+            assert json.loads(after.value)["ts"] == after.ts
+            assert json.loads(after.value)["event_id"] == json.loads(before.value)["event_id"]
+    pairs = list(zip(records, moved, strict=True))
+    assert all((a.ts < b.ts) <= (x.ts <= y.ts) for (a, x), (b, y) in itertools.pairwise(pairs))
+    originals = {json.loads(after.value)["event_id"]: after.value for before, after in pairs if before.kind == "valid"}
+    duplicates = [after for before, after in pairs if before.kind == "duplicate"]
+    assert duplicates and all(originals[json.loads(dup.value)["event_id"]] == dup.value for dup in duplicates)
