@@ -46,9 +46,11 @@ LONG_MIN = -(2**63)
 SUPERVISOR_SETTINGS = "supervisor.json"
 SUPERVISOR_STATUS = "supervisor-status.json"
 SUPERVISOR_PID = "pids/personalize-supervisor.pid"
-#: Main classes on the command lines of the cluster's JVMs (a recycled pid is not one of ours).
-TASKMANAGER_CLASS = "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"
-JOBMANAGER_CLASS = "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint"
+#: On the command lines of the cluster's daemons (a recycled pid is not one of ours), lower case: in the
+#: main class's name once Java runs, and in the arguments of Flink's daemon script between the fork
+#: and the exec of Java (the pid is in the pid file by then).
+TASKMANAGER_MARK = "taskexecutor"
+JOBMANAGER_MARK = "standalonesession"
 
 
 class ClusterError(RuntimeError):
@@ -298,9 +300,9 @@ def taskmanager_pids(cluster: ClusterSettings) -> list[int]:
     return _pids(_pid_file(cluster, "taskexecutor"))
 
 
-def process_running(pid: int, main_class: str) -> bool:
-    """Whether ``pid`` runs (not a zombie) with ``main_class`` on its command line; where there is no
-    ``/proc`` (macOS), whether it exists."""
+def process_running(pid: int, mark: str) -> bool:
+    """Whether ``pid`` runs (not a zombie) with ``mark`` in its command line (ignoring case); where
+    there is no ``/proc`` (macOS), whether it exists."""
     proc = Path(f"/proc/{pid}")
     if not Path("/proc/self").exists():
         try:
@@ -312,13 +314,13 @@ def process_running(pid: int, main_class: str) -> bool:
         return True
     try:
         state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z" and main_class.encode() in (proc / "cmdline").read_bytes()
+        return state != "Z" and mark.lower().encode() in (proc / "cmdline").read_bytes().lower()
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
 
 
 def jobmanager_running(cluster: ClusterSettings) -> bool:
-    return any(process_running(pid, JOBMANAGER_CLASS) for pid in _pids(_pid_file(cluster, "standalonesession")))
+    return any(process_running(pid, JOBMANAGER_MARK) for pid in _pids(_pid_file(cluster, "standalonesession")))
 
 
 def _forget_taskmanagers(cluster: ClusterSettings, keep: Callable[[int], bool]) -> list[int]:
@@ -335,7 +337,7 @@ def _forget_taskmanagers(cluster: ClusterSettings, keep: Callable[[int], bool]) 
 
 def prune_taskmanagers(cluster: ClusterSettings) -> list[int]:
     """Drop TaskManagers that exited from the pid file; returns the running ones."""
-    return _forget_taskmanagers(cluster, lambda pid: process_running(pid, TASKMANAGER_CLASS))
+    return _forget_taskmanagers(cluster, lambda pid: process_running(pid, TASKMANAGER_MARK))
 
 
 def kill_taskmanager(cluster: ClusterSettings, pid: int) -> None:

@@ -287,6 +287,6 @@ def test_the_supervisor_replaces_a_taskmanager_that_exits(cluster_settings: Sett
         time.sleep(0.2)
     pids = cluster.taskmanager_pids(settings)
     assert len(pids) == settings.taskmanagers and victim not in pids
-    assert all(cluster.process_running(pid, cluster.TASKMANAGER_CLASS) for pid in pids)
+    assert all(cluster.process_running(pid, cluster.TASKMANAGER_MARK) for pid in pids)
     assert cluster.supervisor_status(settings)["taskmanagers_started"] == started_before + 1
     cluster.wait_for_taskmanagers(settings, settings.taskmanagers)

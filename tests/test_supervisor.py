@@ -47,26 +47,29 @@ def test_a_quiet_spell_resets_the_delay() -> None:
 
 @pytest.fixture
 def fake_taskmanager() -> Iterator[subprocess.Popen[bytes]]:
-    """A process whose command line names the TaskManager's main class, as a real one's does."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", cluster.TASKMANAGER_CLASS])
+    """A process whose command line names the TaskManager's main class, as a real one's does; it is
+    yielded once it runs (right after the fork, the child still has pytest's command line)."""
+    process = subprocess.Popen([sys.executable, "-c", "print('up', flush=True); import time; time.sleep(60)",
+                                "org.apache.flink.runtime.taskexecutor.TaskManagerRunner"], stdout=subprocess.PIPE)
+    assert process.stdout is not None and process.stdout.readline() == b"up\n"
     yield process
     process.kill()
     process.wait()
 
 
-def test_process_running_needs_the_main_class_and_a_live_process(
+def test_process_running_needs_the_mark_and_a_live_process(
         fake_taskmanager: subprocess.Popen[bytes]) -> None:
-    assert cluster.process_running(fake_taskmanager.pid, cluster.TASKMANAGER_CLASS)
-    assert not cluster.process_running(fake_taskmanager.pid, cluster.JOBMANAGER_CLASS)
+    assert cluster.process_running(fake_taskmanager.pid, cluster.TASKMANAGER_MARK)
+    assert not cluster.process_running(fake_taskmanager.pid, cluster.JOBMANAGER_MARK)
     fake_taskmanager.kill()
     fake_taskmanager.wait()
-    assert not cluster.process_running(fake_taskmanager.pid, cluster.TASKMANAGER_CLASS)
+    assert not cluster.process_running(fake_taskmanager.pid, cluster.TASKMANAGER_MARK)
 
 
 def test_prune_keeps_running_taskmanagers_and_drops_the_rest(
         defaults: Settings, tmp_path: Path, fake_taskmanager: subprocess.Popen[bytes]) -> None:
     settings: ClusterSettings = replace(defaults.cluster, run_dir=str(tmp_path))
-    exited = subprocess.Popen([sys.executable, "-c", "pass", cluster.TASKMANAGER_CLASS])
+    exited = subprocess.Popen([sys.executable, "-c", "pass", cluster.TASKMANAGER_MARK])
     exited.wait()
     (tmp_path / "pids").mkdir()
     pid_file = tmp_path / "pids" / "flink-tester-taskexecutor.pid"
