@@ -34,7 +34,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -314,20 +314,19 @@ class Suite:
         warmup_end = started + min(WARMUP_S, self.latency_seconds / 3)
         # Per change: publish -> Redis, split at the moment the job emitted it (its processing time):
         # publish -> job (Kafka, source, the operators) and job -> Redis (the writer's batching).
-        measured = [(1000 * (stream_ms / 1000 - sent[event_id]), emitted_ms - 1000 * sent[event_id],
-                     stream_ms - emitted_ms, sent[event_id] - started)
-                    for stream_ms, emitted_ms, event_id, _ in changes if event_id in sent]
-        direct = [1000 * (stream_ms / 1000 - sent[event_id]) for stream_ms, _, event_id, _ in changes
-                  if event_id in sent and event_id not in looped.event_ids and sent[event_id] >= warmup_end]
+        measured = [Measured(stream_ms - 1000 * sent[event_id], emitted_ms - 1000 * sent[event_id],
+                             stream_ms - emitted_ms, sent[event_id] - started, event_id in looped.event_ids, change)
+                    for stream_ms, emitted_ms, event_id, change in changes if event_id in sent]
         # Per event offered: publish -> readable by a plain consumer (the broker's and the machine's share).
         readable = sorted((at - started, 1000 * (probe.seen[event_id] - at))
                           for event_id, at in sent.items() if event_id in probe.seen)
         steady_from = warmup_end - started
-        kept = [(total, to_job, to_redis) for total, to_job, to_redis, at in measured if at >= steady_from]
-        warmup = [total for total, _, _, at in measured if at < steady_from]
+        kept = [change for change in measured if change.at >= steady_from]
+        warmup = [change.total for change in measured if change.at < steady_from]
         if not kept:
             return {"offered_rate": round(rate), "samples": 0}
-        millis = [total for total, _, _ in kept]
+        millis = [change.total for change in kept]
+        direct = [change.total for change in kept if not change.looped]
         report = {
             "event_time": "live" if self.live_event_time else "generated",
             "offered_rate": round(rate), "achieved_rate": round(count / offered_s), "seconds": self.latency_seconds,
@@ -338,18 +337,18 @@ class Suite:
             # Changes of events that take the identity-stitching loop (an identify, and a stitched
             # visitor's later anonymous events) wait for a checkpoint there (docs/privacy.md): apart.
             "not_through_identity_loop": {"samples": len(direct), **(spread(direct) if direct else {})},
-            "to_job_ms": spread([to_job for _, to_job, _ in kept]),
-            "job_to_redis_ms": spread([to_redis for _, _, to_redis in kept]),
+            "to_job_ms": spread([change.to_job for change in kept]),
+            "job_to_redis_ms": spread([change.to_redis for change in kept]),
             "to_broker_probe_ms": spread([ms for at, ms in readable if at >= steady_from]) if readable else {},
             "warmup": {"seconds": round(warmup_end - started, 1), "samples": len(warmup),
                        **({"p50_ms": round(percentile(warmup, 0.50)), "p99_ms": round(percentile(warmup, 0.99)),
                            "max_ms": round(max(warmup))} if warmup else {})},
             "latencies_ms": [round(m) for m in millis],
             # (seconds since the first event was offered, ms) per change, warm-up included: when the tail happens.
-            "timeline": sorted([round(at, 2), round(total)] for total, _, _, at in measured),
+            "timeline": sorted([round(change.at, 2), round(change.total)] for change in measured),
             # (seconds since the first event was offered, ms) per event: publish -> readable by the probe.
             "broker_probe_timeline": [[round(at, 2), round(ms)] for at, ms in readable],
-            "slowest": slowest(changes, sent, started, looped.event_ids),
+            "slowest": slowest(measured),
         }
         say(f"      p50 {report['p50_ms']} ms, p95 {report['p95_ms']} ms, p99 {report['p99_ms']} ms "
             f"({len(millis):,} segment changes)")
@@ -394,17 +393,29 @@ class StitchingLoop:
             self.event_ids.add(event["event_id"])
 
 
-def slowest(changes: Sequence[tuple[int, int, str, dict[str, Any]]], sent: dict[str, float], started: float,
-            looped: set[str], count: int = 20) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Measured:
+    """One segment change caused by an offered event; milliseconds, ``at`` in seconds since the first offer."""
+
+    total: float
+    """publish -> the change's entry in Redis"""
+    to_job: float
+    """publish -> the job emitted it"""
+    to_redis: float
+    """the job emitted it -> its entry in Redis"""
+    at: float
+    """when its event was offered"""
+    looped: bool
+    """its event took the identity-stitching loop"""
+    change: dict[str, Any]
+
+
+def slowest(measured: Sequence[Measured], count: int = 20) -> list[dict[str, Any]]:
     """The slowest changes with what they were: which segment, which event, when it was offered."""
-    timed = sorted(((stream_ms - 1000 * sent[event_id], event_id, change)
-                    for stream_ms, _, event_id, change in changes if event_id in sent),
-                   key=lambda entry: entry[0], reverse=True)
-    return [{"ms": round(ms), "sent_s": round(sent[event_id] - started, 2), "segment": change.get("segment"),
-             "action": change.get("action"), "event_type": change["cause"]["event"].get("type"),
-             "identity_loop": event_id in looped,
-             "to_job_ms": round(change.get("processing_time", 0) - 1000 * sent[event_id])}
-            for ms, event_id, change in timed[:count]]
+    return [{"ms": round(entry.total), "sent_s": round(entry.at, 2), "segment": entry.change.get("segment"),
+             "action": entry.change.get("action"), "event_type": entry.change["cause"]["event"].get("type"),
+             "identity_loop": entry.looped, "to_job_ms": round(entry.to_job)}
+            for entry in sorted(measured, key=lambda entry: entry.total, reverse=True)[:count]]
 
 
 def drained(client: redis.Redis, stream: str, quiet_s: float = 3.0,
