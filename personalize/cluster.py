@@ -51,6 +51,7 @@ SUPERVISOR_PID = "pids/personalize-supervisor.pid"
 #: and the exec of Java (the pid is in the pid file by then).
 TASKMANAGER_MARK = "taskexecutor"
 JOBMANAGER_MARK = "standalonesession"
+SUPERVISOR_MARK = "personalize.supervisor"
 
 
 class ClusterError(RuntimeError):
@@ -273,7 +274,7 @@ def start_taskmanager(cluster: ClusterSettings) -> None:
 
 
 @contextmanager
-def _pid_lock(cluster: ClusterSettings) -> Iterator[Path]:
+def _pid_lock(cluster: ClusterSettings) -> Iterator[None]:
     """The lock Flink's daemon script takes (``flock`` on the pid directory) while it appends a pid:
     rewriting a pid file under it never loses a TaskManager being started."""
     pid_dir = ClusterPaths.of(cluster).run_dir / "pids"
@@ -281,7 +282,7 @@ def _pid_lock(cluster: ClusterSettings) -> Iterator[Path]:
     descriptor = os.open(pid_dir, os.O_RDONLY)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield pid_dir
+        yield
     finally:
         os.close(descriptor)
 
@@ -354,14 +355,14 @@ def supervisor_pid(cluster: ClusterSettings) -> int | None:
     """The running supervisor's pid, or None."""
     pid_file = ClusterPaths.of(cluster).run_dir / SUPERVISOR_PID
     pids = _pids(pid_file)
-    return pids[0] if pids and process_running(pids[0], "personalize.supervisor") else None
+    return pids[0] if pids and process_running(pids[0], SUPERVISOR_MARK) else None
 
 
 def _start_supervisor(cluster: ClusterSettings) -> None:
     where = ClusterPaths.of(cluster)
     (where.run_dir / SUPERVISOR_SETTINGS).write_text(json.dumps(dataclasses.asdict(cluster)))
     (where.run_dir / SUPERVISOR_STATUS).unlink(missing_ok=True)
-    process = subprocess.Popen([sys.executable, "-m", "personalize.supervisor", str(where.run_dir)],
+    process = subprocess.Popen([sys.executable, "-m", SUPERVISOR_MARK, str(where.run_dir)],
                                env=environment(cluster), cwd=paths.ROOT, start_new_session=True,
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     (where.run_dir / SUPERVISOR_PID).write_text(f"{process.pid}\n")
@@ -374,7 +375,7 @@ def _stop_supervisor(cluster: ClusterSettings, timeout_s: float = 30) -> None:
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while process_running(pid, "personalize.supervisor"):
+    while process_running(pid, SUPERVISOR_MARK):
         if time.monotonic() > deadline:
             raise ClusterError(f"the TaskManager supervisor (pid {pid}) did not stop within {timeout_s} s")
         time.sleep(0.1)
