@@ -149,7 +149,7 @@ def kafka_source(t_env: StreamTableEnvironment, kafka: KafkaSettings, spec: Sour
 
 
 def sink_options(kafka: KafkaSettings, topics: Sequence[str], transactional_id_prefix: str,
-                 parallelism: int | None = None) -> dict[str, str]:
+                 parallelism: int | None = None, delivery_guarantee: str = "exactly-once") -> dict[str, str]:
     options = {
         "connector": "kafka",
         "topic": ";".join(topics),
@@ -159,9 +159,10 @@ def sink_options(kafka: KafkaSettings, topics: Sequence[str], transactional_id_p
         "key.fields": "k",
         "value.format": "raw",
         "value.fields-include": "EXCEPT_KEY",
-        "sink.delivery-guarantee": "exactly-once",
-        "sink.transactional-id-prefix": transactional_id_prefix,
+        "sink.delivery-guarantee": delivery_guarantee,
     }
+    if delivery_guarantee == "exactly-once":
+        options["sink.transactional-id-prefix"] = transactional_id_prefix
     if parallelism is not None:
         options["sink.parallelism"] = str(parallelism)
     return options
@@ -176,9 +177,10 @@ def attach_kafka_sink(
     skip: Sequence[str] = (),
     name: str = "kafka_sink",
     parallelism: int | None = None,
+    delivery_guarantee: str = "exactly-once",
 ) -> None:
-    """Write :data:`OUTPUT_TYPE` rows exactly-once, each to the topic named in its ``topic`` field,
-    if that is one of ``topics``.
+    """Write :data:`OUTPUT_TYPE` rows (exactly-once unless ``delivery_guarantee`` says
+    ``at-least-once``), each to the topic named in its ``topic`` field, if that is one of ``topics``.
 
     Rows whose ``topic`` is in ``skip`` (records the job routes internally or to another sink) are
     dropped, in Java; so are rows for topics not in ``topics`` when ``skip`` is empty and a sink
@@ -191,7 +193,7 @@ def attach_kafka_sink(
           `k` BYTES,
           `v` BYTES{topic_column}
         ) WITH (
-          {_with_clause(sink_options(kafka, topics, transactional_id_prefix, parallelism))}
+          {_with_clause(sink_options(kafka, topics, transactional_id_prefix, parallelism, delivery_guarantee))}
         )""")
     statements = t_env.create_statement_set()
     table = t_env.from_data_stream(stream)

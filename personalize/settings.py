@@ -273,6 +273,9 @@ class PrivacySettings:
     redact_deadletters: bool
     consent_state_ttl_ms: int
     stitch_identities: bool
+    handover_delivery: str
+    """The identity loop's sink: ``at-least-once`` (a login's merge in ~0.1 s; merges are idempotent) or
+    ``exactly-once`` (the merge waits for the next checkpoint)."""
     max_links: int
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from connectors.kafka import sink_options
 from connectors.redis_writer import DeadLetterCounter, RedisStateWriter
 from jobs.adapters import GlobalObject, flush_later, learn_interaction, learn_training_input
 from operators.events import Event
@@ -367,3 +368,12 @@ def test_a_flush_is_scheduled_when_something_is_staged_and_only_then() -> None:
     flush_later(function, context, 200)  # type: ignore[arg-type]
     flush_later(function, context, 200)  # type: ignore[arg-type]
     assert context.timers == [200] and function.flush_timer_set  # one timer per pending batch
+
+
+def test_the_identity_loop_is_at_least_once_by_default_and_the_outputs_exactly_once() -> None:
+    settings = settings_module.load(environ={})
+    assert settings.privacy.handover_delivery == "at-least-once"
+    loop = sink_options(settings.kafka, ["identity.handover"], "internal-x", 1, settings.privacy.handover_delivery)
+    assert loop["sink.delivery-guarantee"] == "at-least-once" and "sink.transactional-id-prefix" not in loop
+    outputs = sink_options(settings.kafka, ["users.profiles", "segments.changes"], "x")
+    assert outputs["sink.delivery-guarantee"] == "exactly-once" and outputs["sink.transactional-id-prefix"] == "x"

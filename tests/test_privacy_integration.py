@@ -1,7 +1,8 @@
 """Consent, erasure and PII protection in the running job, on the MiniCluster with the real broker and Redis.
 
-One unbounded job with identifier hashing on. Phases are published one after another and each is
-awaited (consent and behaviour travel on different topics, read at their own speeds):
+One unbounded job with identifier hashing on, once per delivery guarantee of the identity loop.
+Phases are published one after another and each is awaited (consent and behaviour travel on
+different topics, read at their own speeds):
 
 1. ann, bob, cid and dan browse: all four get profiles, features, segments, recommendations;
 2. ann withdraws consent, bob asks for erasure, cid withdraws: their keyed state and Redis keys go,
@@ -68,10 +69,12 @@ def encoded(events: Iterable[dict[str, Any]]) -> Iterable[bytes]:
     return (json.dumps(e).encode() for e in events)
 
 
-@pytest.fixture(scope="module")
-def privacy_run(stack_settings: Settings) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["at-least-once", "exactly-once"])
+def privacy_run(stack_settings: Settings, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The run, with the identity loop at either delivery guarantee (``privacy.handover_delivery``)."""
     settings = isolated(stack_settings)
-    settings = replace(settings, privacy=replace(settings.privacy, secret=SECRET, hash_identifiers=True))
+    settings = replace(settings, privacy=replace(settings.privacy, secret=SECRET, hash_identifiers=True,
+                                                 handover_delivery=request.param))
     stack.up(settings)
     topics, prefix = settings.kafka.topics, settings.redis.key_prefix
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)

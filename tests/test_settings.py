@@ -132,7 +132,9 @@ def test_every_invalid_field_is_listed() -> None:
     ({"PERSONALIZE__VALIDATION__MAX_PAYLOAD_BYTES": "10"}, "validation.max_payload_bytes"),
     ({"PERSONALIZE__VALIDATION__MIN_EVENT_TIME": "soon"}, "validation.min_event_time"),
     ({"PERSONALIZE__JOB": "3"}, "job"),
-], ids=["word", "fraction", "enum", "topic-pattern", "partitions", "empty-list", "minimum", "timestamp", "section"])
+    ({"PERSONALIZE__PRIVACY__HANDOVER_DELIVERY": "at-most-once"}, "privacy.handover_delivery"),
+], ids=["word", "fraction", "enum", "topic-pattern", "partitions", "empty-list", "minimum", "timestamp", "section",
+        "delivery"])
 def test_invalid_value_names_its_field(environ: dict[str, str], field: str) -> None:
     with pytest.raises(SettingsError, match=rf"(?m)^\s*{re.escape(field)}: "):
         load(environ=environ)
