@@ -12,20 +12,40 @@ import pytest
 
 from connectors.kafka import sink_options
 from connectors.redis_writer import DeadLetterCounter, RedisStateWriter
-from jobs.adapters import GlobalObject, flush_later, learn_interaction, learn_training_input
+from jobs.adapters import (
+    GlobalObject,
+    IdentityOperators,
+    UserFunction,
+    UserOperators,
+    flush_later,
+    learn_interaction,
+    learn_training_input,
+)
 from operators.events import Event
-from operators.features.operator import FeatureVector
+from operators.features.config import FeatureConfig
+from operators.features.operator import FeatureOperator, FeatureVector
+from operators.features.rfm import LocalPopulation
 from operators.models.inputs import INTENT_FEATURES, behaviour_input, intent_input
 from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
 from operators.models.user import TrainingInput, UserModels, UserModelState
-from operators.profile import ProfileUpdate
+from operators.privacy.identity import Handover
+from operators.profile import ProfileOperator, ProfileUpdate
 from operators.recs.config import RecConfig
 from operators.recs.serving import Published, RecommendationServer, RecRequest
 from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleCatalog
 from operators.rules.engine import RuleState, SegmentEngine
 from personalize import settings as settings_module
-from state.codecs import HALF_MAX, CodecError, decode_models, decode_recs, encode_models, encode_recs
+from state.codecs import (
+    HALF_MAX,
+    CodecError,
+    decode_models,
+    decode_profile,
+    decode_recs,
+    encode_models,
+    encode_profile,
+    encode_recs,
+)
 from tests.conftest import free_ports
 from tests.test_models import CONFIG, VALUES, train
 from tests.test_rules import COMPILER, DEFAULT_RULES
@@ -377,3 +397,56 @@ def test_the_identity_loop_is_at_least_once_by_default_and_the_outputs_exactly_o
     assert loop["sink.delivery-guarantee"] == "at-least-once" and "sink.transactional-id-prefix" not in loop
     outputs = sink_options(settings.kafka, ["users.profiles", "segments.changes"], "x")
     assert outputs["sink.delivery-guarantee"] == "exactly-once" and outputs["sink.transactional-id-prefix"] == "x"
+
+
+class StoredState:
+    """A keyed ValueState of encoded bytes, as the user operator keeps them."""
+
+    def __init__(self) -> None:
+        self.stored: bytes | None = None
+
+    def value(self) -> bytes | None:
+        return self.stored
+
+    def update(self, value: bytes) -> None:
+        self.stored = value
+
+    def clear(self) -> None:
+        self.stored = None
+
+
+def merging_user_function() -> UserFunction:
+    """The user operator's merge step alone, at a known user with no state yet (no Flink runtime)."""
+    function = UserFunction.__new__(UserFunction)
+    function.operators = UserOperators(
+        profile=ProfileOperator(), features=FeatureConfig(), features_enabled=True, rules=None, topics={},
+        state_ttl_ms=HOUR, allowed_lateness_ms=0, redis=lambda: None,  # type: ignore[arg-type,return-value]
+        population=lambda index: LocalPopulation(), flush_interval_ms=50)
+    function.identity = IdentityOperators("identity.handover", "identity.merges", 16)
+    function.features = FeatureOperator(FeatureConfig(), LocalPopulation())
+    for name in ("profile_state", "feature_state", "rule_state", "model_state", "rec_state", "identity_state"):
+        setattr(function, name, StoredState())
+    return function
+
+
+def anonymous_handover(views: int) -> Handover:
+    """What ``anon:c1`` ships when it logs in as alice after ``views`` product views."""
+    profile = None
+    for i in range(views):
+        profile, _ = ProfileOperator().process(profile, Event(
+            f"a{i}", "product_view", "anon:c1", "", "c1", T0 + i, "i1", "shoes", 1.0, 1, "", ""))
+    assert profile is not None
+    identify = Event("id1", "identify", "alice", "alice", "", T0 + views, "", "", 0.0, 0, "", "")
+    return Handover("anon:c1", "alice", identify, {"profile": encode_profile(profile)})
+
+
+def test_a_redelivered_handover_merges_once() -> None:
+    """What the at-least-once identity loop relies on: after a failure the known user may read the
+    handover twice, the second copy possibly from the replay (docs/privacy.md)."""
+    function = merging_user_function()
+    first = list(function._merge(anonymous_handover(3), None))
+    assert [row[2] for row in first] == ["identity.merges"]
+    merged = function.profile_state.value()
+    assert merged is not None and decode_profile(merged).counts == {"product_view": 3}
+    assert list(function._merge(anonymous_handover(4), None)) == []  # the same anonymous key: skipped
+    assert function.profile_state.value() == merged
