@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from operators.dedup import RecentIds
 from operators.events import Event
+from operators.jsontext import sorted_json
 
 
 @dataclass
@@ -39,11 +39,11 @@ class ProfileUpdate:
         return f"{self.user_key}:{self.seq}"
 
     def to_json(self) -> bytes:
-        return json.dumps({
+        return sorted_json({
             "id": self.update_id, "user": self.user_key, "seq": self.seq, "counts": self.counts,
             "first_seen": self.first_seen, "last_seen": self.last_seen,
             "event": {"id": self.event_id, "type": self.event_type, "ts": self.event_ts},
-        }, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        })
 
 
 @dataclass(frozen=True)

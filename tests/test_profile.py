@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from operators.deadletter import MAX_KEPT_PAYLOAD_BYTES, dead_letter
 from operators.dedup import RecentIds, fingerprint
 from operators.events import Event
+from operators.jsontext import sorted_json
 from operators.profile import ProfileOperator, ProfileUpdate, UserProfile
 from operators.validation import Rejection
 from state.codecs import PROFILE_CODEC_VERSION, CodecError, decode_profile, encode_profile
@@ -313,3 +314,7 @@ def test_dead_letter_cut_inside_a_multibyte_character_falls_back_to_base64() -> 
     _, record = letter(payload)
     assert record["truncated"] is True and "payload" not in record
     assert base64.b64decode(str(record["payload_base64"])) == payload[:MAX_KEPT_PAYLOAD_BYTES]
+
+
+def test_output_json_is_compact_with_sorted_keys_and_utf8() -> None:
+    assert sorted_json({"b": [1, 2.5], "a": "café", "c": None}) == '{"a":"café","b":[1,2.5],"c":null}'.encode()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +11,7 @@ from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.rfm import RFM_METRICS, PopulationScorer, PurchaseHistory, Rfm, rfm_of
 from operators.features.sessions import SessionTracker
 from operators.features.windows import SlidingCount
+from operators.jsontext import sorted_json
 
 FEATURES_SCHEMA = "features.v1"
 #: Vector fields whose change alone makes an update worth emitting.
@@ -65,9 +65,8 @@ class FeatureVector:
         return f"{self.user_key}:f{self.version}"
 
     def to_json(self) -> bytes:
-        return json.dumps({"id": self.vector_id, "schema": FEATURES_SCHEMA, "user": self.user_key,
-                           "version": self.version, "ts": self.ts, "features": self.values},
-                          separators=(",", ":"), sort_keys=True).encode("utf-8")
+        return sorted_json({"id": self.vector_id, "schema": FEATURES_SCHEMA, "user": self.user_key,
+                            "version": self.version, "ts": self.ts, "features": self.values})
 
 
 def _bounded_add(counters: dict[str, SlidingCount], key: str, limit: int, config: FeatureConfig, ts: int,

@@ -26,7 +26,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import orjson
+
 from operators.events import Event, user_key_of
+from operators.jsontext import sorted_json
 
 HANDOVER_TYPE = "__handover__"
 ERASE_TYPE = "__erase__"
@@ -114,12 +117,12 @@ def link(state: IdentityState | None, anonymous_key: str, ts: int, max_links: in
 
 def encode_internal(event: Event) -> bytes:
     """An event on the internal topic (forwarded events, handovers, erasure commands); key: ``user_key``."""
-    return json.dumps(list(event), separators=(",", ":")).encode("utf-8")
+    return sorted_json(list(event))
 
 
 def decode_internal(payload: bytes) -> Event:
     """Only the job writes the internal topic, so its records are trusted (as ``models.snapshots``)."""
-    return Event(*json.loads(payload))
+    return Event(*orjson.loads(payload))
 
 
 def _internal(event_id: str, event_type: str, target: str, ts: int, attributes: Mapping[str, object],

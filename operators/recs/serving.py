@@ -8,10 +8,10 @@ event that can change the user's list. The recommender operator owns the global 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from operators.jsontext import sorted_json
 from operators.recs.config import RecConfig
 from operators.recs.model import Interaction, ItemModel
 from operators.recs.recommender import Ranking, Recommender
@@ -65,11 +65,11 @@ class RecList:
         return [{"item": c.item_id, "score": c.score, "reasons": c.reasons} for c in self.ranking.candidates]
 
     def to_json(self, processing_time: int) -> bytes:
-        return json.dumps({
+        return sorted_json({
             "id": self.record_id, "schema": RECS_SCHEMA, "user": self.user_key, "seq": self.seq,
             "event_time": self.ts, "processing_time": processing_time, "suppressed": self.ranking.suppressed,
             "items": self.items(),
-        }, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        })
 
 
 class RecommendationServer:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from operators.events import Event
+from operators.jsontext import sorted_json
 from operators.rules.catalog import RuleSet
 from operators.rules.conditions import FIRST_SEEN, Facts, earliest
 from operators.rules.language import Segment
@@ -71,11 +72,11 @@ class SegmentChange:
         return f"{self.user_key}:s{self.seq}"
 
     def to_json(self, processing_time: int) -> bytes:
-        return json.dumps({
+        return sorted_json({
             "id": self.change_id, "schema": SEGMENTS_SCHEMA, "user": self.user_key, "seq": self.seq,
             "segment": self.segment, "action": self.action, "cause": self.cause, "previous": list(self.previous),
             "segments": list(self.current), "event_time": self.event_time, "processing_time": processing_time,
-        }, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        })
 
 
 def extract_attributes(attributes_json: str, wanted: frozenset[str]) -> dict[str, Any]:
