@@ -23,6 +23,7 @@ from operators.features.operator import EMITTED_FIELDS, UserFeatures
 from operators.features.rfm import PurchaseHistory
 from operators.features.sessions import Session, SessionTracker
 from operators.features.windows import SlidingCount
+from operators.jsontext import compact_json
 from operators.models.inputs import INTENT_FEATURES
 from operators.models.intent import PendingExamples
 from operators.models.membership import Membership as ClusterMembership
@@ -38,20 +39,14 @@ PROFILE_CODEC_VERSION = 1
 _MAX_AGE_S = 2**32 - 1
 
 
-def _json(document: dict[str, Any]) -> bytes:
-    """Compact JSON, with orjson: the user operator encodes and decodes several documents per event,
-    and the standard library took about a quarter of its time doing so (docs/performance.md)."""
-    return orjson.dumps(document)
-
-
 class CodecError(ValueError):
     """Stored state cannot be decoded by this version of the job."""
 
 
 def encode_profile(profile: UserProfile) -> bytes:
     ids = list(profile.recent.seen.items())
-    header = _json({"c": profile.counts, "f": profile.first_seen, "l": profile.last_seen, "s": profile.seq,
-                    "n": len(ids)})
+    header = compact_json({"c": profile.counts, "f": profile.first_seen, "l": profile.last_seen,
+                           "s": profile.seq, "n": len(ids)})
     ages = [min(max(profile.last_seen - ts, 0) // 1000, _MAX_AGE_S) for _, ts in ids]
     packed = struct.pack(f"<{len(ids)}I{len(ids)}I", *(fp for fp, _ in ids), *ages)
     return bytes([PROFILE_CODEC_VERSION]) + struct.pack("<I", len(header)) + header + packed
@@ -127,7 +122,7 @@ def _compressed(document: dict[str, Any], version: int) -> bytes:
     half (726 -> 314 and 588 -> 311 bytes for a mean user of a 30,000-event run) for ~10 µs per
     encode and decode, and a user's keyed state stays under 2 KB (docs/performance.md).
     """
-    return bytes([version]) + zlib.compress(_json(document), 1)
+    return bytes([version]) + zlib.compress(compact_json(document), 1)
 
 
 def _compressed_document(data: bytes, kind: str, version: int) -> dict[str, Any]:
@@ -226,7 +221,7 @@ def encode_recs(user: UserRecState) -> bytes:
         "a": {k: [score, ts] for k, (score, ts) in user.affinity.scores.items()},
         "k": user.checkout_ts, "t": user.reference_ts,
     }
-    return _json(document)
+    return compact_json(document)
 
 
 def decode_recs(data: bytes) -> UserRecState:
@@ -254,8 +249,9 @@ HALF_MAX = 65504.0
 def encode_models(state: UserModelState) -> bytes:
     membership = state.membership
     examples = state.pending.examples
-    header = _json({"d": state.pending.dropped, "m": [membership.cluster, membership.candidate, membership.streak],
-                    "i": state.intent, "s": state.version})
+    header = compact_json({"d": state.pending.dropped,
+                           "m": [membership.cluster, membership.candidate, membership.streak],
+                           "i": state.intent, "s": state.version})
     packed = b"".join(_EXAMPLE.pack(ts, *(min(example[name], HALF_MAX) for name in INTENT_FEATURES))
                       for ts, example in examples)
     return bytes([MODELS_CODEC_VERSION]) + struct.pack("<I", len(header)) + header + packed
@@ -297,8 +293,8 @@ IDENTITY_CODEC_VERSION = 1
 
 def encode_consent(state: ConsentState) -> bytes:
     """About 60 bytes: ``{"v":1,"c":{"personalization":false},"t":..,"g":..,"n":..}``."""
-    return _json({"v": CONSENT_CODEC_VERSION, "c": state.choices, "t": state.changed_at,
-                  "g": state.granted_since, "n": state.generation})
+    return compact_json({"v": CONSENT_CODEC_VERSION, "c": state.choices, "t": state.changed_at,
+                         "g": state.granted_since, "n": state.generation})
 
 
 def decode_consent(data: bytes) -> ConsentState:
@@ -308,7 +304,7 @@ def decode_consent(data: bytes) -> ConsentState:
 
 
 def encode_identity(state: IdentityState) -> bytes:
-    return _json({"v": IDENTITY_CODEC_VERSION, "a": state.alias_of, "s": state.since, "l": state.linked})
+    return compact_json({"v": IDENTITY_CODEC_VERSION, "a": state.alias_of, "s": state.since, "l": state.linked})
 
 
 def decode_identity(data: bytes) -> IdentityState:

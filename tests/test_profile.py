@@ -8,6 +8,7 @@ import itertools
 import json
 from collections import Counter
 
+import numpy
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from operators.deadletter import MAX_KEPT_PAYLOAD_BYTES, dead_letter
 from operators.dedup import RecentIds, fingerprint
 from operators.events import Event
-from operators.jsontext import sorted_json
+from operators.jsontext import compact_json, sorted_json
 from operators.profile import ProfileOperator, ProfileUpdate, UserProfile
 from operators.validation import Rejection
 from state.codecs import PROFILE_CODEC_VERSION, CodecError, decode_profile, encode_profile
@@ -318,3 +319,11 @@ def test_dead_letter_cut_inside_a_multibyte_character_falls_back_to_base64() -> 
 
 def test_output_json_is_compact_with_sorted_keys_and_utf8() -> None:
     assert sorted_json({"b": [1, 2.5], "a": "café", "c": None}) == '{"a":"café","b":[1,2.5],"c":null}'.encode()
+
+
+def test_numpy_scalars_and_float_subclasses_are_written_as_numbers() -> None:
+    class Score(float):
+        pass
+
+    document = {"f": numpy.float64(0.5), "i": numpy.int64(3), "h": numpy.float32(0.25), "s": Score(1.5)}
+    assert json.loads(compact_json(document)) == {"f": 0.5, "i": 3, "h": 0.25, "s": 1.5}
