@@ -2,8 +2,8 @@
 
 orjson instead of the standard library: the user operator writes several records per event (a profile
 update, a feature vector, segment changes, a recommendation request) and encodes and decodes its state
-documents per event and per timer; the standard library took about a quarter of its Python time
-(docs/performance.md). The text is the same JSON, compact; non-ASCII characters are written as UTF-8
+documents per event and per timer: the state codecs (JSON and zlib) took about a quarter of its Python
+time (docs/performance.md). The text is the same JSON, compact; non-ASCII characters are written as UTF-8
 instead of ``\\u`` escapes. NumPy scalars (River and the recommender may hand them over) are written
 as numbers, as the standard library writes a ``numpy.float64``.
 """
