@@ -274,7 +274,7 @@ class PrivacySettings:
     consent_state_ttl_ms: int
     stitch_identities: bool
     handover_delivery: str
-    """The identity loop's sink: ``at-least-once`` (a login's merge in ~0.1 s; merges are idempotent) or
+    """The identity loop's sink: ``at-least-once`` (a login merges ~0.2 s later; merges are idempotent) or
     ``exactly-once`` (the merge waits for the next checkpoint)."""
     max_links: int
 
