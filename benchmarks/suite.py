@@ -113,6 +113,11 @@ def spread(values: Sequence[float]) -> dict[str, int]:
     return {name: round(percentile(values, share)) for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
 
 
+def counted(values: Sequence[float]) -> dict[str, int]:
+    """How many, and their spread when there are any."""
+    return {"samples": len(values), **(spread(values) if values else {})}
+
+
 def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -339,8 +344,8 @@ class Suite:
             # visitor's later anonymous events) cross the broker twice, and with an exactly-once
             # loop wait for a checkpoint there (docs/privacy.md): also apart.
             "handover_delivery": self.base.privacy.handover_delivery,
-            "not_through_identity_loop": {"samples": len(direct), **(spread(direct) if direct else {})},
-            "through_identity_loop": {"samples": len(through_loop), **(spread(through_loop) if through_loop else {})},
+            "not_through_identity_loop": counted(direct),
+            "through_identity_loop": counted(through_loop),
             "to_job_ms": spread([change.to_job for change in kept]),
             "job_to_redis_ms": spread([change.to_redis for change in kept]),
             "to_broker_probe_ms": spread([ms for at, ms in readable if at >= steady_from]) if readable else {},

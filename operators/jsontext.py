@@ -1,4 +1,5 @@
-"""Compact JSON bytes for the job's output records, internal payloads and state documents.
+"""Compact JSON bytes for the per-event output records (profile updates, feature vectors, segment
+changes, recommendation lists), the internal topic's payloads and the state documents.
 
 orjson instead of the standard library: the user operator writes several records per event (a profile
 update, a feature vector, segment changes, a recommendation request) and encodes and decodes its state

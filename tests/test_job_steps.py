@@ -278,6 +278,9 @@ class FakeValueState:
         self.stored = pickle.dumps(value)
         self.writes += 1
 
+    def clear(self) -> None:
+        self.stored = None
+
 
 class FakeListState:
     def __init__(self) -> None:
@@ -399,22 +402,6 @@ def test_the_identity_loop_is_at_least_once_by_default_and_the_outputs_exactly_o
     assert outputs["sink.delivery-guarantee"] == "exactly-once" and outputs["sink.transactional-id-prefix"] == "x"
 
 
-class StoredState:
-    """A keyed ValueState of encoded bytes, as the user operator keeps them."""
-
-    def __init__(self) -> None:
-        self.stored: bytes | None = None
-
-    def value(self) -> bytes | None:
-        return self.stored
-
-    def update(self, value: bytes) -> None:
-        self.stored = value
-
-    def clear(self) -> None:
-        self.stored = None
-
-
 def merging_user_function() -> UserFunction:
     """The user operator's merge step alone, at a known user with no state yet (no Flink runtime)."""
     function = UserFunction.__new__(UserFunction)
@@ -425,7 +412,7 @@ def merging_user_function() -> UserFunction:
     function.identity = IdentityOperators("identity.handover", "identity.merges", 16)
     function.features = FeatureOperator(FeatureConfig(), LocalPopulation())
     for name in ("profile_state", "feature_state", "rule_state", "model_state", "rec_state", "identity_state"):
-        setattr(function, name, StoredState())
+        setattr(function, name, FakeValueState())
     return function
 
 

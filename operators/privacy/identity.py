@@ -29,7 +29,7 @@ from enum import StrEnum
 import orjson
 
 from operators.events import Event, user_key_of
-from operators.jsontext import sorted_json
+from operators.jsontext import compact_json
 
 HANDOVER_TYPE = "__handover__"
 ERASE_TYPE = "__erase__"
@@ -117,7 +117,7 @@ def link(state: IdentityState | None, anonymous_key: str, ts: int, max_links: in
 
 def encode_internal(event: Event) -> bytes:
     """An event on the internal topic (forwarded events, handovers, erasure commands); key: ``user_key``."""
-    return sorted_json(list(event))
+    return compact_json(list(event))
 
 
 def decode_internal(payload: bytes) -> Event:
