@@ -41,8 +41,8 @@ bootstrap: venv
 	  exit 1; }
 	@$(PY) -m personalize.bootstrap $(BOOTSTRAP_ARGS)
 
-# The suite's browser test needs Debian's Chromium; the bootstrap installs it with apt when missing.
-test: BOOTSTRAP_ARGS = --browser
+# The suite's browser and kcat tests need Debian's Chromium and kcat; the bootstrap installs them with apt.
+test: BOOTSTRAP_ARGS = --test-tools
 test: bootstrap
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

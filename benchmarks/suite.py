@@ -279,11 +279,6 @@ class Suite:
         name = self.prefix("latency", parallelism)
         settings = replace(self.base, kafka=replace(self.base.kafka, transactional_id_prefix=name),
                            redis=replace(self.base.redis, key_prefix=f"{name}:", changes_stream_maxlen=10_000_000))
-        # A fresh local broker: Tansu keeps everything in memory and its fetches slow down as the earlier
-        # stages' records and topics pile up (measured: publish -> Redis p50 80-90 ms on a fresh broker,
-        # 350-430 ms after a few runs). Apache Kafka has no such history effect (docs/performance.md).
-        stack.down(self.base)
-        stack.up(self.base)
         clear_redis(settings)
         stack.reset_topics(settings)
         count = int(rate * self.latency_seconds)

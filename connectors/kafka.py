@@ -35,8 +35,8 @@ OUTPUT_TYPE = Types.ROW_NAMED(
 class SourceSpec:
     """Which topics to read and from where.
 
-    ``end_offsets`` bounds a replay per topic and partition (exclusive). Bounded runs must use
-    explicit offsets: the local broker answers ListOffsets "latest" wrongly (DESIGN.md).
+    ``end_offsets`` bounds a replay per topic and partition (exclusive): the offsets the publisher
+    was acknowledged, so a replay reads exactly what was published, whatever arrives later.
     ``start`` is ``earliest`` or ``group`` (committed group offsets, earliest when none).
     """
 

@@ -43,8 +43,7 @@ def source_spec(settings: Settings, start: str, end_offsets: Mapping[str, Mappin
 
 
 def connector_jars() -> list[Path]:
-    artifacts = bootstrap.ensure_all()
-    return [artifacts.kafka_connector_jar, artifacts.kafka_clients_jar]
+    return bootstrap.ensure_connector_jars()
 
 
 def _environment(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None,

@@ -276,19 +276,16 @@ def kafka_io(settings: Settings, spec: SourceSpec, transactional_id_prefix: str 
 
 def attach_sinks(t_env: StreamTableEnvironment, stream: DataStream, settings: Settings, prefix: str,
                  reads_back: bool) -> None:
-    """The outputs' exactly-once sink; with the identity loop, a second one of parallelism 1 for the
-    internal topic, by ``privacy.handover_delivery``. At least once by default: its records are read
-    back at once instead of after the next checkpoint, and the merge is idempotent (docs/privacy.md).
-    Exactly once, one transactional producer per internal partition: the job reads that topic back
-    read_committed, and the local broker's last stable offset stalls when producers overlap on a
-    partition (docs/local-stack.md). One producer is plenty for handovers and forwarded events."""
+    """The outputs' exactly-once sink; with the identity loop, a second one for the internal topic, by
+    ``privacy.handover_delivery``. At least once by default: its records are read back at once instead
+    of after the next checkpoint, and the merge is idempotent (docs/privacy.md)."""
     topics = settings.kafka.topics
     internal = topics.handover.name
     attach_kafka_sink(t_env, stream, settings.kafka, [t.name for t in topics.outputs() if t.name != internal], prefix,
                       (*INTERNAL_ROUTES, internal))
     if reads_back:
         attach_kafka_sink(t_env, stream, settings.kafka, [internal], f"internal-{prefix}", name="internal_sink",
-                          parallelism=1, delivery_guarantee=settings.privacy.handover_delivery)
+                          delivery_guarantee=settings.privacy.handover_delivery)
 
 
 def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironment, settings: Settings,

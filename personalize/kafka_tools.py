@@ -10,19 +10,15 @@ from kafka.consumer.fetcher import ConsumerRecord
 
 
 def read_topic(bootstrap_servers: str, topic: str, partitions: int, idle_timeout_s: float = 3.0,
-               expected: int | None = None, committed_only: bool = True,
-               tombstones: bool = False) -> Iterator[ConsumerRecord]:
-    """Yield every record of ``topic`` from the beginning (only committed ones by default; tombstones,
-    the null values an erasure writes, only with ``tombstones``).
+               expected: int | None = None, tombstones: bool = False) -> Iterator[ConsumerRecord]:
+    """Yield every committed record of ``topic`` from the beginning (``read_committed``, as downstream
+    consumers read it; tombstones, the null values an erasure writes, only with ``tombstones``).
 
-    Stops after ``idle_timeout_s`` without new records (once ``expected`` records were seen, if
-    given). Not bounded by "latest" offsets on purpose: the local broker reports them wrongly.
-    It also does not filter aborted transactions, so callers compare sets of record ids; and in
-    long runs its last stable offset can stall, hiding committed records from read_committed
-    consumers (docs/local-stack.md), hence ``committed_only=False`` for summaries.
+    Stops at the end offsets the broker reports (the last stable offset), once ``expected`` records
+    were seen if given; while the expected records have not arrived yet (a job still running), it
+    keeps reading until ``idle_timeout_s`` passes without a new record.
     """
-    isolation = "read_committed" if committed_only else "read_uncommitted"
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, isolation_level=isolation,
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, isolation_level="read_committed",
                              enable_auto_commit=False, group_id=None)
     try:
         assignment = [TopicPartition(topic, partition) for partition in range(partitions)]
@@ -37,12 +33,20 @@ def read_topic(bootstrap_servers: str, topic: str, partitions: int, idle_timeout
                         continue
                     seen += 1
                     yield record
+            complete = expected is None or seen >= expected
+            if complete and _at_end(consumer, assignment):
+                return
             if batches:
                 last_record = time.monotonic()
                 continue
             idle = time.monotonic() - last_record
-            complete = expected is None or seen >= expected
             if (idle > idle_timeout_s and complete) or idle > 10 * idle_timeout_s + 30:
                 return
     finally:
         consumer.close()
+
+
+def _at_end(consumer: KafkaConsumer, assignment: list[TopicPartition]) -> bool:
+    """Whether every partition's position reached its end offset (for read_committed: the last stable one)."""
+    ends = consumer.end_offsets(assignment)
+    return all(consumer.position(partition) >= ends[partition] for partition in assignment)

@@ -1,8 +1,7 @@
 """Publish generated records to Kafka, or keep them in JSONL files for replays without a broker.
 
 ``publish`` returns the exact end offset of every partition it wrote to, taken from the brokers'
-acknowledgements: jobs bound their replay by these offsets because the local broker's
-ListOffsets "latest" is wrong (DESIGN.md, section 3).
+acknowledgements: bounded jobs replay exactly what was published, whatever else arrives later.
 """
 
 from __future__ import annotations

@@ -43,14 +43,20 @@ class SettingsError(ValueError):
 class Topic:
     name: str
     partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+    """Kafka topic-level configs the topic is created with (``cleanup.policy``, ``retention.ms``)."""
 
 
 @dataclass(frozen=True)
 class StackSettings:
     run_dir: str
     kafka_port: int
+    kafka_controller_port: int
+    kafka_heap: str
     redis_port: int
     start_timeout_s: int
+    topic_config: dict[str, str]
+    """Over every topic's config on the local broker (history replays carry months-old timestamps)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ class KafkaSettings:
     transactional_id_prefix: str
     transaction_timeout_ms: int
     fetch_max_wait_ms: int
-    """How long a source's fetch may wait for data (the local broker always waits this long)."""
+    """How long a source's fetch may wait for data when none arrives."""
     topics: Topics
 
 

@@ -1,21 +1,27 @@
-"""The local stack: a Tansu Kafka-protocol broker and a redis-server, both on 127.0.0.1.
+"""The local stack: an Apache Kafka broker (KRaft, combined broker and controller) and a redis-server,
+both on 127.0.0.1.
 
 Used by ``personalize stack up|down|status`` and by test fixtures. Everything the stack owns lives in
 one run directory (``settings.stack.run_dir``): ``state.json`` (ports, pids, process identities),
-``tansu.log``, ``redis.log`` and Redis' data dir. A stack that is already up is reused. Processes are
-recognised by pid *and* executable *and* kernel start time, so ``down`` never signals a recycled pid
-or a server somebody else started on the same port.
+``kafka.log``, ``redis.log``, the broker's generated ``kafka/server.properties`` and its storage
+``kafka/data``, and Redis' data dir. A stack that is already up is reused; the broker's data survives a
+restart. Processes are recognised by pid *and* executable *and* kernel start time, so ``down`` never
+signals a recycled pid or a server somebody else started on the same port.
 """
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
@@ -29,7 +35,8 @@ from kafka.errors import KafkaError
 
 from connectors.pii_secret import SECRET_FILE_NAME, ensure_secret_file
 from personalize import bootstrap, paths
-from personalize.settings import Settings
+from personalize.settings import Settings, Topic
+from personalize.topics import TopicError, create_topics
 
 KAFKA = "kafka"
 REDIS = "redis"
@@ -37,7 +44,19 @@ STATE_VERSION = 1
 HOST = "127.0.0.1"
 STOP_GRACE_S = 5.0
 POLL_S = 0.05
-TANSU_CLI_TIMEOUT_S = 10.0
+ADMIN_TIMEOUT_MS = 5000
+KAFKA_CLUSTER_ID_FILE = "cluster.id"
+#: The broker's log4j2 configuration: everything to stdout, which the stack redirects to kafka.log.
+KAFKA_LOG4J2 = """status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+"""
 
 # Popen handles of servers started by this process: stopping them from here also reaps them, and
 # keeping the handle avoids "subprocess is still running" warnings when it would be collected.
@@ -54,6 +73,8 @@ class StackInfo:
     redis_url: str
     run_dir: Path
     started: list[str]
+    logs: dict[str, str]
+    """Component -> its log file."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,8 @@ class _Spec:
     log: Path
     port_key: str
     url_key: str
+    extra_ports: tuple[tuple[int, str], ...] = ()
+    """Further ports the server binds (the broker's controller) and their settings."""
 
 
 # --- processes -------------------------------------------------------------------------------------
@@ -176,23 +199,27 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def _broker_url(port: int) -> str:
-    return f"tcp://{HOST}:{port}"
+def _admin(port: int) -> KafkaAdminClient:
+    """An admin client of the broker on ``port``; raises KafkaError when none answers."""
+    return KafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", client_id="personalize-stack",
+                            request_timeout_ms=ADMIN_TIMEOUT_MS)
 
 
-def _topics(tansu: str, port: int) -> dict[str, int]:
-    """Topic name -> partition count, from the broker's metadata (``tansu topic list`` prints JSON)."""
-    # The CLI retries a refused connection for ~20 s, so only ask a port that accepts connections.
-    if not _accepts(port):
+def _topics(port: int) -> dict[str, int]:
+    """Topic name -> partition count, from the broker's metadata (internal topics left out)."""
+    if not _accepts(port):  # the client would retry a refused connection for its whole timeout
         raise StackError(f"the broker on port {port} does not accept connections")
     try:
-        result = subprocess.run([tansu, "topic", "list", "--broker", _broker_url(port)],
-                                capture_output=True, text=True, timeout=TANSU_CLI_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise StackError(f"`tansu topic list` on port {port} timed out; is it a Kafka broker?") from exc
-    if result.returncode != 0:
-        raise StackError(f"`tansu topic list` on port {port} failed: {result.stderr.strip()}")
-    return {topic["name"]: len(topic["partitions"]) for topic in json.loads(result.stdout)}
+        admin = _admin(port)
+    except KafkaError as exc:
+        raise StackError(f"no Kafka broker answers on port {port}: {exc!r}") from exc
+    try:
+        names = [name for name in admin.list_topics() if not name.startswith("__")]
+        return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names) if t["error_code"] == 0}
+    except KafkaError as exc:
+        raise StackError(f"cannot read topic metadata from the broker on port {port}: {exc!r}") from exc
+    finally:
+        admin.close()
 
 
 def _redis_answers(port: int) -> bool:
@@ -209,10 +236,22 @@ def _answers(name: str, record: _Record) -> bool:
     if name == REDIS:
         return _redis_answers(record.port)
     try:
-        _topics(record.argv[0], record.port)
+        _topics(record.port)
     except StackError:
         return False
     return True
+
+
+def _first_error(log: Path) -> str:
+    """The first ERROR or FATAL line of a server's log (Java's stack trace left out), else its last line."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    for line in lines:
+        if " ERROR " in line or " FATAL " in line or line.startswith(("Exception", "Error:")):
+            return re.sub(r"^\[[^]]*\] ", "", line).strip()[:400]
+    return lines[-1].strip()[:400] if lines else "(the log is empty)"
 
 
 def _wait_ready(name: str, record: _Record, timeout_s: float) -> None:
@@ -220,7 +259,7 @@ def _wait_ready(name: str, record: _Record, timeout_s: float) -> None:
     while not _answers(name, record):
         _reap(record.pid)
         if not _is_ours(record):
-            raise StackError(f"{name} exited during start-up; see {record.log}:\n{_tail(Path(record.log))}")
+            raise StackError(f"{name} exited during start-up: {_first_error(Path(record.log))} (log: {record.log})")
         if time.monotonic() >= deadline:
             raise StackError(
                 f"{name} did not answer on port {record.port} within {timeout_s:g} s "
@@ -231,47 +270,22 @@ def _wait_ready(name: str, record: _Record, timeout_s: float) -> None:
 
 # --- topics ----------------------------------------------------------------------------------------
 
-def _ensure_topics(settings: Settings, tansu: str, port: int) -> None:
-    """Create missing topics and check partition counts (the broker cannot change them later)."""
-    existing = _topics(tansu, port)
-    for topic in settings.kafka.topics.all():
-        if topic.name in existing:
-            continue
-        result = subprocess.run(
-            [tansu, "topic", "create", topic.name, "--partitions", str(topic.partitions),
-             "--broker", _broker_url(port)],
-            capture_output=True, text=True, timeout=TANSU_CLI_TIMEOUT_S, check=False,
-        )
-        if result.returncode != 0 and topic.name not in _topics(tansu, port):  # lost a race: fine
-            raise StackError(f"cannot create topic {topic.name}: {result.stderr.strip()}")
-    _wait_metadata(settings, port)
+def topic_config(settings: Settings, topic: Topic) -> dict[str, str]:
+    """The topic's configured Kafka settings with the local stack's overrides (``stack.topic_config``):
+    the stack replays history whose record timestamps are months old, which time-based retention and
+    segment rolling would delete at once."""
+    return {**topic.config, **settings.stack.topic_config}
 
 
-def _wait_metadata(settings: Settings, port: int) -> None:
-    """Wait until a Kafka client sees every topic with its configured partition count."""
-    wanted = {topic.name: topic.partitions for topic in settings.kafka.topics.all()}
-    deadline = time.monotonic() + settings.stack.start_timeout_s
+def _ensure_topics(settings: Settings, port: int, timeout_s: float) -> None:
+    admin = _admin(port)
     try:
-        admin = KafkaAdminClient(bootstrap_servers=f"{HOST}:{port}", client_id="personalize-stack")
+        create_topics(admin, [(topic, topic_config(settings, topic)) for topic in settings.kafka.topics.all()],
+                      1, timeout_s)
+    except TopicError as exc:
+        raise StackError(str(exc)) from exc
     except KafkaError as exc:
-        raise StackError(f"a Kafka client cannot reach the broker on port {port}: {exc!r}") from exc
-    try:
-        while True:
-            seen = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(wanted))
-                    if t["error_code"] == 0}
-            wrong = {name: seen.get(name) for name, count in wanted.items() if seen.get(name) != count}
-            if not wrong:
-                return
-            if all(seen.get(name) is not None for name in wrong) or time.monotonic() >= deadline:
-                detail = ", ".join(f"{name}: {got} (want {wanted[name]})" for name, got in wrong.items())
-                raise StackError(
-                    f"topics with the wrong partition count on port {port}: {detail}. The broker cannot "
-                    "change partition counts and auto-creates unknown topics with 4; restart the stack "
-                    "(`personalize stack down`, then up; its storage is in memory, so data is lost)."
-                )
-            time.sleep(POLL_S)
-    except KafkaError as exc:
-        raise StackError(f"cannot read topic metadata from the broker on port {port}: {exc!r}") from exc
+        raise StackError(f"cannot create the topics on the broker on port {port}: {exc!r}") from exc
     finally:
         admin.close()
 
@@ -327,14 +341,100 @@ def settings_for(settings: Settings, info: StackInfo) -> Settings:
                    redis=replace(settings.redis, url=info.redis_url))
 
 
+def _kafka_dir(run_dir: Path) -> Path:
+    return run_dir / "kafka"
+
+
+def _server_properties(settings: Settings, run_dir: Path) -> str:
+    """A single-node KRaft broker sized for a small machine: one replica of everything, no rebalance delay."""
+    stack_settings = settings.stack
+    data = _kafka_dir(run_dir) / "data"
+    controller = f"{HOST}:{stack_settings.kafka_controller_port}"
+    properties = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{controller}",
+        "listeners": f"PLAINTEXT://{HOST}:{stack_settings.kafka_port},CONTROLLER://{controller}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{stack_settings.kafka_port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data),
+        "auto.create.topics.enable": "false",
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "4",
+        "group.initial.rebalance.delay.ms": "0",
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+    }
+    return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+
+def _kafka_java(artifacts: bootstrap.Artifacts, settings: Settings, run_dir: Path, main: str,
+                *args: str) -> list[str]:
+    """``java`` running one of the broker jars' main classes with the stack's heap and logging."""
+    java = shutil.which("java") or "java"
+    heap = settings.stack.kafka_heap
+    return [java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={_kafka_dir(run_dir) / 'log4j2.properties'}",
+            "-cp", f"{artifacts.kafka_classpath}/*", main, *args]
+
+
+def _meta_problem(data: Path) -> str | None:
+    """Why the broker's storage directory cannot be used (None: formatted and readable, or not yet formatted)."""
+    meta = data / "meta.properties"
+    if not data.exists() or not any(data.iterdir()):
+        return None
+    try:
+        text = meta.read_text()
+    except OSError as exc:
+        if meta.exists():
+            return f"{meta} is unreadable ({exc.strerror})"
+        return f"{data} holds files but no meta.properties"
+    fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+    if not fields.get("cluster.id") or fields.get("node.id") != "1":
+        return f"{meta} names no cluster or another node (node.id={fields.get('node.id')!r})"
+    return None
+
+
+def _prepare_kafka(settings: Settings, artifacts: bootstrap.Artifacts, run_dir: Path) -> None:
+    """Write the broker's configuration and format its storage on first use (``kafka-storage format``)."""
+    directory = _kafka_dir(run_dir)
+    data = directory / "data"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "server.properties").write_text(_server_properties(settings, run_dir))
+    (directory / "log4j2.properties").write_text(KAFKA_LOG4J2)
+    problem = _meta_problem(data)
+    if problem is not None:
+        raise StackError(f"the broker's storage is corrupt: {problem}. `personalize stack down --wipe` deletes "
+                         f"the stack's data ({directory}) so the next `stack up` starts empty")
+    if (data / "meta.properties").exists():
+        return
+    cluster_id_file = directory / KAFKA_CLUSTER_ID_FILE
+    if not cluster_id_file.exists():  # KRaft wants a base64url UUID, fixed once per stack
+        cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+    command = _kafka_java(artifacts, settings, run_dir, "kafka.tools.StorageTool", "format", "--ignore-formatted",
+                          "-t", cluster_id_file.read_text().strip(), "-c", str(directory / "server.properties"))
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+    if result.returncode != 0:
+        lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        raise StackError(f"formatting the broker's storage {data} failed: {lines[-1] if lines else 'no output'}")
+
+
 def _specs(settings: Settings, artifacts: bootstrap.Artifacts, run_dir: Path) -> list[_Spec]:
     kafka_port, redis_port = settings.stack.kafka_port, settings.stack.redis_port
-    listener = _broker_url(kafka_port)
+    properties = _kafka_dir(run_dir) / "server.properties"
     return [
-        _Spec(name=KAFKA, port=kafka_port, log=run_dir / "tansu.log",
-              argv=[str(artifacts.tansu), "broker", "--listener-url", listener,
-                    "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
-              port_key="stack.kafka_port", url_key="kafka.bootstrap_servers"),
+        _Spec(name=KAFKA, port=kafka_port, log=run_dir / "kafka.log",
+              argv=_kafka_java(artifacts, settings, run_dir, "kafka.Kafka", str(properties)),
+              port_key="stack.kafka_port", url_key="kafka.bootstrap_servers",
+              extra_ports=((settings.stack.kafka_controller_port, "stack.kafka_controller_port"),)),
         _Spec(name=REDIS, port=redis_port, log=run_dir / "redis.log",
               argv=[str(artifacts.redis_server), "--bind", HOST, "--port", str(redis_port), "--save", "",
                     "--appendonly", "no", "--dir", str(run_dir / "redis"), "--daemonize", "no"],
@@ -346,12 +446,13 @@ def _env_name(key: str) -> str:
     return "PERSONALIZE__" + key.upper().replace(".", "__")
 
 
-def _port_taken(spec: _Spec) -> StackError:
+def _port_taken(spec: _Spec, port: int, port_key: str) -> StackError:
+    url = f", and point {spec.url_key} ({_env_name(spec.url_key)}) at it too" if port_key == spec.port_key else ""
     return StackError(
-        f"port {spec.port} on {HOST} ({spec.name}, setting {spec.port_key}) is in use by a process "
-        f"this stack did not start (`ss -ltnp 'sport = :{spec.port}'` shows which). Stop it, or choose "
-        f"another port: set {spec.port_key} in your config file or {_env_name(spec.port_key)}=PORT in "
-        f"the environment, and point {spec.url_key} ({_env_name(spec.url_key)}) at it too."
+        f"port {port} on {HOST} ({spec.name}, setting {port_key}) is in use by a process "
+        f"this stack did not start (`ss -ltnp 'sport = :{port}'` shows which). Stop it, or choose "
+        f"another port: set {port_key} in your config file or {_env_name(port_key)}=PORT in "
+        f"the environment{url}."
     )
 
 
@@ -385,8 +486,12 @@ def up(settings: Settings) -> StackInfo:
             records.pop(spec.name, None)
             to_start.append(spec)
         for spec in to_start:  # check every port before starting anything
-            if not _port_free(spec.port):
-                raise _port_taken(spec)
+            for port, port_key in ((spec.port, spec.port_key), *spec.extra_ports):
+                if not _port_free(port):
+                    raise _port_taken(spec, port, port_key)
+        if any(spec.name == KAFKA for spec in to_start):
+            require_java()
+            _prepare_kafka(settings, artifacts, run_dir)
         (run_dir / "redis").mkdir(exist_ok=True)
         ensure_secret_file(run_dir / SECRET_FILE_NAME)
         started: list[str] = []
@@ -397,41 +502,52 @@ def up(settings: Settings) -> StackInfo:
                 _save_state(run_dir, records)  # recorded at once, so `down` can stop it whatever happens
             for name in started:
                 _wait_ready(name, records[name], settings.stack.start_timeout_s)
-            _ensure_topics(settings, str(artifacts.tansu), settings.stack.kafka_port)
+            _ensure_topics(settings, settings.stack.kafka_port, settings.stack.start_timeout_s)
         except Exception:
             for name in started:  # a half-started stack is worse than none
                 _stop(records.pop(name))
             _save_state(run_dir, records)
             raise
     return StackInfo(bootstrap_servers=f"{HOST}:{settings.stack.kafka_port}", redis_url=_redis_url(settings),
-                     run_dir=run_dir, started=started)
+                     run_dir=run_dir, started=started, logs={name: record.log for name, record in records.items()})
 
 
 def reset_topics(settings: Settings) -> None:
     """Delete and recreate every configured topic on a running stack: an empty broker for a demo run.
 
-    Only for the local stack (its broker holds data in memory anyway); never point this at a
-    shared cluster.
+    Only for the local stack; never point this at a shared cluster.
     """
-    artifacts = bootstrap.ensure_all()
     port = settings.stack.kafka_port
     if not _accepts(port):
         raise StackError(f"no broker answers on port {port}; run `personalize stack up` first")
-    tansu = str(artifacts.tansu)
-    existing = _topics(tansu, port)
-    for topic in settings.kafka.topics.all():
-        if topic.name in existing:
-            subprocess.run([tansu, "topic", "delete", topic.name, "--broker", _broker_url(port)],
-                           capture_output=True, text=True, timeout=TANSU_CLI_TIMEOUT_S, check=True)
-    _ensure_topics(settings, tansu, port)
+    names = {topic.name for topic in settings.kafka.topics.all()}
+    admin = _admin(port)
+    try:
+        existing = sorted(names & set(admin.list_topics()))
+        if existing:
+            admin.delete_topics(existing, timeout_ms=ADMIN_TIMEOUT_MS)
+        deadline = time.monotonic() + settings.stack.start_timeout_s
+        while names & set(admin.list_topics()):  # deletion completes in the background
+            if time.monotonic() >= deadline:
+                raise StackError(f"the broker did not delete the topics within {settings.stack.start_timeout_s} s")
+            time.sleep(POLL_S)
+    except KafkaError as exc:
+        raise StackError(f"cannot reset the topics on the broker on port {port}: {exc!r}") from exc
+    finally:
+        admin.close()
+    _ensure_topics(settings, port, settings.stack.start_timeout_s)
 
 
-def down(settings: Settings) -> list[str]:
-    """Stop the servers state.json says this module started (if still those processes); forget them."""
+def down(settings: Settings, wipe: bool = False) -> list[str]:
+    """Stop the servers state.json says this module started (if still those processes); forget them.
+    ``wipe`` also deletes the broker's and Redis' data, so the next ``up`` starts empty."""
     run_dir = _run_dir(settings)
     with _locked(run_dir):
         stopped = [name for name, record in _load_state(run_dir).items() if _stop(record)]
         _save_state(run_dir, {})
+        if wipe:
+            for directory in (_kafka_dir(run_dir), run_dir / "redis"):
+                shutil.rmtree(directory, ignore_errors=True)
     return stopped
 
 
@@ -450,6 +566,6 @@ def status(settings: Settings) -> dict[str, Any]:
             state = "down" if _port_free(port) else "port in use by another process"
             entry = {"pid": None, "port": port, "status": state, "log": None}
         if name == KAFKA and state == "up" and record is not None:
-            entry["topics"] = _topics(record.argv[0], record.port)
+            entry["topics"] = _topics(record.port)
         report[name] = entry
     return report

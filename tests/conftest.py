@@ -3,6 +3,7 @@ all on free ports."""
 
 from __future__ import annotations
 
+import io
 import socket
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ import pytest
 
 from personalize import cluster, stack
 from personalize import settings as settings_module
-from personalize.settings import Settings, Topic, Topics
+from personalize.demo import run_demo
+from personalize.settings import Settings, Topics
 
 
 def free_ports(count: int) -> list[int]:
@@ -29,10 +31,11 @@ def free_ports(count: int) -> list[int]:
 @pytest.fixture(scope="session")
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings pointing at a stack started for this session (stopped at the end)."""
-    kafka_port, redis_port = free_ports(2)
+    kafka_port, controller_port, redis_port = free_ports(3)
     loaded = settings_module.load(environ={
         "PERSONALIZE__STACK__RUN_DIR": str(tmp_path_factory.mktemp("stack")),
         "PERSONALIZE__STACK__KAFKA_PORT": str(kafka_port),
+        "PERSONALIZE__STACK__KAFKA_CONTROLLER_PORT": str(controller_port),
         "PERSONALIZE__STACK__REDIS_PORT": str(redis_port),
     })
     info = stack.up(loaded)
@@ -45,7 +48,7 @@ def isolated(settings: Settings) -> Settings:
     suffix = uuid.uuid4().hex[:8]
     topics = settings.kafka.topics
     renamed = Topics(**{
-        field: Topic(name=f"{getattr(topics, field).name}.{suffix}", partitions=getattr(topics, field).partitions)
+        field: replace(getattr(topics, field), name=f"{getattr(topics, field).name}.{suffix}")
         for field in topics.__dataclass_fields__
     })
     return replace(
@@ -75,3 +78,15 @@ def cluster_settings(stack_settings: Settings, tmp_path_factory: pytest.TempPath
     cluster.up(settings.cluster)
     yield settings
     cluster.down(settings.cluster)
+
+
+@pytest.fixture(scope="session")
+def demo_settings(stack_settings: Settings) -> Settings:
+    """The demo pipeline on a small input, once per session on the session's stack (its own topics and
+    Redis prefix): what a user sees after ``make demo``, for the tests that read its outputs."""
+    settings = isolated(stack_settings)
+    # Few events, so a model snapshot early enough for the model panel to have one.
+    settings = replace(settings, generator=replace(settings.generator, events=2000, users=100, seed=11),
+                       models=replace(settings.models, snapshot_every=200))
+    run_demo(settings, out=io.StringIO())
+    return settings

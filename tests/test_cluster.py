@@ -1,4 +1,5 @@
-"""The job on a real standalone Flink cluster: submit, savepoint, rescale on resume, same results."""
+"""The job on a real standalone Flink cluster: submit, run bounded and unbounded; the helpers the fault tests
+(tests/test_faults.py: crash, outage, rescale through a savepoint) compare runs with."""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from tests.conftest import isolated
 
 pytestmark = pytest.mark.integration
 
-DUMPS = ROOT / ".run" / "faults"
 #: Redis keys whose values depend on processing time or on the instance layout, not on the input.
 UNSTABLE = (":population:", ":rules:instances", ":segments:changes")
 
@@ -165,41 +165,6 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
             return
         time.sleep(2)
     raise AssertionError("Redis did not settle")
-
-
-def test_stop_with_savepoint_and_resume_at_higher_parallelism_gives_the_same_results(
-        cluster_settings: Settings, tmp_path: Path) -> None:
-    events = 4000
-    generator = EventGenerator(replace(cluster_settings.generator, events=events, users=150))
-    records = one_topic(generator.records())
-    sentinel_ts = max(record.ts for record in records) + 30 * 86_400_000
-
-    reference = for_comparison(isolated(cluster_settings))
-    stack.up(reference)
-    publish(iter(records), reference.kafka, total=events)
-    send_sentinels(reference, sentinel_ts)
-    job_id = start_unbounded(reference, tmp_path, "reference", parallelism=2)
-    settle(reference, sentinels=True, job_id=job_id, sentinel_ts=sentinel_ts)
-    cluster.cancel(reference.cluster, job_id)
-    expected = redis_state(reference)
-
-    rescaled = for_comparison(isolated(cluster_settings))
-    stack.up(rescaled)
-    publish(iter(records[: events // 2]), rescaled.kafka, total=events // 2)
-    job_id = start_unbounded(rescaled, tmp_path, "parallelism-1", parallelism=1)
-    settle(rescaled, sentinels=False)
-    savepoint = cluster.savepoint(rescaled.cluster, job_id, stop=True)
-    assert Path(savepoint.removeprefix("file:")).exists()
-    publish(iter(records[events // 2:]), rescaled.kafka, total=events - events // 2)
-    send_sentinels(rescaled, sentinel_ts)
-    job_id = start_unbounded(rescaled, tmp_path, "parallelism-2", parallelism=2, savepoint=savepoint)
-    settle(rescaled, sentinels=True, job_id=job_id, sentinel_ts=sentinel_ts)
-    cluster.cancel(rescaled.cluster, job_id)
-    actual = redis_state(rescaled)
-    DUMPS.mkdir(parents=True, exist_ok=True)  # for a look after a failure
-    (DUMPS / "rescale.json").write_text(json.dumps({"expected": expected, "actual": actual}))
-    assert len([key for key in expected if comparable(key)]) > 300
-    assert differing_keys(expected, actual) == []
 
 
 #: Feature fields scored against the R/F/M population that instances share through Redis with a

@@ -3,7 +3,6 @@ headless Chromium over the Redis state of a real demo run (broker, Redis, MiniCl
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -33,9 +32,8 @@ from personalize import settings as settings_module
 from personalize.bootstrap import CHROMIUM
 from personalize.dashboard import create_app, make_server
 from personalize.dashboard.data import FEED_SIZE, describe_cause, public_url, segment_history
-from personalize.demo import run_demo
 from personalize.settings import Settings
-from tests.conftest import free_ports, isolated
+from tests.conftest import free_ports
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -101,17 +99,6 @@ def test_a_redis_that_is_down_is_reported_not_raised() -> None:
 
 
 # --- end to end in the browser ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def demo_settings(stack_settings: Settings) -> Settings:
-    """The demo pipeline on a small input, on the session's stack (its own topics and Redis prefix)."""
-    settings = isolated(stack_settings)
-    # Few events, so a model snapshot early enough for the model panel to have one.
-    settings = replace(settings, generator=replace(settings.generator, events=2000, users=100, seed=11),
-                       models=replace(settings.models, snapshot_every=200))
-    run_demo(settings, out=io.StringIO())
-    return settings
 
 
 class Served:

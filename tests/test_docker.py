@@ -8,18 +8,20 @@ import subprocess
 import sys
 import tomllib
 import uuid
-import zipfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 import yaml
 from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from personalize import bootstrap, cluster, paths
 from personalize import settings as settings_module
 from personalize.settings import Settings
-from personalize.topics import create_topics
+from personalize.topics import main as topics_main
 
 DOCKER = paths.ROOT / "docker"
 DEFAULTS = settings_module.load(environ={})
@@ -101,18 +103,24 @@ def test_image_pins_match_the_project(dockerfile_args: dict[str, str]) -> None:
     assert image is not None and image.group(1) == pins["apache-flink"]  # the cluster runs the client's Flink
     python = dockerfile_args["PYTHON_VERSION"].split(".")
     assert (int(python[0]), int(python[1])) == sys.version_info[:2] == (3, 11)
-    wheel = bootstrap.FLINK_LIBRARIES
-    assert dockerfile_args["FLINK_LIBRARIES_WHEEL"] == f"{wheel.project}=={wheel.version}"
 
 
-def test_kafka_image_matches_the_kafka_clients_jar(compose: dict[str, Any]) -> None:
-    jar = bootstrap.FLINK_LIBRARIES.members["pyflink/lib/kafka-clients.jar"]
-    if not jar.exists():
-        pytest.skip("run `make bootstrap` first")
-    with zipfile.ZipFile(jar) as archive:
-        version = re.search(r"^version=(\S+)$", archive.read("kafka/kafka-version.properties").decode(), re.M)
-    assert version is not None
-    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{version.group(1)}"
+def test_the_image_fetches_the_connector_jars_by_the_projects_pom_and_pins() -> None:
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    pom = bootstrap.KAFKA_CONNECTOR.pom.parent.relative_to(paths.ROOT)
+    assert f"COPY {pom} /maven\n" in dockerfile
+    assert "sha256sum -c /maven/sha256sums" in dockerfile
+    assert "COPY --from=jars /jars .cache/jars/" in dockerfile
+
+
+def test_kafka_image_matches_the_local_broker(compose: dict[str, Any]) -> None:
+    """Compose runs the Kafka version the local stack runs (personalize/maven/kafka-broker/pom.xml)."""
+    pom = ElementTree.parse(bootstrap.KAFKA_BROKER.pom).getroot()
+    version = pom.findtext("{http://maven.apache.org/POM/4.0.0}properties/{http://maven.apache.org/POM/4.0.0}"
+                           "kafka.version")
+    assert version is not None and version.startswith("4.")
+    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{version}"
+    assert f"kafka_2.13-{version}.jar" in bootstrap.KAFKA_BROKER.pins()
 
 
 def test_the_image_holds_what_submission_ships() -> None:
@@ -129,15 +137,26 @@ def test_the_image_holds_what_submission_ships() -> None:
 
 
 @pytest.mark.integration
-def test_topic_init_creates_the_configured_topics(stack_settings: Settings) -> None:
-    """Against the local broker: what the compose topic-init step runs (create, then verify)."""
+def test_topic_init_creates_the_configured_topics_with_their_configs(stack_settings: Settings,
+                                                                      tmp_path: Path) -> None:
+    """Against the local broker: what the compose topic-init step runs (create, then verify), twice."""
     suffix = uuid.uuid4().hex[:8]
-    wanted = {f"{topic.name}.{suffix}": topic.partitions for topic in stack_settings.kafka.topics.all()}
-    create_topics(stack_settings.kafka.bootstrap_servers, wanted, replication=1, timeout_s=30)
-    create_topics(stack_settings.kafka.bootstrap_servers, wanted, replication=1, timeout_s=30)  # idempotent
+    topics = {role: {**asdict(topic), "name": f"{topic.name}.{suffix}"}
+              for role, topic in ((role, getattr(stack_settings.kafka.topics, role))
+                                  for role in stack_settings.kafka.topics.__dataclass_fields__)}
+    override = tmp_path / "topics.yaml"
+    override.write_text(yaml.safe_dump({"kafka": {"bootstrap_servers": stack_settings.kafka.bootstrap_servers,
+                                                  "topics": topics}}))
+    assert topics_main(["--config", str(override), "--timeout-s", "60"]) == 0
+    assert topics_main(["--config", str(override), "--timeout-s", "60"]) == 0  # idempotent
     admin = KafkaAdminClient(bootstrap_servers=stack_settings.kafka.bootstrap_servers)
     try:
-        described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(wanted))}
+        names = [topic["name"] for topic in topics.values()]
+        described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)}
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name) for name in names])["topic"]
     finally:
         admin.close()
-    assert described == wanted
+    assert described == {topic["name"]: topic["partitions"] for topic in topics.values()}
+    for topic in topics.values():
+        assert {key: configs[topic["name"]][key]["value"] for key in topic["config"]} == topic["config"]
+    assert topics["profiles"]["config"]["cleanup.policy"] == "compact,delete"  # tombstones erase (docs/privacy.md)

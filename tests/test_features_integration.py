@@ -68,14 +68,13 @@ def features_run(stack_settings: Settings) -> dict[str, Any]:
     producer.close()
     run_job(settings, source_spec(settings, "earliest", {topic: {0: end}}))
     topics = settings.kafka.topics
-    # Parallelism 2 here, so read uncommitted (the local broker's stable offset stalls when
-    # transactions overlap, docs/local-stack.md); vectors are identified by user and version.
+    # Vectors are identified by user and version.
     vectors = [json.loads(r.value) for r in read_topic(settings.kafka.bootstrap_servers, topics.features.name,
-                                                        topics.features.partitions, committed_only=False)]
+                                                        topics.features.partitions)]
     profiles = [json.loads(r.value) for r in read_topic(settings.kafka.bootstrap_servers, topics.profiles.name,
-                                                         topics.profiles.partitions, committed_only=False)]
+                                                         topics.profiles.partitions)]
     late = [json.loads(r.value) for r in read_topic(settings.kafka.bootstrap_servers, topics.late.name,
-                                                     topics.late.partitions, expected=1, committed_only=False)]
+                                                     topics.late.partitions, expected=1)]
     return {"settings": settings, "vectors": vectors, "late": late, "profiles": profiles}
 
 

@@ -115,10 +115,8 @@ def test_every_instance_scores_with_the_same_model_and_a_restore_keeps_it(stack_
     job = start_job(settings, spec)
     try:
         generated(settings, 4000, 50, seed=5)
-        # The same snapshot on both instances, of the trainer's lineage; not necessarily its newest: with
-        # two transactional producers on the snapshot topic the local broker's last stable offset can
-        # stall and hide later versions from read_committed readers (docs/local-stack.md); the likely,
-        # unconfirmed cause of a CI run where this wait for the newest version timed out.
+        # The same snapshot on both instances, of the trainer's lineage (not necessarily its newest: the
+        # trainer may publish again while the instances load one).
         model = wait_for("one model version on both instances", one_model_on_both, timeout_s=180)
         assert model.split(":")[0] == client.hget(models_current_key(prefix), "lineage")
         generated(settings, 300, 50, seed=8, days_later=60)  # users score at their next changed vector

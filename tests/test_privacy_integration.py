@@ -125,9 +125,9 @@ def privacy_run(stack_settings: Settings, request: pytest.FixtureRequest) -> Ite
         publish(settings, topics.consent.name, encoded([consent("eve-erase", "eve", T0 + 70 * MINUTE, False, True)]))
         wait_for("eve erased", lambda: not keys_of("eve"))
         confirmations = list(read_topic(settings.kafka.bootstrap_servers, topics.erasures.name,
-                                        topics.erasures.partitions, committed_only=False, expected=5))
+                                        topics.erasures.partitions, expected=5))
         outputs = {name: list(read_topic(settings.kafka.bootstrap_servers, getattr(topics, name).name,
-                                         getattr(topics, name).partitions, committed_only=False, tombstones=True))
+                                         getattr(topics, name).partitions, tombstones=True))
                    for name in ("profiles", "features", "segments", "recommendations", "deadletter", "merges")}
         yield {"settings": settings, "client": client, "key": key, "before": before, "keys_of": keys_of,
                "profile": profile, "confirmations": [json.loads(r.value) for r in confirmations],

@@ -53,7 +53,7 @@ def publish(settings: Settings, topic: str, payloads: Iterable[bytes], partition
 
 
 def changes_of(settings: Settings, **read_options: Any) -> list[dict[str, Any]]:
-    """Distinct change records (read uncommitted, docs/local-stack.md), in per-user order."""
+    """Distinct committed change records, in per-user order."""
     unique = distinct_records(settings, settings.kafka.topics.segments, **read_options)
     return sorted(unique.values(), key=lambda c: (c["user"], c["seq"]))
 

@@ -12,21 +12,25 @@ from pathlib import Path
 
 import pytest
 import redis
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType
 
-from personalize import settings, stack
+from personalize import bootstrap, settings, stack
+from personalize.kafka_tools import read_topic
 from personalize.settings import Settings
 from tests.conftest import free_ports
 
 pytestmark = pytest.mark.integration
 
 
-def _environ(run_dir: Path, kafka_port: int, redis_port: int, *, urls: bool = True) -> dict[str, str]:
+def _environ(run_dir: Path, kafka_port: int, redis_port: int, controller_port: int, *,
+             urls: bool = True) -> dict[str, str]:
     environ = {
         "PERSONALIZE__STACK__RUN_DIR": str(run_dir),
         "PERSONALIZE__STACK__KAFKA_PORT": str(kafka_port),
+        "PERSONALIZE__STACK__KAFKA_CONTROLLER_PORT": str(controller_port),
         "PERSONALIZE__STACK__REDIS_PORT": str(redis_port),
-        "PERSONALIZE__STACK__START_TIMEOUT_S": "15",
+        "PERSONALIZE__STACK__START_TIMEOUT_S": "60",
     }
     if urls:
         environ["PERSONALIZE__KAFKA__BOOTSTRAP_SERVERS"] = f"127.0.0.1:{kafka_port}"
@@ -36,8 +40,8 @@ def _environ(run_dir: Path, kafka_port: int, redis_port: int, *, urls: bool = Tr
 
 @pytest.fixture
 def stack_settings(tmp_path: Path) -> Iterator[Settings]:
-    kafka_port, redis_port = free_ports(2)
-    loaded = settings.load(environ=_environ(tmp_path / "stack", kafka_port, redis_port))
+    kafka_port, redis_port, controller_port = free_ports(3)
+    loaded = settings.load(environ=_environ(tmp_path / "stack", kafka_port, redis_port, controller_port))
     yield loaded
     stack.down(loaded)
 
@@ -65,7 +69,8 @@ def test_up_creates_topics_and_a_second_up_reuses_the_stack(stack_settings: Sett
     pids = {name: record["pid"] for name, record in _state(info.run_dir).items()}
     # Same stack ports but settings that never mention the URLs: reused, and the URLs follow the ports.
     only_ports = settings.load(environ=_environ(info.run_dir, stack_settings.stack.kafka_port,
-                                                stack_settings.stack.redis_port, urls=False))
+                                                stack_settings.stack.redis_port,
+                                                stack_settings.stack.kafka_controller_port, urls=False))
     again = stack.up(only_ports)
     assert again.started == []
     assert (again.bootstrap_servers, again.redis_url) == (info.bootstrap_servers, info.redis_url)
@@ -73,6 +78,62 @@ def test_up_creates_topics_and_a_second_up_reuses_the_stack(stack_settings: Sett
     status = stack.status(stack_settings)
     assert status["kafka"]["status"] == status["redis"]["status"] == "up"
     assert status["kafka"]["topics"]["control.rules"] == 1
+    assert set(info.logs) == {"kafka", "redis"} and Path(info.logs["kafka"]).exists()
+
+
+def test_topics_are_created_with_their_configs_and_the_local_overrides(stack_settings: Settings) -> None:
+    info = stack.up(stack_settings)
+    admin = KafkaAdminClient(bootstrap_servers=info.bootstrap_servers)
+    try:
+        profiles, rules = stack_settings.kafka.topics.profiles.name, stack_settings.kafka.topics.rules.name
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)
+                                            for name in (profiles, rules)])["topic"]
+    finally:
+        admin.close()
+    configs = {name: {key: entry["value"] for key, entry in entries.items()} for name, entries in described.items()}
+    assert configs[profiles]["cleanup.policy"] == "compact,delete"  # a latest-per-user view (docs/privacy.md)
+    assert configs[profiles]["retention.ms"] == configs[rules]["retention.ms"] == "-1"  # history replays
+    assert configs[rules]["segment.ms"] == stack_settings.stack.topic_config["segment.ms"]
+
+
+def test_the_broker_keeps_its_data_across_a_restart(stack_settings: Settings) -> None:
+    info = stack.up(stack_settings)
+    topic = stack_settings.kafka.topics.rules.name
+    producer = KafkaProducer(bootstrap_servers=info.bootstrap_servers, acks="all")
+    producer.send(topic, b"kept").get(timeout=30)
+    producer.close()
+    stack.down(stack_settings)
+
+    stack.up(stack_settings)
+
+    assert [record.value for record in read_topic(info.bootstrap_servers, topic, 1, idle_timeout_s=1)] == [b"kept"]
+    stack.down(stack_settings, wipe=True)
+    stack.up(stack_settings)
+    assert list(read_topic(info.bootstrap_servers, topic, 1, idle_timeout_s=1)) == []
+
+
+def test_a_corrupt_storage_dir_is_refused_in_one_line(stack_settings: Settings) -> None:
+    info = stack.up(stack_settings)
+    stack.down(stack_settings)
+    meta = info.run_dir / "kafka" / "data" / "meta.properties"
+    meta.write_text("garbage\n")
+
+    with pytest.raises(stack.StackError) as caught:
+        stack.up(stack_settings)
+
+    message = str(caught.value)
+    assert "\n" not in message and "storage is corrupt" in message and "stack down --wipe" in message
+    assert stack.status(stack_settings)["redis"]["status"] == "down"  # nothing was half-started
+
+
+def test_missing_java_is_refused_in_one_line(stack_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    bootstrap.ensure_all()  # the jars are there: only java is missing
+    monkeypatch.setenv("PATH", "/nonexistent")
+
+    with pytest.raises(stack.StackError) as caught:
+        stack.up(stack_settings)
+
+    assert "Java 17+ is required" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_a_crashed_component_is_restarted_alone(stack_settings: Settings) -> None:
@@ -87,8 +148,9 @@ def test_a_crashed_component_is_restarted_alone(stack_settings: Settings) -> Non
     assert stack.status(stack_settings)["kafka"]["topics"]["events.behavior"] == 4
 
 
-def test_port_taken_by_another_process_is_refused_clearly(stack_settings: Settings) -> None:
-    port = stack_settings.stack.kafka_port
+@pytest.mark.parametrize("setting", ["kafka_port", "kafka_controller_port"])
+def test_port_taken_by_another_process_is_refused_clearly(stack_settings: Settings, setting: str) -> None:
+    port = getattr(stack_settings.stack, setting)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
@@ -97,8 +159,8 @@ def test_port_taken_by_another_process_is_refused_clearly(stack_settings: Settin
 
     message = str(caught.value)
     assert f"port {port}" in message
-    assert "stack.kafka_port" in message
-    assert "PERSONALIZE__STACK__KAFKA_PORT" in message
+    assert f"stack.{setting}" in message
+    assert f"PERSONALIZE__STACK__{setting.upper()}" in message
     run_dir = Path(stack_settings.stack.run_dir)
     assert not (run_dir / "state.json").exists()
     assert stack.status(stack_settings)["redis"]["status"] == "down"  # nothing was half-started
