@@ -295,7 +295,7 @@ class RedisStateWriter:
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(models_current_key(prefix), mapping={  # type: ignore[arg-type]
                 "version": snapshot.version, "lineage": snapshot.lineage, "ts": snapshot.ts,
-                "cause": snapshot.cause, "bytes": len(snapshot.models), **quality})
+                "cause": snapshot.cause, **quality})
             pipe.delete(models_clusters_key(prefix))
             if clusters:
                 pipe.hset(models_clusters_key(prefix), mapping=clusters)  # type: ignore[arg-type]

@@ -43,6 +43,11 @@ MISSING_USER = "missing_user"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 REASONS = (PAYLOAD_TOO_LARGE, EMPTY_PAYLOAD, NOT_UTF8, INVALID_JSON, NOT_AN_OBJECT, UNSUPPORTED_VERSION,
            MISSING_FIELD, INVALID_FIELD, UNKNOWN_TYPE, MISSING_USER, TIMESTAMP_OUT_OF_RANGE)
+# Reasons of the control and internal inputs (docs/events.md): a rule command that does not apply, a
+# model snapshot or an identity-loop record this job did not sign or cannot read.
+INVALID_RULE = "invalid_rule"
+INVALID_SNAPSHOT = "invalid_snapshot"
+INVALID_INTERNAL = "invalid_internal"
 
 
 class Rejection(NamedTuple):

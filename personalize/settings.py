@@ -144,6 +144,8 @@ class ValidationSettings:
     max_payload_bytes: int
     min_event_time_ms: int
     max_future_skew_ms: int
+    max_snapshot_bytes: int
+    """A model snapshot record larger than this is refused (docs/security.md)."""
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
             max_payload_bytes=validation["max_payload_bytes"],
             min_event_time_ms=iso_to_ms(validation["min_event_time"], "validation.min_event_time"),
             max_future_skew_ms=validation["max_future_skew_ms"],
+            max_snapshot_bytes=validation["max_snapshot_bytes"],
         ),
         features=FeatureSettings(**{**raw["features"], "windows": tuple(raw["features"]["windows"])}),
         rules=RuleSettings(**raw["rules"]),
