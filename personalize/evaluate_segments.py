@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from river import metrics
 
-from operators.events import Event
+from operators.events import Event, user_key_of
 from operators.features.operator import FeatureOperator, FeatureVector, UserFeatures
 from operators.features.rfm import LocalPopulation
 from operators.models.clustering import CLUSTERERS, Assignment
@@ -106,7 +106,7 @@ def feature_timeline(settings: Settings) -> Timeline:
         if update is None:
             continue
         if event.type == "identify":
-            owners[f"anon:{event.anonymous_id}"] = event.user_id
+            owners[user_key_of("", event.anonymous_id)] = event.user_id
         features[key], vector = feature_operator.process(features.get(key), event)
         expiry = features[key].sessions.needs_timer(config.session_gap_ms)
         if expiry is not None:
