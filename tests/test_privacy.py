@@ -169,6 +169,23 @@ def test_redaction_replaces_known_pii_fields_in_json_payloads() -> None:
     assert not any(value in text for value in ("alice", "cookie-7", "example.com", "555", "10.1.2.3"))
 
 
+@pytest.mark.parametrize("key", ["Email", "EMAIL", "e-mail", "email_address", "userEmail", "phone_number",
+                                 "PhoneNumber", "mobile", "userId", "UserID", "customer_id", "anonymousId",
+                                 "first_name", "LastName", "Full-Name", "billingAddress", "street_address",
+                                 "IP", "ip_address", "clientIp", "password", "date_of_birth", "creditCardNumber"])
+def test_redaction_matches_pii_keys_in_any_case_or_separator_style(key: str) -> None:
+    """``Email``, ``phone_number`` and ``userId`` values once reached the dead-letter topic."""
+    record = letter(json.dumps({"type": "teleport", "properties": {"nested": [{key: "SECRET-VALUE"}]}}).encode())
+    assert "SECRET-VALUE" not in json.dumps(record)
+    assert record["redacted"] == [f"properties.nested.[].{key}"]
+
+
+@pytest.mark.parametrize("key", ["device", "plan", "category", "item_id", "campaign", "price", "query"])
+def test_redaction_keeps_what_is_not_personal(key: str) -> None:
+    record = letter(json.dumps({"type": "teleport", "properties": {key: "kept-value"}}).encode())
+    assert "kept-value" in record["payload"] and record["redacted"] == []
+
+
 def test_redaction_with_a_hasher_keeps_pseudonyms_for_correlation() -> None:
     hasher = PiiHasher(SECRET)
     record = letter(json.dumps({"type": "page_view", "user_id": "alice", "traits": {"email": "A@x.org"}}).encode(),
