@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -217,10 +218,24 @@ def restart_strategy(job: JobSettings) -> dict[str, str]:
             prefix + "attempts-before-reset-backoff": str(job.restart_attempts)}
 
 
+def flink_log_dir(settings: Settings) -> Path:
+    """Where this process's local Flink (the MiniCluster) logs: its own directory under the run directory,
+    so no run overwrites another's log. Fixed at the first call, before PyFlink starts its JVM, which
+    reads ``FLINK_LOG_DIR`` once."""
+    configured = os.environ.get("FLINK_LOG_DIR")
+    if configured:
+        return Path(configured)
+    directory = resolve(settings.stack.run_dir) / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["FLINK_LOG_DIR"] = str(directory)
+    return directory
+
+
 def create_environment(settings: Settings, jars: list[Path], savepoint: str | None = None) -> tuple[
         StreamExecutionEnvironment, StreamTableEnvironment]:
     """The job's environment; ``savepoint``: restore from this savepoint or retained checkpoint."""
     put_interpreter_first_on_path()
+    flink_log_dir(settings)
     config = Configuration()
     if savepoint is not None:
         config.set_string("execution.savepoint.path", savepoint)
