@@ -14,13 +14,10 @@ from collections.abc import Callable, Sequence
 
 import redis
 
+from connectors.redis_keys import population_key
 from operators.quantiles import PopulationHistogram
 
 log = logging.getLogger(__name__)
-
-
-def population_key(prefix: str, metric: str) -> str:
-    return f"{prefix}population:{metric}"
 
 
 class SharedPopulation:
@@ -76,8 +73,8 @@ class SharedPopulation:
             pipe.hgetall(key)
         try:
             replies = pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("population sync skipped, Redis unreachable (%r)", exc)
+        except redis.RedisError as exc:  # scores go on against the last view: an outage never fails the job
+            log.warning("population sync skipped, Redis did not answer (%r)", exc)
             return
         self._read(replies[1::2], restore=False)
 

@@ -92,3 +92,23 @@ def deadletter_counts_key(prefix: str) -> str:
 def models_instances_key(prefix: str) -> str:
     """Hash: parallel user-state instance index -> ``<lineage>:<version>`` of the snapshot it scores with."""
     return f"{prefix}models:instances"
+
+
+def population_key(prefix: str, metric: str) -> str:
+    """Hash: parallel instance index -> its users' current values of one R/F/M metric (connectors/population.py)."""
+    return f"{prefix}population:{metric}"
+
+
+def layout_patterns(prefix: str) -> tuple[str, ...]:
+    """SCAN patterns of every key the job writes (docs/redis.md): all a cleanup may ever delete.
+
+    Built from the key functions themselves, so the layout and its cleanup cannot drift apart; the
+    prefix is plain text (the settings allow no glob characters in it).
+    """
+    user_keys = (user_profile_key, user_features_key, user_segments_key, user_recs_key, user_recs_info_key,
+                 user_model_key)
+    global_keys = (users_hll_key, segment_counts_key, segment_changes_key, rules_key, rule_instances_key,
+                   models_current_key, models_clusters_key, models_drift_key, models_instances_key,
+                   deadletter_counts_key)
+    return (*(key(prefix, "*") for key in user_keys), segment_members_key(prefix, "*"), population_key(prefix, "*"),
+            *(key(prefix) for key in global_keys))

@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import BusyLoadingError, NoScriptError, OutOfMemoryError, ReadOnlyError
 
 from connectors.redis_keys import (
     deadletter_counts_key,
@@ -48,8 +49,35 @@ from operators.rules.engine import SegmentChange
 from personalize.settings import RedisSettings
 
 #: Errors a flush waits out: Redis is down, restarting (a restarted server has lost the loaded Lua
-#: scripts) or not answering in time.
-TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, NoScriptError)
+#: scripts, or is still loading its data), not answering in time, full (``maxmemory`` with the
+#: ``noeviction`` policy: ``OOM command not allowed``) or a replica that cannot take writes yet.
+TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, NoScriptError, BusyLoadingError, OutOfMemoryError,
+                    ReadOnlyError)
+#: The same errors raised inside a Lua script or a pipeline arrive as a plain ``ResponseError`` whose
+#: message carries the server's error code.
+TRANSIENT_CODES = ("OOM command not allowed", "-LOADING", "-READONLY", "NOSCRIPT")
+
+
+def refusal(exc: redis.RedisError) -> str:
+    """Why Redis refused, in one short line: the server's own message for a coded error (``OOM command not
+    allowed ...``), else the error's type and message."""
+    text = " ".join(str(exc).split())
+    for code in TRANSIENT_CODES:
+        start = text.find(code.lstrip("-"))
+        if start >= 0:
+            return text[start:start + 200]
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def is_transient(exc: redis.RedisError) -> bool:
+    """Whether a flush should wait ``exc`` out (an outage, a full or restarting Redis), not fail at once."""
+    return isinstance(exc, TRANSIENT_ERRORS) or (
+        isinstance(exc, redis.ResponseError) and any(code in str(exc) for code in TRANSIENT_CODES))
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis refused writes for longer than the retry deadline: the task fails, and this one line is what
+    the CLI shows of it (docs/operations.md)."""
 #: How long a flush retries before the error fails the task; checkpoints wait meanwhile (their
 #: timeout, 10 min by default, must be longer).
 FLUSH_RETRY_DEADLINE_S = 60.0
@@ -138,6 +166,12 @@ redis.call('HSET', KEYS[2], 'version', ARGV[1], 'ts', ARGV[3], 'suppressed', ARG
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
+
+
+def redis_address(url: str) -> str:
+    """``host:port/db`` of a Redis URL, never its password (messages and logs show it)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or ''}"
 
 
 class UserStateSink(Protocol):
@@ -295,7 +329,7 @@ class RedisStateWriter:
             pipe = self.client.pipeline(transaction=True)
             pipe.hset(models_current_key(prefix), mapping={  # type: ignore[arg-type]
                 "version": snapshot.version, "lineage": snapshot.lineage, "ts": snapshot.ts,
-                "cause": snapshot.cause, "bytes": len(snapshot.models), **quality})
+                "cause": snapshot.cause, **quality})
             pipe.delete(models_clusters_key(prefix))
             if clusters:
                 pipe.hset(models_clusters_key(prefix), mapping=clusters)  # type: ignore[arg-type]
@@ -340,9 +374,12 @@ class RedisStateWriter:
             try:
                 write()
                 return
-            except TRANSIENT_ERRORS as exc:
-                if time.monotonic() + delay > deadline:
+            except redis.RedisError as exc:
+                if not is_transient(exc):
                     raise
+                if time.monotonic() + delay > deadline:
+                    raise RedisUnavailable(f"Redis at {redis_address(self.settings.url)} refused writes for "
+                                           f"{self.retry_deadline_s:g} s: {refusal(exc)}") from exc
                 log.warning("Redis write failed (%r); retrying in %.1f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_DELAY_S)
@@ -436,7 +473,7 @@ class DeadLetterCounter:
             pipe.hincrby(key, reason, count)
         try:
             pipe.execute()
-        except TRANSIENT_ERRORS as exc:
+        except redis.RedisError as exc:  # a summary: whatever Redis says, the job goes on
             log.warning("dead-letter counts not written (%r); kept for the next flush", exc)
             return
         self.counts = {}

@@ -58,7 +58,7 @@ from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleBook, RuleCatalog, RuleEntry, parse_command
 from operators.rules.engine import RuleState, SegmentChange, SegmentEngine
 from operators.rules.language import RuleError
-from operators.validation import Limits, Rejection, parse_event
+from operators.validation import INVALID_RULE, INVALID_SNAPSHOT, Limits, Rejection, parse_event
 from state.codecs import (
     decode_consent,
     decode_features,
@@ -92,6 +92,7 @@ from state.descriptors import (
     recs_state,
     rules_state,
 )
+from state.snapshots import SnapshotError, decode_snapshot, encode_snapshot, snapshot_signer
 
 EVENT_TYPE = Types.ROW_NAMED(
     list(Event._fields),
@@ -241,6 +242,9 @@ class UserOperators:
     rec_shards: int = 1
     privacy: PrivacyOperators | None = None
     """Consent and erasure; None: every event is personalized."""
+    secret: SecretSource | None = None
+    """The job's secret (resolved on the worker): the key of the snapshots' signatures."""
+    max_snapshot_bytes: int = 1 << 20
 
 
 def rec_shard(user_key: str, shards: int) -> str:
@@ -271,6 +275,10 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.user_models = UserModels(ops.models) if ops.models is not None and ops.features_enabled else None
         self.scorer = ModelScorer()
         self.snapshot_loaded = False
+        if self.user_models is not None:
+            assert ops.secret is not None, "models need the job's secret (snapshot signatures)"
+            self.snapshot_signer = snapshot_signer(ops.secret.resolve())
+        self.invalid_snapshots = runtime_context.get_metrics_group().counter("invalid_snapshots")
         self.segments_now: tuple[str, ...] = ()
         """The user's segments after the latest rule step (what the recommender's trending lists use)."""
         self.sink = ops.redis()
@@ -311,7 +319,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
             self.snapshot_loaded = True
             stored = ctx.get_broadcast_state(MODEL_SNAPSHOT).get(MODEL_SNAPSHOT_KEY)
             if stored:
-                snapshot = ModelSnapshot.from_json(stored)
+                snapshot = decode_snapshot(bytes(stored), self.snapshot_signer, len(stored))
                 self.scorer.load(snapshot)
                 self.sink.write_model_instance(self.subtask, snapshot)
         return self.scorer
@@ -319,24 +327,37 @@ class UserFunction(KeyedBroadcastProcessFunction):
     def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
         """A rule command or a model snapshot (the two control topics share the broadcast input)."""
         if value[1] == self.operators.topics["models"]:
-            self._load_snapshot(value[0], ctx)
+            yield from self._load_snapshot(value, ctx)
             return
         yield from self._apply_rule_command(value, ctx)
 
-    def _load_snapshot(self, payload: bytes, ctx: KeyedBroadcastProcessFunction.Context) -> None:
+    def _load_snapshot(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
         """Score with a newer snapshot from now on; it stays in broadcast state for a restore.
 
-        The snapshot topic is internal (written by this job's trainer only): its pickled models are
-        trusted, so only the job may write it (docs/models.md).
+        Only a record this job's trainer signed is a snapshot (docs/security.md): anything else is
+        dead-lettered (by one instance for all) and the model in use stays.
         """
-        snapshot = ModelSnapshot.from_json(payload)
+        payload = value[0]
+        try:
+            snapshot = decode_snapshot(payload, self.snapshot_signer, self.operators.max_snapshot_bytes)
+        except SnapshotError as exc:
+            self.invalid_snapshots.inc()
+            if self.subtask == 0:
+                yield self._dead_letter(Rejection(INVALID_SNAPSHOT, str(exc)), value)
+            return
         if self._scorer(ctx).load(snapshot):
             ctx.get_broadcast_state(MODEL_SNAPSHOT).put(MODEL_SNAPSHOT_KEY, bytes(payload))
             self.sink.write_model_instance(self.subtask, snapshot)
 
+    def _dead_letter(self, rejection: Rejection, value: Row) -> Row:
+        """A control record (rule command, snapshot) this operator cannot use, as a dead letter."""
+        payload, topic, partition, offset, record_ts = value
+        key, letter = dead_letter(rejection, payload, topic, partition, offset, record_ts)
+        return Row(key, letter, self.operators.topics["deadletter"])
+
     def _apply_rule_command(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
         """Apply a rule command, or (one instance for all) emit an error record and change nothing."""
-        payload, topic, partition, offset, record_ts = value
+        payload = value[0]
         book = self.operators.rules
         if book is None or self._engine(ctx) is None or self.catalog is None:
             return
@@ -345,9 +366,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
             entry = self.catalog.apply(parse_command(payload, compiler))
         except RuleError as exc:
             if self.subtask == 0:
-                key, letter = dead_letter(Rejection("invalid_rule", str(exc)), payload, topic, partition, offset,
-                                          record_ts)
-                yield Row(key, letter, self.operators.topics["deadletter"])
+                yield self._dead_letter(Rejection(INVALID_RULE, str(exc)), value)
             return
         ctx.get_broadcast_state(RULE_CATALOG).put(entry.id, entry.to_json())
         rule_set = self.catalog.rule_set(compiler)
@@ -862,6 +881,8 @@ class TrainerSettings:
     """``models`` (snapshots) and ``drift``."""
     redis: Callable[[], UserStateSink]
     state_write_ms: int
+    secret: SecretSource
+    """The job's secret (resolved on the worker): the key of the snapshots' signatures."""
 
 
 class ModelTrainerFunction(KeyedProcessFunction):
@@ -877,6 +898,7 @@ class ModelTrainerFunction(KeyedProcessFunction):
                                      lambda: ModelTrainer(config, lineage=uuid.uuid4().hex[:12]),
                                      learn_training_input, self.settings.state_write_ms)
         self.sink = self.settings.redis()
+        self.signer = snapshot_signer(self.settings.secret.resolve())
         self.end_timer_set = False
         self.quality: dict[str, float] = {}
         metrics = runtime_context.get_metrics_group()
@@ -917,7 +939,7 @@ class ModelTrainerFunction(KeyedProcessFunction):
         quality = trainer.quality()
         self.quality = {"version": snapshot.version, **quality}
         self.sink.write_model(snapshot, quality)
-        return Row(b"models", snapshot.to_json(), self.settings.topics["models"])
+        return Row(b"models", encode_snapshot(snapshot, self.signer), self.settings.topics["models"])
 
     def close(self) -> None:
         close_sink(self)

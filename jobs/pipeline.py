@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -126,11 +127,12 @@ def recommendation_config(settings: Settings) -> RecConfig | None:
 
 
 def secret_source(settings: Settings) -> SecretSource:
-    """Where workers find the privacy secret; checked here, so a missing secret stops the job at start."""
+    """Where workers find the job's secret (pseudonyms, erasure confirmations, the signatures of model
+    snapshots); checked here, so a missing secret stops the job at start."""
     privacy = settings.privacy
     file = privacy.secret_file or str(Path(settings.stack.run_dir) / SECRET_FILE_NAME)
     source = SecretSource(privacy.secret, privacy.secret_env, str(resolve(file)))
-    if privacy.enabled or privacy.hash_identifiers:
+    if privacy.enabled or privacy.hash_identifiers or model_config(settings) is not None:
         try:
             source.resolve()
         except SecretError as exc:
@@ -216,10 +218,24 @@ def restart_strategy(job: JobSettings) -> dict[str, str]:
             prefix + "attempts-before-reset-backoff": str(job.restart_attempts)}
 
 
+def flink_log_dir(settings: Settings) -> Path:
+    """Where this process's local Flink (the MiniCluster) logs: its own directory under the run directory,
+    so no run overwrites another's log. Fixed at the first call, before PyFlink starts its JVM, which
+    reads ``FLINK_LOG_DIR`` once."""
+    configured = os.environ.get("FLINK_LOG_DIR")
+    if configured:
+        return Path(configured)
+    directory = resolve(settings.stack.run_dir) / "logs" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ["FLINK_LOG_DIR"] = str(directory)
+    return directory
+
+
 def create_environment(settings: Settings, jars: list[Path], savepoint: str | None = None) -> tuple[
         StreamExecutionEnvironment, StreamTableEnvironment]:
     """The job's environment; ``savepoint``: restore from this savepoint or retained checkpoint."""
     put_interpreter_first_on_path()
+    flink_log_dir(settings)
     config = Configuration()
     if savepoint is not None:
         config.set_string("execution.savepoint.path", savepoint)
@@ -314,6 +330,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         state_ttl_ms=job.state_ttl_ms, allowed_lateness_ms=settings.features.allowed_lateness_ms,
         redis=io.redis, population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
         models=models, recs=recs, privacy=privacy_operators(settings, secret, stitching),
+        secret=secret, max_snapshot_bytes=validation.max_snapshot_bytes,
     )
     control = io.rules(env, t_env)
     if models is not None:
@@ -328,7 +345,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     outputs = [parsed.get_side_output(DEAD_LETTERS), users.get_side_output(LATE_EVENTS)]
     if models is not None:
         trainer = TrainerSettings(models, {"models": topics.models.name, "drift": topics.drift.name}, io.redis,
-                                  job.model_state_write_ms)
+                                  job.model_state_write_ms, secret)
         outputs.append(
             routed(t_env, users, TRAINING_ROUTE)
             .key_by(receiver, key_type=Types.STRING())

@@ -25,7 +25,7 @@ CONSENT_PURPOSES = ("personalization", "analytics", "marketing")
 
 
 class Event(NamedTuple):
-    """A validated event. ``user_key`` is the id the job keys by: ``user_id``, else ``anon:<anonymous_id>``."""
+    """A validated event. ``user_key`` is the id the job keys by (:func:`user_key_of`)."""
 
     event_id: str
     type: str
@@ -42,6 +42,22 @@ class Event(NamedTuple):
     """JSON text of the remaining structured fields (context, properties, traits, consent, query)."""
 
 
+ANONYMOUS_PREFIX = "anon:"
+ESCAPE_PREFIX = "="
+"""Put before a known user id that would otherwise read as an anonymous key (or as an escaped one)."""
+
+
 def user_key_of(user_id: str, anonymous_id: str) -> str:
-    """The keying id: known users by ``user_id``; anonymous visitors in their own namespace."""
-    return user_id if user_id else f"anon:{anonymous_id}"
+    """The keying id: anonymous visitors as ``anon:<anonymous_id>``, known users by ``user_id``.
+
+    The two namespaces never meet, whatever the ids look like: a user id that starts with ``anon:``
+    (or with the escape itself) gets a leading ``=``, so a known user ``anon:X`` is ``=anon:X`` and
+    never shares a profile with the anonymous visitor ``X``, and no two user ids share a key.
+    """
+    if user_id:
+        return ESCAPE_PREFIX + user_id if user_id.startswith((ANONYMOUS_PREFIX, ESCAPE_PREFIX)) else user_id
+    return ANONYMOUS_PREFIX + anonymous_id
+
+
+def is_anonymous(user_key: str) -> bool:
+    return user_key.startswith(ANONYMOUS_PREFIX)

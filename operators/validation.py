@@ -7,11 +7,12 @@ topic. ``config/event.schema.json`` documents the same contract; a test keeps th
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
+
+import orjson
 
 from operators.events import (
     CONSENT_PURPOSES,
@@ -23,6 +24,7 @@ from operators.events import (
 )
 
 MAX_ID_LENGTH = 256
+MAX_DETAIL_CHARS = 200
 MAX_PRICE = 1e9
 MAX_QUANTITY = 10_000
 ATTRIBUTE_FIELDS = ("context", "properties", "traits", "consent", "query", "order_id")
@@ -43,6 +45,11 @@ MISSING_USER = "missing_user"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 REASONS = (PAYLOAD_TOO_LARGE, EMPTY_PAYLOAD, NOT_UTF8, INVALID_JSON, NOT_AN_OBJECT, UNSUPPORTED_VERSION,
            MISSING_FIELD, INVALID_FIELD, UNKNOWN_TYPE, MISSING_USER, TIMESTAMP_OUT_OF_RANGE)
+# Reasons of the control and internal inputs (docs/events.md): a rule command that does not apply, a
+# model snapshot or an identity-loop record this job did not sign or cannot read.
+INVALID_RULE = "invalid_rule"
+INVALID_SNAPSHOT = "invalid_snapshot"
+INVALID_INTERNAL = "invalid_internal"
 
 
 class Rejection(NamedTuple):
@@ -66,27 +73,17 @@ class Limits:
 
 
 def _require_id(doc: dict[str, Any], name: str, required: bool = True) -> str:
-    """An identifier field: absent or null is allowed unless required; present means 1..256 chars."""
+    """An identifier field: absent or null is allowed unless required; present means 1..256 printable
+    characters: no control, format or separator characters but the space, and no lone surrogates (which
+    no encoder can write, so as a key they would fail the job downstream instead of one record here)."""
     value = doc.get(name)
     if value is None:
         if required:
             raise _Invalid(MISSING_FIELD, name)
         return ""
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
-        raise _Invalid(INVALID_FIELD, f"{name} must be a string of 1..{MAX_ID_LENGTH} characters")
-    if not value.isascii() and not _is_text(value):
-        raise _Invalid(INVALID_FIELD, f"{name} has a lone surrogate escape (not Unicode text)")
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH or not value.isprintable():
+        raise _Invalid(INVALID_FIELD, f"{name} must be printable text of 1..{MAX_ID_LENGTH} characters")
     return value
-
-
-def _is_text(value: str) -> bool:
-    """JSON may escape lone UTF-16 surrogates (``"\\ud800"``); such a string cannot be encoded, so
-    as a key or id it would fail the job downstream (a poison pill) instead of one record here."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _integral(value: Any) -> int | None:
@@ -174,13 +171,13 @@ def _validate(doc: Any, record_ts_ms: int, limits: Limits) -> Event:
         raise _Invalid(NOT_AN_OBJECT, f"top level is {type(doc).__name__}")
     version = doc.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise _Invalid(UNSUPPORTED_VERSION, f"schema_version {version!r}, this job reads {SCHEMA_VERSION}")
+        raise _Invalid(UNSUPPORTED_VERSION, f"schema_version is not {SCHEMA_VERSION}, the version this job reads")
     event_id = _require_id(doc, "event_id")
     event_type = doc.get("type")
     if event_type is None:
         raise _Invalid(MISSING_FIELD, "type")
     if not isinstance(event_type, str) or event_type not in EVENT_TYPES:  # lists/objects are unhashable
-        raise _Invalid(UNKNOWN_TYPE, str(event_type)[:64])
+        raise _Invalid(UNKNOWN_TYPE, "type is not an event type of the contract (docs/events.md)")
     user_id = _require_id(doc, "user_id", required=False)
     anonymous_id = _require_id(doc, "anonymous_id", required=False)
     if not user_id and not anonymous_id:
@@ -189,7 +186,8 @@ def _validate(doc: Any, record_ts_ms: int, limits: Limits) -> Event:
         raise _Invalid(MISSING_USER, "identify needs both user_id and anonymous_id")
     ts = _timestamp_ms(doc.get("ts"))
     if ts < limits.min_event_time_ms or ts > record_ts_ms + limits.max_future_skew_ms:
-        raise _Invalid(TIMESTAMP_OUT_OF_RANGE, f"ts {ts} outside [{limits.min_event_time_ms}, record time + skew]")
+        raise _Invalid(TIMESTAMP_OUT_OF_RANGE, "ts is before validation.min_event_time or further ahead of the "
+                                               "record's timestamp than validation.max_future_skew_ms")
     item_id = _require_id(doc, "item_id", required=event_type in ITEM_TYPES)
     category = _require_id(doc, "category", required=False)
     session_id = _require_id(doc, "session_id", required=False)
@@ -199,12 +197,21 @@ def _validate(doc: Any, record_ts_ms: int, limits: Limits) -> Event:
         event_id=event_id, type=event_type, user_key=user_key_of(user_id, anonymous_id), user_id=user_id,
         anonymous_id=anonymous_id, ts=ts, item_id=item_id, category=category, price=_price(doc),
         quantity=_quantity(doc), session_id=session_id,
-        attributes=json.dumps(attributes, separators=(",", ":"), sort_keys=True) if attributes else "",
+        attributes=_attributes_json(attributes) if attributes else "",
     )
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+def _attributes_json(attributes: dict[str, Any]) -> str:
+    """The structured fields as compact JSON text, which every later encoder can write again.
+
+    The parser already refused what is not JSON; this refuses what JSON allows but the job's encoders
+    do not (docs/events.md): integers beyond 64 bits and nesting deeper than 255 levels.
+    """
+    try:
+        return orjson.dumps(attributes, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    except TypeError:
+        raise _Invalid(INVALID_FIELD, "context, properties and traits hold integers within 64 bits and at most "
+                                      "255 levels of nesting") from None
 
 
 def parse_event(payload: bytes | None, record_ts_ms: int, limits: Limits = Limits()) -> Event | Rejection:
@@ -214,16 +221,19 @@ def parse_event(payload: bytes | None, record_ts_ms: int, limits: Limits = Limit
     if len(payload) > limits.max_payload_bytes:
         return Rejection(PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > {limits.max_payload_bytes}")
     try:
-        text = payload.decode("utf-8")
+        payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         return Rejection(NOT_UTF8, f"invalid byte at position {exc.start}")
     try:
-        doc = json.loads(text, parse_constant=_reject_constant)  # NaN/Infinity are not JSON
-    except (ValueError, RecursionError) as exc:
-        return Rejection(INVALID_JSON, str(exc)[:200])
+        doc = orjson.loads(payload)  # strict: no NaN/Infinity, no lone surrogates, 64-bit integers, depth <= 1024
+    except orjson.JSONDecodeError as exc:
+        return Rejection(INVALID_JSON, _position_only(str(exc)))
     try:
         return _validate(doc, record_ts_ms, limits)
     except _Invalid as invalid:
         return invalid.rejection
-    except RecursionError:  # nesting that json.loads just managed but re-encoding the attributes does not
-        return Rejection(INVALID_JSON, "nested too deeply")
+
+
+def _position_only(message: str) -> str:
+    """A parser message cut before any quoted input: a dead letter's detail never echoes a value."""
+    return message.split(":", 1)[0][:MAX_DETAIL_CHARS]

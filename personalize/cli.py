@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -68,9 +70,12 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from personalize.publish import publish, read_jsonl
+    from personalize.publish import ReplayFileError, publish, read_jsonl
 
-    total = sum(1 for _ in read_jsonl(args.file))
+    try:
+        total = sum(1 for _ in read_jsonl(args.file))  # reads the whole file first: a bad line publishes nothing
+    except ReplayFileError as exc:
+        raise SettingsError(str(exc)) from None
     result = publish(read_jsonl(args.file), settings.kafka, total=total)
     _write_offsets(args.offsets_out, result.end_offsets)
     print(f"replayed {result.count:,} records from {args.file} in {result.seconds:.1f} s")
@@ -79,8 +84,10 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.personalize_job import parse_end_offsets, run_job, source_spec
+    from jobs.pipeline import flink_log_dir
 
     stack.require_java()
+    print(f"Flink log (this run): {flink_log_dir(settings)}")
     end_offsets = parse_end_offsets(args.end_offsets) if args.end_offsets else None
     result = run_job(settings, source_spec(settings, args.start, end_offsets))
     print(f"job {result.job_name} finished in {result.seconds:.1f} s")
@@ -304,9 +311,21 @@ def _runtime_errors() -> tuple[type[BaseException], ...]:
     return (*errors, Py4JError)
 
 
+#: How a Python operator's exception appears in a failed Flink job's Java trace (PyFlink's thread mode).
+PYTHON_CAUSE = re.compile(r"PythonException: <class '(?:[\w.]*\.)?(\w+)'>: (.+)")
+
+
 def _one_line(exc: BaseException) -> str:
-    """The message of ``exc``; a failed Flink job's Java trace is cut to its first lines."""
+    """The message of ``exc``. A failed Flink job's Java trace is reduced to the Python exception that
+    caused it (``RedisUnavailable``'s message says which Redis refused writes and why), with where the
+    full log is; a trace without one is cut to its first lines."""
     text = str(exc).strip() or type(exc).__name__
+    causes = PYTHON_CAUSE.findall(text)
+    if causes:
+        name, message = causes[-1]
+        log = os.environ.get("FLINK_LOG_DIR")
+        cause = message.strip() if name == "RedisUnavailable" else f"{name}: {message.strip()}"
+        return cause + (f" (Flink log: {log})" if log else "")
     lines = text.splitlines()
     return text if len(lines) <= 6 else "\n".join([*lines[:6], f"... ({len(lines) - 6} more lines)"])
 

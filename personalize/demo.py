@@ -11,6 +11,7 @@ from typing import IO, Any
 import redis
 
 from connectors.redis_keys import (
+    layout_patterns,
     models_current_key,
     segment_counts_key,
     user_features_pattern,
@@ -18,6 +19,7 @@ from connectors.redis_keys import (
     user_recs_info_key,
 )
 from jobs.personalize_job import run_job, source_spec
+from jobs.pipeline import flink_log_dir
 from personalize import stack
 from personalize.generator import EventGenerator
 from personalize.kafka_tools import read_topic
@@ -69,17 +71,19 @@ class Summary:
 
 
 def clear_redis(settings: Settings) -> int:
-    """Delete this deployment's keys (``redis.key_prefix``) so a fresh run starts from nothing."""
+    """Delete this deployment's keys so a fresh run starts from nothing: only keys of the layout in
+    docs/redis.md under ``redis.key_prefix``, never anything else in the database."""
     client = redis.Redis.from_url(settings.redis.url)
     deleted = 0
-    batch = []
-    for key in client.scan_iter(f"{settings.redis.key_prefix}*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
+    for pattern in layout_patterns(settings.redis.key_prefix):
+        batch = []
+        for key in client.scan_iter(pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(client.unlink(*batch))  # type: ignore[arg-type]
+                batch.clear()
+        if batch:
             deleted += int(client.unlink(*batch))  # type: ignore[arg-type]
-            batch.clear()
-    if batch:
-        deleted += int(client.unlink(*batch))  # type: ignore[arg-type]
     return deleted
 
 
@@ -168,7 +172,8 @@ def run_demo(settings: Settings, out: IO[str] = sys.stdout) -> Summary:
     print(f"planted personas of {settings.generator.users:,} users: {personas_path}", file=out)
     published = publish(generator.records(), settings.kafka, total=settings.generator.events)
     summary = Summary(published=published.count, publish_seconds=published.seconds)
-    print(f"running the job on a local MiniCluster (parallelism {settings.job.parallelism})...", file=out)
+    print(f"running the job on a local MiniCluster (parallelism {settings.job.parallelism}); its log: "
+          f"{flink_log_dir(settings)}", file=out)
     summary.job_seconds = run_job(settings, source_spec(settings, "earliest", published.end_offsets)).seconds
     read_back(settings, summary)
     print_summary(summary, out)

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from river import metrics
 
-from operators.events import Event
+from operators.events import Event, user_key_of
 from operators.features.operator import FeatureOperator, FeatureVector, UserFeatures
 from operators.features.rfm import LocalPopulation
 from operators.models.clustering import CLUSTERERS, Assignment
@@ -35,6 +35,7 @@ from operators.profile import ProfileOperator, UserProfile
 from operators.validation import Limits, parse_event
 from personalize.generator import EventGenerator
 from personalize.settings import ModelSettings, Settings
+from state.signing import canonical
 
 HELP = "online clusters vs planted personas (ARI), purchase-intent AUC and log loss, learning cost"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -105,7 +106,7 @@ def feature_timeline(settings: Settings) -> Timeline:
         if update is None:
             continue
         if event.type == "identify":
-            owners[f"anon:{event.anonymous_id}"] = event.user_id
+            owners[user_key_of("", event.anonymous_id)] = event.user_id
         features[key], vector = feature_operator.process(features.get(key), event)
         expiry = features[key].sessions.needs_timer(config.session_gap_ms)
         if expiry is not None:
@@ -259,7 +260,7 @@ def summarize(timeline: Timeline, run: ModelRun) -> dict[str, Any]:
         "vectors_learned": trainer.vectors_learned,
         "switches": {"cluster": run.cluster_switches, "with_hysteresis": run.membership_switches},
         "snapshots": len(run.snapshots),
-        "snapshot_bytes": len(final.models) if final else 0,
+        "snapshot_model_bytes": len(canonical(final.model.to_data())) if final else 0,
         "drifts": [drift.drift_id for drift in run.drifts],
         "clusters": final.summary()["clusters"] if final else [],
     }

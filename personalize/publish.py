@@ -159,15 +159,42 @@ def write_jsonl(records: Iterable[GeneratedRecord], path: str | Path) -> int:
     return count
 
 
+#: Topics a replay may write: the inputs and the rule commands. The job's own topics (model snapshots,
+#: the identity loop) are written by the job alone (docs/security.md).
+REPLAY_ROLES = ("behavior", "profile", "consent", "rules")
+
+
+class ReplayFileError(ValueError):
+    """A replay file that is not what ``personalize produce --jsonl`` writes; the message names the line."""
+
+
 def read_jsonl(path: str | Path) -> Iterator[GeneratedRecord]:
-    """Records exactly as written by :func:`write_jsonl`."""
-    with Path(path).open(encoding="utf-8") as lines:
-        for line in lines:
-            doc = json.loads(line)
-            value = doc["value"].encode() if "value" in doc else base64.b64decode(doc["value_b64"])
-            key = doc["key"]
-            yield GeneratedRecord(doc["topic_role"], None if key is None else key.encode(), value, doc["ts"],
-                                  doc["kind"])
+    """Records exactly as written by :func:`write_jsonl`; :class:`ReplayFileError` naming the line of
+    anything else (not JSON, missing or wrong fields, a topic role a replay may not write)."""
+    with Path(path).open(encoding="utf-8", errors="strict") as lines:
+        number = 0
+        try:
+            for number, line in enumerate(lines, start=1):  # noqa: B007 (named in the error below)
+                if line.strip():
+                    yield _jsonl_record(json.loads(line))
+        except UnicodeDecodeError:
+            raise ReplayFileError(f"{path}: line {number + 1}: not UTF-8 text") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ReplayFileError(f"{path}: line {number}: not a record written by `personalize produce --jsonl` "
+                               f"({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _jsonl_record(doc: Any) -> GeneratedRecord:
+    if not isinstance(doc, dict):
+        raise TypeError("expected a JSON object")
+    role = doc["topic_role"]
+    if role not in REPLAY_ROLES:
+        raise ValueError(f"topic_role {str(role)[:40]!r} is not one of {', '.join(REPLAY_ROLES)}")
+    value = doc["value"].encode() if "value" in doc else base64.b64decode(doc["value_b64"], validate=True)
+    key, ts = doc["key"], doc["ts"]
+    if (key is not None and not isinstance(key, str)) or isinstance(ts, bool) or not isinstance(ts, int):
+        raise TypeError("key must be a string or null and ts an integer")
+    return GeneratedRecord(role, None if key is None else key.encode(), value, ts, str(doc.get("kind", "")))
 
 
 def write_personas(personas: dict[str, str], path: str | Path) -> None:

@@ -144,6 +144,8 @@ class ValidationSettings:
     max_payload_bytes: int
     min_event_time_ms: int
     max_future_skew_ms: int
+    max_snapshot_bytes: int
+    """A model snapshot record larger than this is refused (docs/security.md)."""
 
 
 @dataclass(frozen=True)
@@ -333,16 +335,30 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         node = overrides
         for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = yaml.load(raw, Loader=_Loader) if raw != "" else ""
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SettingsError(f"{name}: {'.'.join(path[:-1])} is set by another variable as a value")
+            node = child
+        try:
+            node[path[-1]] = yaml.load(raw, Loader=_Loader) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise SettingsError(f"{name}: not a YAML value ({problem})") from None
     return overrides
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        loaded = yaml.load(path.read_text(), Loader=_Loader) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SettingsError(f"cannot read config file {path}: {exc}") from exc
+        loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"cannot read config file {path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise SettingsError(f"cannot read config file {path}: not valid YAML{line} ({problem})") from None
     if not isinstance(loaded, dict):
         raise SettingsError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
     return loaded
@@ -372,6 +388,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
             max_payload_bytes=validation["max_payload_bytes"],
             min_event_time_ms=iso_to_ms(validation["min_event_time"], "validation.min_event_time"),
             max_future_skew_ms=validation["max_future_skew_ms"],
+            max_snapshot_bytes=validation["max_snapshot_bytes"],
         ),
         features=FeatureSettings(**{**raw["features"], "windows": tuple(raw["features"]["windows"])}),
         rules=RuleSettings(**raw["rules"]),

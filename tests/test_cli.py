@@ -89,6 +89,49 @@ def test_runtime_failures_exit_1_with_one_line(monkeypatch: pytest.MonkeyPatch,
     assert err.startswith("personalize: replay failed:") and "Traceback" not in err
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    (b'{"topic_role": "behavior", "key": null, "value": "{}", "ts": 1, "kind": "valid"}\n{oops\n', "line 2: not a"),
+    (b'{"topic_role": "models", "key": null, "value": "{}", "ts": 1, "kind": "valid"}\n', "topic_role 'models'"),
+    (b'{"topic_role": "identity.handover"}\n', "line 1"),
+    (b'[1, 2]\n', "line 1"), (b'{"topic_role": "behavior", "key": 5, "value": "", "ts": 1}\n', "line 1"),
+    (b"\xff\xfe\n", "not UTF-8"),
+], ids=["not-json", "internal-topic", "missing-fields", "not-an-object", "bad-key", "not-utf8"])
+def test_a_malformed_replay_file_exits_2_with_one_line_and_publishes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], content: bytes,
+        message: str) -> None:
+    dead_services(monkeypatch)  # nothing may be sent: the file is read to its end before publishing
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(content)
+    assert cli.main(["replay", str(path)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_bad_configuration_exits_2_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("job: {name: caf\xe9}\n".encode("latin-1"))
+    assert cli.main(["--config", str(latin), "stack", "status"]) == cli.EXIT_USAGE
+    monkeypatch.setenv("PERSONALIZE__JOB__NAME", "[unclosed")
+    assert cli.main(["stack", "status"]) == cli.EXIT_USAGE
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and "not UTF-8" in errors[0] and "PERSONALIZE__JOB__NAME: not a YAML value" in errors[1]
+
+
+def test_a_failed_job_is_reported_by_the_python_exception_behind_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a Flink job failed by Redis refusing writes looks like: 100 lines of Java; the user sees one."""
+    trace = "\n".join(["An error occurred while calling o0.execute.", *(f"\tat org.apache.Frame{i}" for i in range(60)),
+                       "Caused by: pemja.core.PythonException: <class 'connectors.redis_writer.RedisUnavailable'>: "
+                       "Redis at 127.0.0.1:6379/0 refused writes for 60 s: OutOfMemoryError: OOM command not "
+                       "allowed when used memory > 'maxmemory'.", *(f"\tat org.apache.Frame{i}" for i in range(40))])
+    monkeypatch.setenv("FLINK_LOG_DIR", "/run/logs/1")
+    assert cli._one_line(RuntimeError(trace)) == (
+        "Redis at 127.0.0.1:6379/0 refused writes for 60 s: OutOfMemoryError: OOM command not allowed when used "
+        "memory > 'maxmemory'. (Flink log: /run/logs/1)")
+    other = "x\nCaused by: pemja.core.PythonException: <class 'KeyError'>: 'price'\n"
+    assert cli._one_line(RuntimeError(other)) == "KeyError: 'price' (Flink log: /run/logs/1)"
+
+
 def test_dashboard_on_a_busy_port_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

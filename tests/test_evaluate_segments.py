@@ -80,7 +80,7 @@ def test_the_cli_writes_the_report_and_says_whether_targets_were_met(settings: S
     met = report["default"]["ari"] >= 0.7 and report["default"]["intent"]["roc_auc"] >= 0.8
     assert code == (evaluate_segments.EXIT_OK if met else evaluate_segments.EXIT_FAILURE)
     assert [row["clusterer"] for row in report["comparison"]] == ["kmeans"]
-    assert {"ari", "intent", "cost_us", "clusters", "drifts", "snapshot_bytes"} <= set(report["default"])
+    assert {"ari", "intent", "cost_us", "clusters", "drifts", "snapshot_model_bytes"} <= set(report["default"])
 
 
 def test_bad_sizes_are_usage_errors(settings: Settings) -> None:

@@ -26,7 +26,7 @@ from operators.features.config import FeatureConfig
 from operators.features.operator import FeatureOperator, FeatureVector
 from operators.features.rfm import LocalPopulation
 from operators.models.inputs import INTENT_FEATURES, behaviour_input, intent_input
-from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
+from operators.models.training import ModelScorer, ModelTrainer
 from operators.models.user import TrainingInput, UserModels, UserModelState
 from operators.privacy.identity import Handover
 from operators.profile import ProfileOperator, ProfileUpdate
@@ -147,16 +147,6 @@ def test_model_state_of_the_previous_codec_version_is_still_read() -> None:
 
 
 # --- snapshots through the topic ------------------------------------------------------------------------------
-
-def test_snapshot_records_round_trip_and_carry_their_event_time() -> None:
-    trainer, _ = trained_scorer()
-    snapshot = train(trainer, 100, start=T0 + 10 * HOUR)[-1]
-    restored = ModelSnapshot.from_json(snapshot.to_json())
-    assert (restored.version, restored.ts, restored.cause, restored.models, restored.lineage) == \
-        (snapshot.version, snapshot.ts, snapshot.cause, snapshot.models, snapshot.lineage)
-    assert [(c.cluster, c.text) for c in restored.clusters] == [(c.cluster, c.text) for c in snapshot.clusters]
-    assert b'"ts":' in snapshot.to_json()  # the snapshot topic's watermark follows it
-
 
 def test_a_new_lineage_replaces_the_scorer_model_whatever_its_version() -> None:
     old, _ = trained_scorer()

@@ -399,7 +399,7 @@ def test_a_drift_publishes_early_with_its_cause() -> None:
 
 
 def published(snapshots: list[ModelSnapshot]) -> list[tuple[Any, ...]]:
-    """What scorers see of each snapshot (pickle bytes may differ in memo layout only)."""
+    """What scorers see of each snapshot."""
     views = []
     for snapshot in snapshots:
         scorer = ModelScorer()
@@ -427,8 +427,7 @@ def test_the_scorer_uses_the_newest_snapshot_only() -> None:
     assert 0.0 <= score.intent <= 1.0
     no_behaviour = scorer.score(feature_values("consent_change"))
     assert no_behaviour is not None and no_behaviour.assignment is None
-    assert len(second.models) < 20_000
-    assert second.summary()["bytes"] == len(second.models) and "models" not in second.summary()
+    assert "model" not in second.summary()  # what Redis and the logs show: no model data
 
 
 def test_training_samples_are_chosen_by_vector_id() -> None:

@@ -7,7 +7,8 @@ import uuid
 import pytest
 import redis
 
-from connectors.population import SharedPopulation, population_key
+from connectors.population import SharedPopulation
+from connectors.redis_keys import population_key
 from operators.quantiles import PopulationHistogram
 from personalize.settings import Settings
 

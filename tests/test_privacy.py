@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from operators.deadletter import dead_letter
-from operators.events import EVENT_TYPES, Event
+from operators.events import EVENT_TYPES, Event, is_anonymous, user_key_of
 from operators.features.affinity import CategoryAffinity
 from operators.features.config import FeatureConfig
 from operators.features.operator import DECISION_FIELDS, FeatureOperator, UserFeatures
@@ -87,7 +89,7 @@ OTHER_SECRET = b"another-secret-0123456789abcdef"
 
 def event(event_type: str, ts: int, user_id: str = "alice", anonymous_id: str = "", item: str = "",
           category: str = "", event_id: str = "", **attributes: Any) -> Event:
-    key = user_id if user_id else f"anon:{anonymous_id}"
+    key = user_key_of(user_id, anonymous_id)
     return Event(event_id or f"{event_type}-{ts}", event_type, key, user_id, anonymous_id, ts, item, category,
                  10.0, 1, "", json.dumps(attributes, sort_keys=True) if attributes else "")
 
@@ -165,6 +167,23 @@ def test_redaction_replaces_known_pii_fields_in_json_payloads() -> None:
                                   "traits.phone", "user_id"]
     text = json.dumps(record)
     assert not any(value in text for value in ("alice", "cookie-7", "example.com", "555", "10.1.2.3"))
+
+
+@pytest.mark.parametrize("key", ["Email", "EMAIL", "e-mail", "email_address", "userEmail", "phone_number",
+                                 "PhoneNumber", "mobile", "userId", "UserID", "customer_id", "anonymousId",
+                                 "first_name", "LastName", "Full-Name", "billingAddress", "street_address",
+                                 "IP", "ip_address", "clientIp", "password", "date_of_birth", "creditCardNumber"])
+def test_redaction_matches_pii_keys_in_any_case_or_separator_style(key: str) -> None:
+    """``Email``, ``phone_number`` and ``userId`` values once reached the dead-letter topic."""
+    record = letter(json.dumps({"type": "teleport", "properties": {"nested": [{key: "SECRET-VALUE"}]}}).encode())
+    assert "SECRET-VALUE" not in json.dumps(record)
+    assert record["redacted"] == [f"properties.nested.[].{key}"]
+
+
+@pytest.mark.parametrize("key", ["device", "plan", "category", "item_id", "campaign", "price", "query"])
+def test_redaction_keeps_what_is_not_personal(key: str) -> None:
+    record = letter(json.dumps({"type": "teleport", "properties": {key: "kept-value"}}).encode())
+    assert "kept-value" in record["payload"] and record["redacted"] == []
 
 
 def test_redaction_with_a_hasher_keeps_pseudonyms_for_correlation() -> None:
@@ -356,6 +375,41 @@ def test_routing_hands_over_once_then_forwards() -> None:
     newer = route(step.state, event("identify", T0 + 1, user_id="bob", anonymous_id="c1"), "anon:c1")
     assert newer.route == Route.HANDOVER and newer.state == IdentityState(alias_of="bob", since=T0 + 1)
     assert route(None, event("page_view", T0, user_id="alice"), "alice").route == Route.LOCAL
+
+
+@pytest.mark.parametrize(("user_id", "anonymous_id", "key"), [
+    ("alice", "", "alice"), ("", "c1", "anon:c1"), ("anon:c1", "", "=anon:c1"), ("=x", "", "==x"),
+    ("anon:c1", "c1", "=anon:c1")])
+def test_known_and_anonymous_keys_never_share_a_namespace(user_id: str, anonymous_id: str, key: str) -> None:
+    assert user_key_of(user_id, anonymous_id) == key
+
+
+@given(st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12))
+def test_user_keys_are_injective_and_never_anonymous_for_known_users(user_id: str, other: str,
+                                                                     anonymous_id: str) -> None:
+    known = user_key_of(user_id, anonymous_id)
+    assert not is_anonymous(known) and known != user_key_of("", anonymous_id)
+    assert (known == user_key_of(other, "")) == (user_id == other)
+
+
+def test_a_login_whose_user_id_looks_anonymous_hands_over_once_instead_of_looping() -> None:
+    """``identify`` with user_id ``anon:A`` and anonymous_id ``A`` once fed the identity loop itself."""
+    identify = event("identify", T0, user_id="anon:A", anonymous_id="A")
+    assert routing_key(identify) == "anon:A" and identify.user_key == "=anon:A"
+    step = route(None, identify, "anon:A")
+    assert step.route == Route.HANDOVER and step.target == "=anon:A"
+    arrived = forwarded(identify, step.target)
+    assert routing_key(arrived) == "=anon:A" and route(None, arrived, "=anon:A").route == Route.LOCAL
+
+
+@given(st.text(min_size=1, max_size=12), st.text(min_size=1, max_size=12))
+def test_an_identify_is_never_routed_back_to_its_own_key(user_id: str, anonymous_id: str) -> None:
+    identify = event("identify", T0, user_id=user_id, anonymous_id=anonymous_id)
+    key = routing_key(identify)
+    step = route(None, identify, key)
+    assert step.route == Route.HANDOVER and step.target != key and not is_anonymous(step.target)
+    arrived = forwarded(identify, step.target)
+    assert routing_key(arrived) == step.target and route(None, arrived, step.target).route == Route.LOCAL
 
 
 def test_internal_records_round_trip_and_cannot_come_from_producers() -> None:

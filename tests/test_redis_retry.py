@@ -4,9 +4,12 @@ job) is in tests/test_faults.py."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,9 +18,16 @@ import redis
 from connectors import redis_writer
 from connectors.population import SharedPopulation
 from connectors.redis_keys import rule_instances_key, user_segments_key
-from connectors.redis_writer import RETRY_MAX_DELAY_S, RedisStateWriter
+from connectors.redis_writer import (
+    RETRY_MAX_DELAY_S,
+    DeadLetterCounter,
+    RedisStateWriter,
+    RedisUnavailable,
+    redis_address,
+)
 from operators.features.rfm import RFM_METRICS
 from operators.rules.engine import SegmentChange
+from personalize import bootstrap
 from personalize.settings import RedisSettings, Settings
 from tests.conftest import free_ports
 
@@ -60,13 +70,85 @@ def test_other_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_outage_longer_than_the_deadline_fails_the_flush() -> None:
-    writer = RedisStateWriter(unreachable(), retry_deadline_s=1.0)
+    settings = unreachable()
+    settings = replace(settings, url=settings.url.replace("redis://", "redis://:hunter2@"))
+    writer = RedisStateWriter(settings, retry_deadline_s=1.0)
     writer.pending["t:user:u1:profile"] = (1, ["total", 1])
     started = time.monotonic()
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(RedisUnavailable) as failed:
         writer.flush()
     assert 0.5 < time.monotonic() - started < 2.0
     assert writer.pending  # nothing is dropped: a restart restores the state and replays
+    message = str(failed.value)  # what the CLI shows when the job fails (one line, no password)
+    assert message.startswith(f"Redis at {redis_address(settings.url)} refused writes for 1 s: ConnectionError")
+    assert "hunter2" not in message and "\n" not in message
+
+
+@pytest.fixture
+def full_redis(tmp_path: Path) -> Iterator[redis.Redis]:
+    """A redis-server of our own (memory limits are server-wide), already over its ``maxmemory`` with
+    the ``noeviction`` policy: every write is refused with ``OOM command not allowed``."""
+    port = free_ports(1)[0]
+    server = subprocess.Popen([str(bootstrap.ensure_all().redis_server), "--bind", "127.0.0.1", "--port", str(port),
+                               "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        client.set("ballast", b"x" * 2_000_000)
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", "1mb")
+        yield client
+    finally:
+        client.close()
+        server.terminate()
+        server.wait()
+
+
+def test_a_full_redis_is_waited_out_like_an_outage(full_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OOM command not allowed`` once failed the task at once; now the flush waits, and goes on when
+    the operator makes room."""
+    port = full_redis.connection_pool.connection_kwargs["port"]
+    writer = RedisStateWriter(replace(unreachable(), url=f"redis://127.0.0.1:{port}/0"))
+    writer.pending["t:user:u1:profile"] = (1, ["total", 1])
+    waits: list[float] = []
+
+    def operator_makes_room(delay: float) -> None:
+        waits.append(delay)
+        if len(waits) == 2:
+            full_redis.config_set("maxmemory", "0")
+
+    monkeypatch.setattr(redis_writer.time, "sleep", operator_makes_room)
+    writer.flush()
+    assert len(waits) == 2 and full_redis.hget("t:user:u1:profile", "total") == b"1"
+
+
+def test_a_full_redis_fails_the_flush_after_the_deadline_in_one_line(full_redis: redis.Redis) -> None:
+    port = full_redis.connection_pool.connection_kwargs["port"]
+    writer = RedisStateWriter(replace(unreachable(), url=f"redis://127.0.0.1:{port}/0"), retry_deadline_s=0.5)
+    writer.pending["t:user:u1:profile"] = (1, ["total", 1])
+    with pytest.raises(RedisUnavailable, match=rf"^Redis at 127.0.0.1:{port}/0 refused writes for 0.5 s: "
+                                               r"OOM command not allowed when used memory > 'maxmemory'.$"):
+        writer.flush()
+
+
+def test_dead_letter_counts_never_fail_the_job_whatever_redis_answers(full_redis: redis.Redis) -> None:
+    """The counter's HINCRBY once failed the validation operator on a full Redis."""
+    port = full_redis.connection_pool.connection_kwargs["port"]
+    counter = DeadLetterCounter(replace(unreachable(), url=f"redis://127.0.0.1:{port}/0"))
+    counter.count("invalid_json")
+    counter.flush()
+    assert counter.counts == {"invalid_json": 1}  # kept for the next flush
+    full_redis.config_set("maxmemory", "0")
+    counter.flush()
+    assert counter.counts == {} and full_redis.hget("t:deadletters:counts", "invalid_json") == b"1"
 
 
 def test_immediate_writes_retry_with_a_fresh_pipeline_each_attempt(stack_settings: Settings,

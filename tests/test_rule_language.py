@@ -108,6 +108,29 @@ def test_malformed_commands_are_rejected(payload: bytes) -> None:
         parse_command(payload, COMPILER)
 
 
+@pytest.mark.parametrize("payload", [
+    None, b"", b"null", b"\xff\xfe", b"[" * 5000 + b"]" * 5000, b'{"command": "add", "segment": ' + b"[" * 3000
+    + b"]" * 3000 + b"}", b'{"command": "add", "segment": {"id": "s", "when": ' + b'{"not": ' * 900 + b"{}"
+    + b"}" * 900 + b"}}", b"{" + b" " * 70_000 + b"}"])
+def test_hostile_commands_are_rule_errors_never_anything_else(payload: bytes | None) -> None:
+    """What once failed the job: a null record (TypeError) and deep nesting (RecursionError)."""
+    with pytest.raises(RuleError):
+        parse_command(payload, COMPILER)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.builds(lambda v: json.dumps(v).encode(), st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(
+        ["command", "segment", "id", "version", "when", "count", "event", "within", "at_least", "all", "any"]),
+        inner, max_size=5), max_leaves=40)))
+def test_arbitrary_commands_are_parsed_or_refused_with_a_rule_error(payload: bytes) -> None:
+    try:
+        parse_command(payload, COMPILER)
+    except RuleError as refused:
+        assert str(refused)
+
+
 def test_command_round_trip() -> None:
     command = RuleCommand("add", "s", 1, segment(COUNT))
     assert parse_command(command.to_json(), COMPILER) == command

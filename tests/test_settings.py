@@ -51,7 +51,7 @@ def test_iso_to_ms(text: str, millis: int) -> None:
     ("PERSONALIZE__JOB__PARALLELISM", "1", ("job", "parallelism"), 1),
     ("PERSONALIZE__KAFKA__TOPICS__BEHAVIOR__PARTITIONS", "8", ("kafka", "topics", "behavior", "partitions"), 8),
     ("PERSONALIZE__KAFKA__BOOTSTRAP_SERVERS", "broker:9092", ("kafka", "bootstrap_servers"), "broker:9092"),
-    ("PERSONALIZE__REDIS__KEY_PREFIX", "", ("redis", "key_prefix"), ""),
+    ("PERSONALIZE__JOB__CHECKPOINT_DIR", "", ("job", "checkpoint_dir"), ""),
     ("PERSONALIZE__GENERATOR__MALFORMED_SHARE", "0.25", ("generator", "malformed_share"), 0.25),
     ("PERSONALIZE__GENERATOR__CATEGORIES", "[books, toys]", ("generator", "categories"), ("books", "toys")),
     ("PERSONALIZE__GENERATOR__START", "2026-02-01T00:00:00Z", ("generator", "start_ms"), 1_769_904_000_000),
@@ -108,6 +108,19 @@ def test_bad_config_file(tmp_path: Path, text: str, message: str) -> None:
         load(write(tmp_path, text), environ=NO_ENV)
 
 
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("job: {name: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(SettingsError, match=r"^cannot read config file .*: not UTF-8 text \(byte 15\)$"):
+        load(path, environ=NO_ENV)
+
+
+@pytest.mark.parametrize("value", ["[unclosed", "{a: b", "key: value: other", "'open"])
+def test_an_override_that_is_not_yaml_is_one_line(value: str) -> None:
+    with pytest.raises(SettingsError, match=r"^PERSONALIZE__JOB__NAME: not a YAML value \(.+\)$"):
+        load(environ={"PERSONALIZE__JOB__NAME": value})
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="cannot read config file"):
         load(tmp_path / "absent.yaml", environ=NO_ENV)
@@ -133,8 +146,12 @@ def test_every_invalid_field_is_listed() -> None:
     ({"PERSONALIZE__VALIDATION__MIN_EVENT_TIME": "soon"}, "validation.min_event_time"),
     ({"PERSONALIZE__JOB": "3"}, "job"),
     ({"PERSONALIZE__PRIVACY__HANDOVER_DELIVERY": "at-most-once"}, "privacy.handover_delivery"),
+    ({"PERSONALIZE__REDIS__KEY_PREFIX": ""}, "redis.key_prefix"),
+    ({"PERSONALIZE__REDIS__KEY_PREFIX": "app*"}, "redis.key_prefix"),
+    ({"PERSONALIZE__REDIS__KEY_PREFIX": "app[1]:"}, "redis.key_prefix"),
+    ({"PERSONALIZE__JOB__RESTART_ATTEMPTS": "0"}, "job.restart_attempts"),
 ], ids=["word", "fraction", "enum", "topic-pattern", "partitions", "empty-list", "minimum", "timestamp", "section",
-        "delivery"])
+        "delivery", "empty-prefix", "glob-prefix", "bracket-prefix", "no-restarts"])
 def test_invalid_value_names_its_field(environ: dict[str, str], field: str) -> None:
     with pytest.raises(SettingsError, match=rf"(?m)^\s*{re.escape(field)}: "):
         load(environ=environ)

@@ -133,6 +133,14 @@ class BehaviourClusterer(base.Clusterer):
         assignment = self.assign(x)
         return 0 if assignment is None else assignment.cluster
 
+    def scaler_state(self) -> tuple[Mapping[Hashable, float], Mapping[Hashable, float]]:
+        """The scaler's means and variances by feature name (what a published model carries)."""
+        return self._scaler.means, self._scaler.vars
+
+    def fitted_centers(self) -> Mapping[int, Mapping[Hashable, float]]:
+        """Centers by position in the scaled space; empty until something was learned (see :meth:`assign`)."""
+        return self._model.centers if self._learned else {}
+
     def centroids(self) -> dict[int, dict[str, float]]:
         """Each cluster's center as z-scores per feature (0 = the population mean)."""
         centers = self._model.centers if self._learned else {}

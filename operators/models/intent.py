@@ -8,7 +8,7 @@ purchase settles them as positive or an event-time timer at the deadline settles
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,12 @@ class IntentClassifier(base.Classifier):
 
     def predict_proba_one(self, x: dict[Hashable, Any], **kwargs: Any) -> dict[ClfTarget, float]:
         return self._model.predict_proba_one(x)
+
+    def linear_state(self) -> tuple[tuple[Mapping[Hashable, float], Mapping[Hashable, float]],
+                                    Mapping[Hashable, float], float]:
+        """((scaler means, variances), weights, intercept) by feature name: what a published model carries."""
+        scaler, regression = self._model.steps.values()
+        return (scaler.means, scaler.vars), regression._weights, float(regression.intercept)
 
 
 @dataclass

@@ -2,18 +2,16 @@
 
 In the job the :class:`ModelTrainer` is a parallelism-1 operator fed with (a sample of) the
 emitted feature vectors and with the labelled intent examples the keyed operator settles; its
-state is the pickled trainer, so a checkpoint restores models, metrics, detectors and the version
-counter together. Every :class:`ModelSnapshot` is broadcast; the parallel keyed operators keep
-the newest in broadcast state and score with a :class:`ModelScorer`, so all subtasks use the same
-model version and a restore brings back the snapshot they were using.
+state is the pickled trainer (keyed state: a checkpoint restores models, metrics, detectors and the
+version counter together, and nothing but the job writes it). Every :class:`ModelSnapshot` carries a
+:class:`~operators.models.scoring.ScoringModel`, plain numbers, and is broadcast; the parallel keyed
+operators keep the newest in broadcast state and score with a :class:`ModelScorer`, so all subtasks
+use the same model version and a restore brings back the snapshot they were using.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import math
-import pickle
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,8 +30,8 @@ from operators.models.config import ModelConfig
 from operators.models.drift import DriftEvent, DriftMonitor
 from operators.models.inputs import ModelInput, behaviour_input, has_behaviour, intent_input
 from operators.models.intent import IntentClassifier
+from operators.models.scoring import ScoringModel
 
-SNAPSHOT_SCHEMA = "models.snapshot.v1"
 AUC_THRESHOLDS = 50
 """River's ROCAUC is approximate; 10 thresholds (its default) misstate AUC by several points here."""
 PROBABILITY_FLOOR = 1e-15
@@ -59,29 +57,19 @@ class ModelSnapshot:
     """Event time of the newest example learned before the snapshot."""
     cause: str
     """``model`` (regular refresh) or ``drift`` (published early because a drift was detected)."""
-    models: bytes
-    """Pickled :class:`SegmentModels`."""
+    model: ScoringModel
+    """What scorers need, as data (no River object leaves the trainer)."""
     clusters: tuple[ClusterDescription, ...]
     lineage: str = ""
     """The trainer that made it: versions are comparable within one lineage only."""
 
-    def to_json(self) -> bytes:
-        """The snapshot record: readable metadata, a ``ts`` the snapshot topic's watermark follows
-        (the trainer's event-time clock), and the pickled models in base64."""
-        return json.dumps({**self.summary(), "id": f"{self.lineage}:v{self.version}", "schema": SNAPSHOT_SCHEMA,
-                           "models": base64.b64encode(self.models).decode("ascii")},
-                          separators=(",", ":"), sort_keys=True).encode("utf-8")
-
-    @classmethod
-    def from_json(cls, data: bytes) -> ModelSnapshot:
-        document = json.loads(data)
-        return cls(document["version"], document["ts"], document["cause"], base64.b64decode(document["models"]),
-                   tuple(ClusterDescription.from_dict(c) for c in document["clusters"]), document["lineage"])
+    @property
+    def snapshot_id(self) -> str:
+        return f"{self.lineage}:v{self.version}"
 
     def summary(self) -> dict[str, Any]:
-        """The snapshot without its model bytes: what Redis and the logs show."""
+        """The snapshot without its model: what Redis and the logs show."""
         return {"version": self.version, "lineage": self.lineage, "ts": self.ts, "cause": self.cause,
-                "bytes": len(self.models),
                 "clusters": [description.to_dict() for description in self.clusters]}
 
 
@@ -168,8 +156,9 @@ class ModelTrainer:
         cause = "drift" if self.drifted else "model"
         self.version += 1
         self.snapshot_ts, self.since_snapshot, self.drifted = self.now_ts, 0, False
-        return ModelSnapshot(self.version, self.now_ts, cause, pickle.dumps(self.models),
-                             describe_clusters(self.models.clusterer, self.stats), self.lineage)
+        models = self.models
+        return ModelSnapshot(self.version, self.now_ts, cause, ScoringModel.of(models.clusterer, models.intent),
+                             describe_clusters(models.clusterer, self.stats), self.lineage)
 
     def quality(self) -> dict[str, float]:
         """Progressive validation so far: intent ROC AUC and log loss, and how many examples they cover."""
@@ -195,7 +184,7 @@ class ModelScorer:
         self.lineage = ""
         self.cause = ""
         """Why the loaded snapshot was published: ``model`` or ``drift``."""
-        self._models: SegmentModels | None = None
+        self._model: ScoringModel | None = None
 
     def load(self, snapshot: ModelSnapshot) -> bool:
         """Use ``snapshot`` if it is newer than the current one (broadcasts may repeat after a restore).
@@ -205,15 +194,14 @@ class ModelScorer:
         """
         if snapshot.lineage == self.lineage and snapshot.version <= self.version:
             return False
-        self._models = pickle.loads(snapshot.models)
+        self._model = snapshot.model
         self.version, self.lineage, self.cause = snapshot.version, snapshot.lineage, snapshot.cause
         return True
 
     def score(self, values: Mapping[str, Any]) -> ModelScore | None:
         """Cluster, distances and intent of a feature vector; None before the first snapshot."""
-        models = self._models
-        if models is None:
+        model = self._model
+        if model is None:
             return None
-        assignment = models.clusterer.assign(behaviour_input(values)) if has_behaviour(values) else None
-        intent = models.intent.predict_proba_one(intent_input(values)).get(True, 0.0)
-        return ModelScore(self.version, assignment, intent)
+        assignment = model.assign(behaviour_input(values)) if has_behaviour(values) else None
+        return ModelScore(self.version, assignment, model.intent(intent_input(values)))

@@ -28,7 +28,7 @@ from enum import StrEnum
 
 import orjson
 
-from operators.events import Event, user_key_of
+from operators.events import Event, is_anonymous, user_key_of
 from operators.jsontext import compact_json
 
 HANDOVER_TYPE = "__handover__"
@@ -37,11 +37,6 @@ INTERNAL_TYPES = frozenset({HANDOVER_TYPE, ERASE_TYPE})
 MERGE_SCHEMA = "identity.merge.v1"
 #: Anonymous keys remembered per known user (for erasure cascades); the oldest link goes first.
 DEFAULT_MAX_LINKS = 16
-ANONYMOUS_PREFIX = "anon:"
-
-
-def is_anonymous(user_key: str) -> bool:
-    return user_key.startswith(ANONYMOUS_PREFIX)
 
 
 def routing_key(event: Event) -> str:
@@ -90,7 +85,7 @@ def route(state: IdentityState | None, event: Event, key: str) -> IdentityStep:
     if not is_anonymous(key):
         return IdentityStep(Route.LOCAL, state)
     if event.type == "identify" and event.user_id:
-        target = event.user_id
+        target = user_key_of(event.user_id, "")  # never an anonymous key, so never back here
         if state is not None and state.alias_of and (state.alias_of == target or event.ts < state.since):
             return IdentityStep(Route.FORWARD, state, target)  # known link, or an older login: count it there
         return IdentityStep(Route.HANDOVER, IdentityState(alias_of=target, since=event.ts), target)

@@ -36,8 +36,30 @@ PII_PATHS: Mapping[tuple[str, ...], str] = {
     ("traits", "email"): "email", ("traits", "phone"): "phone", ("properties", "email"): "email",
     **{path: "" for path in DROPPED_FIELDS},
 }
-#: Keys redacted wherever they appear in a dead-letter payload (producers nest PII in odd places).
-PII_KEYS: Mapping[str, str] = {"email": "email", "phone": "phone", "ip": "", "ip_address": ""}
+#: Normalized keys (lower case, letters and digits only: ``Email``, ``e-mail``, ``EMAIL_ADDRESS`` alike)
+#: redacted wherever they appear in a dead-letter payload, producers nest PII in odd places; with their
+#: hash domain ("" for values only ever dropped).
+PII_NAMES: Mapping[str, str] = {
+    **dict.fromkeys(("userid", "customerid", "accountid", "memberid"), "user_id"),
+    **dict.fromkeys(("anonymousid", "visitorid", "deviceid", "cookieid", "clientid"), "anonymous_id"),
+    **dict.fromkeys(("tel", "telephone", "msisdn"), "phone"),
+    **dict.fromkeys(("name", "firstname", "lastname", "fullname", "givenname", "familyname", "surname", "username",
+                     "displayname", "ip", "ipv4", "ipv6", "clientip", "remoteip", "dob", "birthday", "ssn",
+                     "iban", "zip", "zipcode", "postcode", "postalcode"), ""),
+}
+#: Parts of normalized keys that mark PII whatever surrounds them (``billingAddress``, ``mobile_number``).
+PII_PARTS: tuple[tuple[str, str], ...] = (("email", "email"), ("phone", "phone"), ("mobile", "phone"),
+                                          ("ipaddress", ""), ("address", ""), ("password", ""), ("birth", ""),
+                                          ("creditcard", ""), ("cardnumber", ""), ("passport", ""))
+
+
+def pii_kind(key: str) -> str | None:
+    """The hash domain of a payload key that names PII ("" for values only dropped), None otherwise."""
+    normalized = "".join(character for character in key.lower() if character.isalnum())
+    kind = PII_NAMES.get(normalized)
+    if kind is not None:
+        return kind
+    return next((kind for part, kind in PII_PARTS if part in normalized), None)
 
 
 class SecretError(ValueError):
@@ -139,7 +161,7 @@ class Redactor:
         found = []
         for key, value in document.items():
             here = (*path, key)
-            kind = PII_PATHS.get(here, PII_KEYS.get(key))
+            kind = PII_PATHS.get(here) if here in PII_PATHS else pii_kind(key) if isinstance(key, str) else None
             if kind is None or value is None:
                 result[key], paths = self.redact(value, here)
                 found += paths

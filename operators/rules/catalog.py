@@ -112,8 +112,24 @@ class RuleCommand:
         return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
-def parse_command(payload: bytes, compiler: Compiler) -> RuleCommand:
-    """A control-topic record -> a checked command (the segment definition compiles)."""
+#: A rule command larger than this is refused (a segment definition is a few hundred bytes).
+MAX_COMMAND_BYTES = 65_536
+
+
+def parse_command(payload: bytes | None, compiler: Compiler) -> RuleCommand:
+    """A control-topic record -> a checked command (the segment definition compiles); anything else
+    (an empty or null record, not JSON, too large, nested too deeply) is a :class:`RuleError`."""
+    if not payload:
+        raise RuleError("command: empty record")
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise RuleError(f"command: {len(payload)} bytes > {MAX_COMMAND_BYTES}")
+    try:
+        return _parse_command(payload, compiler)
+    except RecursionError:
+        raise RuleError("command: nested too deeply") from None
+
+
+def _parse_command(payload: bytes, compiler: Compiler) -> RuleCommand:
     try:
         raw = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
