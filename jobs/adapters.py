@@ -40,8 +40,6 @@ from operators.privacy.identity import (
     Handover,
     IdentityState,
     Route,
-    decode_internal,
-    encode_internal,
     forwarded,
     link,
     merge_record,
@@ -58,7 +56,7 @@ from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleBook, RuleCatalog, RuleEntry, parse_command
 from operators.rules.engine import RuleState, SegmentChange, SegmentEngine
 from operators.rules.language import RuleError
-from operators.validation import INVALID_RULE, INVALID_SNAPSHOT, Limits, Rejection, parse_event
+from operators.validation import INVALID_INTERNAL, INVALID_RULE, INVALID_SNAPSHOT, Limits, Rejection, parse_event
 from state.codecs import (
     decode_consent,
     decode_features,
@@ -92,6 +90,7 @@ from state.descriptors import (
     recs_state,
     rules_state,
 )
+from state.internal import InternalRecordError, decode_internal, encode_internal, internal_signer
 from state.snapshots import SnapshotError, decode_snapshot, encode_snapshot, snapshot_signer
 
 EVENT_TYPE = Types.ROW_NAMED(
@@ -144,13 +143,19 @@ class ParseEvents(ProcessFunction):
         privacy = self.privacy
         self.hasher = PiiHasher(privacy.secret.resolve()) if privacy and privacy.hash_identifiers else None
         self.redactor = Redactor(self.hasher) if privacy and privacy.redact_deadletters else None
+        self.internal_signer = internal_signer(privacy.secret.resolve()) if privacy and privacy.internal_topic else None
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         payload, topic, partition, offset, record_ts = value
-        if self.privacy is not None and topic == self.privacy.internal_topic:
-            yield Row(*decode_internal(payload))
-            return
-        result = parse_event(payload, record_ts, self.limits)
+        result: Event | Rejection
+        if self.internal_signer is not None and self.privacy is not None and topic == self.privacy.internal_topic:
+            try:
+                yield Row(*decode_internal(payload, self.internal_signer))
+                return
+            except InternalRecordError as exc:
+                result = Rejection(INVALID_INTERNAL, str(exc))
+        else:
+            result = parse_event(payload, record_ts, self.limits)
         if isinstance(result, Rejection):
             key, letter = dead_letter(result, payload, topic, partition, offset, record_ts)
             if self.counter is not None:
@@ -240,6 +245,7 @@ class UserOperators:
     recs: RecConfig | None = None
     """Recommendations; None: no requests to the recommender."""
     rec_shards: int = 1
+    """Recommender instances (``recommendations.shards``): requests are keyed by :func:`rec_shard`."""
     privacy: PrivacyOperators | None = None
     """Consent and erasure; None: every event is personalized."""
     secret: SecretSource | None = None
@@ -297,8 +303,9 @@ class UserFunction(KeyedBroadcastProcessFunction):
             self.without_consent = metrics.counter("events_without_consent")
             self.erasures = metrics.counter("erasures")
         self.identity = privacy.identity if privacy is not None else None
-        if self.identity is not None:
+        if self.identity is not None and privacy is not None:
             self.identity_state = runtime_context.get_state(identity_state(ops.state_ttl_ms))
+            self.internal_signer = internal_signer(privacy.secret.resolve())
 
     def _engine(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> SegmentEngine | None:
         """The compiled rules; loaded once from the broadcast state (restored from a checkpoint)."""
@@ -461,7 +468,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
     def _internal(self, event: Event) -> Row:
         """A record for another key, through the internal topic (read back as input, keyed by ``user_key``)."""
         assert self.identity is not None
-        return Row(event.user_key.encode("utf-8"), encode_internal(event), self.identity.internal_topic)
+        return Row(event.user_key.encode("utf-8"), encode_internal(event, self.internal_signer),
+                   self.identity.internal_topic)
 
     def _user_states(self) -> dict[str, Any]:
         """The five user states by their ``operators.privacy.merge.STATE_NAMES``."""

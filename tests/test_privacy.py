@@ -44,8 +44,6 @@ from operators.privacy.identity import (
     Handover,
     IdentityState,
     Route,
-    decode_internal,
-    encode_internal,
     forwarded,
     link,
     merge_record,
@@ -79,12 +77,15 @@ from operators.rules.engine import RuleState, SegmentEngine
 from operators.rules.language import Compiler
 from operators.validation import Rejection, parse_event
 from state.codecs import CodecError, decode_consent, decode_identity, encode_consent, encode_identity
+from state.internal import MAX_INTERNAL_BYTES, InternalRecordError, decode_internal, encode_internal, internal_signer
+from state.signing import Signer
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000
 HOUR = 60 * MINUTE
 SECRET = b"test-secret-0123456789abcdef"
 OTHER_SECRET = b"another-secret-0123456789abcdef"
+SIGNER = internal_signer(SECRET)
 
 
 def event(event_type: str, ts: int, user_id: str = "alice", anonymous_id: str = "", item: str = "",
@@ -412,17 +413,54 @@ def test_an_identify_is_never_routed_back_to_its_own_key(user_id: str, anonymous
     assert routing_key(arrived) == step.target and route(None, arrived, step.target).route == Route.LOCAL
 
 
+def forged_internal_records() -> dict[str, bytes]:
+    moved = forwarded(event("page_view", T0, user_id="", anonymous_id="c1"), "alice")
+    good = encode_internal(moved, SIGNER)
+    unsigned = json.loads(good)
+    del unsigned["sig"]
+    wrong_types = json.loads(good)
+    wrong_types["event"][5] = "not a timestamp"
+    return {
+        "another job's key": encode_internal(moved, internal_signer(OTHER_SECRET)),
+        "another kind of record": Signer(SECRET, "models.snapshot.v2").sign({"schema": "identity.internal.v1",
+                                                                              "event": list(moved)}),
+        "unsigned": json.dumps(unsigned).encode(),
+        "changed after signing": good.replace(b"alice", b"mallory"),
+        "wrong field types": SIGNER.sign({k: v for k, v in wrong_types.items() if k != "sig"}),
+        "short event": SIGNER.sign({"schema": "identity.internal.v1", "event": list(moved)[:5]}),
+        "the old unsigned list": json.dumps(list(moved)).encode(),
+        "oversized": b" " * (MAX_INTERNAL_BYTES + 1),
+        "cut": good[:-3],
+        "empty": b"",
+    }
+
+
+@pytest.mark.parametrize("case", sorted(forged_internal_records()))
+def test_an_internal_record_this_job_did_not_write_is_refused(case: str) -> None:
+    with pytest.raises(InternalRecordError):
+        decode_internal(forged_internal_records()[case], SIGNER)
+
+
+@given(st.binary(max_size=300) | st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                                              lambda inner: st.lists(inner, max_size=4)
+                                              | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+                                              ).map(lambda doc: json.dumps(doc).encode()))
+def test_arbitrary_internal_payloads_are_refused_and_never_raise_anything_else(payload: bytes) -> None:
+    with pytest.raises(InternalRecordError):
+        decode_internal(payload, SIGNER)
+
+
 def test_internal_records_round_trip_and_cannot_come_from_producers() -> None:
     identify = event("identify", T0, user_id="alice", anonymous_id="c1")
     handover = Handover("anon:c1", "alice", identify, {"profile": b"\x01\x00binary", "recs": b"{}"})
-    row = decode_internal(encode_internal(handover.to_event()))
+    row = decode_internal(encode_internal(handover.to_event(), SIGNER), SIGNER)
     assert row.type == HANDOVER_TYPE and row.user_key == "alice" and Handover.from_event(row) == handover
     command = ErasureCommand("alice", "anon:c1", CONSENT_WITHDRAWN, T0)
-    row = decode_internal(encode_internal(command.to_event()))
+    row = decode_internal(encode_internal(command.to_event(), SIGNER), SIGNER)
     assert row.type == ERASE_TYPE and row.user_key == "anon:c1" and ErasureCommand.from_event(row) == command
     assert {HANDOVER_TYPE, ERASE_TYPE} == INTERNAL_TYPES and INTERNAL_TYPES.isdisjoint(EVENT_TYPES)
     moved = forwarded(event("page_view", T0, user_id="", anonymous_id="c1"), "alice")
-    assert decode_internal(encode_internal(moved)) == moved and moved.anonymous_id == "c1"
+    assert decode_internal(encode_internal(moved, SIGNER), SIGNER) == moved and moved.anonymous_id == "c1"
     again = forwarded(identify, "alice")  # a repeated login, forwarded: not routed back to the cookie
     assert routing_key(identify) == "anon:c1" and routing_key(again) == "alice" and again.user_id == "alice"
     key, value = merge_record(handover, ("profile", "recs"))
@@ -498,7 +536,7 @@ def test_anonymous_to_known_merge_keeps_cart_and_segments() -> None:
     features.forget(s.features)
     assert sum(h.count for h in population.histograms.values()) == 3
     handover = Handover("anon:c1", step.target, identify, s.to_stored())
-    received = Handover.from_event(decode_internal(encode_internal(handover.to_event())))
+    received = Handover.from_event(decode_internal(encode_internal(handover.to_event(), SIGNER), SIGNER))
 
     # At alice: merge, then process the identify like any event.
     merger = StateMerger(features, recs, rules.signals)

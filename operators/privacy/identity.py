@@ -15,7 +15,9 @@ through the job's own internal topic (like ``models.snapshots``), read back as a
    to U on the internal topic, in order behind the handover.
 
 Internal records are :class:`~operators.events.Event` rows with types that validation never
-accepts (``__handover__``, ``__erase__``), so no producer can inject one through the event topics.
+accepts (``__handover__``, ``__erase__``), so no producer can inject one through the event topics,
+and they cross the internal topic signed with the job's secret (``state.internal``), so no producer can
+inject one there either.
 """
 
 from __future__ import annotations
@@ -26,10 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-import orjson
-
 from operators.events import Event, is_anonymous, user_key_of
-from operators.jsontext import compact_json
 
 HANDOVER_TYPE = "__handover__"
 ERASE_TYPE = "__erase__"
@@ -108,16 +107,6 @@ def link(state: IdentityState | None, anonymous_key: str, ts: int, max_links: in
     while len(state.linked) > max_links:
         del state.linked[next(iter(state.linked))]
     return state
-
-
-def encode_internal(event: Event) -> bytes:
-    """An event on the internal topic (forwarded events, handovers, erasure commands); key: ``user_key``."""
-    return compact_json(list(event))
-
-
-def decode_internal(payload: bytes) -> Event:
-    """Only the job writes the internal topic, so its records are trusted (as ``models.snapshots``)."""
-    return Event(*orjson.loads(payload))
 
 
 def _internal(event_id: str, event_type: str, target: str, ts: int, attributes: Mapping[str, object],

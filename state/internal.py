@@ -1,0 +1,62 @@
+"""The record format of the identity loop's internal topic: signed, size-bounded, data only.
+
+Handovers carry a user's stored state and forwarded events are processed as already validated, so a
+record on ``identity.handover`` is trusted only when this job signed it. The broker may have no access
+control (docs/security.md): a record anyone else wrote, of another kind, cut, or malformed is refused
+with an :class:`InternalRecordError` that says why, and the job dead-letters it (``invalid_internal``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, get_type_hints
+
+import orjson
+
+from operators.events import Event
+from state.signing import Signer
+
+INTERNAL_SCHEMA = "identity.internal.v1"
+#: Kafka's default largest record; a handover holds one user's state (a few KB).
+MAX_INTERNAL_BYTES = 1_048_576
+_FIELD_TYPES: tuple[type, ...] = tuple(get_type_hints(Event).values())
+
+
+class InternalRecordError(ValueError):
+    """A record on the internal topic that this job did not write; the message is the dead letter's detail."""
+
+
+def internal_signer(secret: bytes) -> Signer:
+    return Signer(secret, INTERNAL_SCHEMA)
+
+
+def encode_internal(event: Event, signer: Signer) -> bytes:
+    """An event on the internal topic (forwarded events, handovers, erasure commands); key: ``user_key``."""
+    return signer.sign({"schema": INTERNAL_SCHEMA, "event": list(event)})
+
+
+def decode_internal(payload: bytes | None, signer: Signer) -> Event:
+    """The event this job wrote, or :class:`InternalRecordError`."""
+    if not payload:
+        raise InternalRecordError("record has no value")
+    if len(payload) > MAX_INTERNAL_BYTES:
+        raise InternalRecordError(f"{len(payload)} bytes > {MAX_INTERNAL_BYTES}")
+    try:
+        document: Any = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise InternalRecordError("not JSON") from None
+    if not isinstance(document, dict):
+        raise InternalRecordError("not a JSON object")
+    if not signer.verify(document):
+        raise InternalRecordError("not signed by this job")
+    fields = document.get("event")
+    if document.get("schema") != INTERNAL_SCHEMA or not isinstance(fields, list) or len(fields) != len(_FIELD_TYPES):
+        raise InternalRecordError(f"not an {INTERNAL_SCHEMA} record")
+    if not all(_is_a(value, kind) for value, kind in zip(fields, _FIELD_TYPES, strict=True)):
+        raise InternalRecordError("event fields of the wrong type")
+    return Event(*fields)
+
+
+def _is_a(value: object, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
