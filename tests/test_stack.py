@@ -14,6 +14,7 @@ import pytest
 import redis
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
+from kafka.errors import KafkaError
 
 from personalize import bootstrap, settings, stack
 from personalize.kafka_tools import read_topic
@@ -94,6 +95,19 @@ def test_topics_are_created_with_their_configs_and_the_local_overrides(stack_set
     assert configs[profiles]["cleanup.policy"] == "compact,delete"  # a latest-per-user view (docs/privacy.md)
     assert configs[profiles]["retention.ms"] == configs[rules]["retention.ms"] == "-1"  # history replays
     assert configs[rules]["segment.ms"] == stack_settings.stack.topic_config["segment.ms"]
+
+
+@pytest.mark.parametrize("role", ["behavior", "rules", "models", "handover"])
+def test_input_topics_refuse_a_far_future_record_timestamp(stack_settings: Settings, role: str) -> None:
+    """A forged Kafka timestamp would move event time for everyone (docs/security.md): the topic refuses it."""
+    info = stack.up(stack_settings)
+    producer = KafkaProducer(bootstrap_servers=info.bootstrap_servers, acks="all", retries=0)
+    try:
+        with pytest.raises(KafkaError, match="InvalidTimestamp"):
+            producer.send(getattr(stack_settings.kafka.topics, role).name, b"{}",
+                          timestamp_ms=4_102_444_800_000).get(timeout=30)  # 2100-01-01
+    finally:
+        producer.close()
 
 
 def test_the_broker_keeps_its_data_across_a_restart(stack_settings: Settings) -> None:
