@@ -329,7 +329,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
                 "models": topics.models.name},
         state_ttl_ms=job.state_ttl_ms, allowed_lateness_ms=settings.features.allowed_lateness_ms,
         redis=io.redis, population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
-        models=models, recs=recs, privacy=privacy_operators(settings, secret, stitching),
+        models=models, recs=recs, rec_shards=settings.recommendations.shards,
+        privacy=privacy_operators(settings, secret, stitching),
         secret=secret, max_snapshot_bytes=validation.max_snapshot_bytes,
     )
     control = io.rules(env, t_env)

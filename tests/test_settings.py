@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,27 @@ def test_the_privacy_secret_is_never_printed() -> None:
     settings = load(environ={"PERSONALIZE__PRIVACY__SECRET": "a-secret-of-32-bytes-for-testing!"})
     assert settings.privacy.secret == "a-secret-of-32-bytes-for-testing!"
     assert "a-secret-of-32" not in repr(settings)
+
+
+def _fields(cls: type, path: str = "") -> list[tuple[str, str]]:
+    """(dotted path, field name) of every leaf setting of a settings dataclass."""
+    hints = typing.get_type_hints(cls)
+    leaves: list[tuple[str, str]] = []
+    for spec in dataclasses.fields(cls):
+        kind = hints[spec.name]
+        if dataclasses.is_dataclass(kind) and kind not in (settings_module.Topic, settings_module.Topics):
+            leaves += _fields(kind, f"{path}{spec.name}.")
+        else:
+            leaves.append((f"{path}{spec.name}", spec.name))
+    return leaves
+
+
+def test_every_setting_is_read_by_something() -> None:
+    """A documented setting nothing reads is a lie (``recommendations.shards`` was one for a while): each
+    leaf of Settings is read as an attribute by code outside the settings module itself."""
+    root = Path(settings_module.__file__).resolve().parents[1]
+    code = "\n".join(path.read_text(encoding="utf-8") for package in ("jobs", "operators", "personalize",
+                                                                      "connectors", "state", "benchmarks")
+                     for path in (root / package).rglob("*.py") if path.name != "settings.py")
+    unread = [dotted for dotted, name in _fields(Settings) if not re.search(rf"\.{name}\b", code)]
+    assert unread == []
