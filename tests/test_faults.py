@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import redis
 
-from operators.validation import REASONS, Limits, Rejection, parse_event
+from operators.validation import INVALID_RULE, INVALID_SNAPSHOT, REASONS, Limits, Rejection, parse_event
 from personalize import cluster, paths, stack
 from personalize.generator import EventGenerator, GeneratedRecord
 from personalize.kafka_tools import read_topic
@@ -48,6 +48,7 @@ from tests.test_cluster import (
     stable_segment,
     start_unbounded,
 )
+from tests.test_snapshots import refusals as snapshot_refusals
 
 pytestmark = pytest.mark.integration
 
@@ -233,7 +234,7 @@ def by_role(outcome: Outcome, topic: str) -> list[dict[str, Any]]:
     if topic != "deadletter" or outcome.settings is None:
         return outcome.outputs[topic]
     topics = outcome.settings.kafka.topics
-    roles = {getattr(topics, role).name: role for role in ("behavior", "profile", "consent")}
+    roles = {getattr(topics, role).name: role for role in ("behavior", "profile", "consent", *CONTROL_REASONS)}
     renamed = []
     for record in outcome.outputs[topic]:
         name = record["source"]["topic"]
@@ -483,9 +484,27 @@ def letter_identity(letter: dict[str, Any], roles: dict[str, str]) -> tuple[str,
 
 
 def reason(record: GeneratedRecord, limits: Limits) -> str:
+    if record.topic_role in CONTROL_REASONS:
+        return CONTROL_REASONS[record.topic_role]
     rejection = parse_event(record.value, record.ts, limits)
     assert isinstance(rejection, Rejection)
     return rejection.reason
+
+
+#: The control topics' poison and the reason each record of it must be dead-lettered with.
+CONTROL_REASONS = {"rules": INVALID_RULE, "models": INVALID_SNAPSHOT}
+
+
+def control_poison(ts: int) -> list[GeneratedRecord]:
+    """Rule commands that cannot apply and snapshots this job did not sign (forged, pickled, cut...)."""
+    deep = b"[" * 20_000 + b"]" * 20_000  # within the size limit: the parser must cope
+    commands = [b"", b"null", b"{", deep, b'{"command": "add", "segment": ' + deep + b"}", b"\x80\x81",
+                b'{"command": "add", "segment": {"id": "x", "version": 1, "when": {"no_such_condition": 1}}}',
+                b'{"command": "delete"}', b'{"command": "add", "segment": {"id": "' + b"y" * 70_000 + b'"}}']
+    snapshots = [value for case, value in snapshot_refusals().items() if case != "oversized"]  # oversized: its
+    # limit there is this job's too, and trailing spaces are valid JSON
+    return [GeneratedRecord(role, None, value, ts, "malformed")
+            for role, values in (("rules", commands), ("models", snapshots)) for value in values]
 
 
 def test_poison_input_goes_to_the_dead_letter_topic_without_a_restart(
@@ -497,7 +516,7 @@ def test_poison_input_goes_to_the_dead_letter_topic_without_a_restart(
     generator = EventGenerator(replace(settings.generator, events=3000, users=150, malformed_share=0,
                                        duplicate_share=0))
     valid = list(generator.records())
-    bad = list(poison(valid, POISON, settings.generator.seed, limits))
+    bad = [*poison(valid, POISON, settings.generator.seed, limits), *control_poison(valid[len(valid) // 2].ts)]
     mixed = [*valid, *bad]
     order = sorted(range(len(mixed)), key=lambda i: (mixed[i].ts, sha256(str(i).encode()).digest()))
     published = publish((mixed[i] for i in order), settings.kafka, progress=False)
@@ -510,13 +529,13 @@ def test_poison_input_goes_to_the_dead_letter_topic_without_a_restart(
     topics = settings.kafka.topics
     letters = {letter["id"]: letter for letter in (json.loads(record.value) for record in read_topic(
         settings.kafka.bootstrap_servers, topics.deadletter.name, topics.deadletter.partitions,
-        expected=POISON))}
-    roles = {getattr(topics, role).name: role for role in ("behavior", "profile", "consent")}
+        expected=len(bad)))}
+    roles = {getattr(topics, role).name: role for role in ("behavior", "profile", "consent", *CONTROL_REASONS)}
     got = Counter(letter_identity(letter, roles) for letter in letters.values())
     assert got == Counter((record.topic_role, len(record.value)) for record in bad)
     reasons = Counter(letter["reason"] for letter in letters.values())
     assert reasons == Counter(reason(record, limits) for record in bad)
-    assert set(reasons) <= set(REASONS)
+    assert set(reasons) <= {*REASONS, *CONTROL_REASONS.values()}
     assert progress(settings) == len(valid)
     report["poison"] = {"valid": len(valid), "poison": len(bad), "dead_letters": len(letters),
                         "reasons": dict(reasons), "restarts": len(history),
