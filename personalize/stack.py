@@ -421,10 +421,21 @@ def _prepare_kafka(settings: Settings, artifacts: bootstrap.Artifacts, run_dir: 
         cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
     command = _kafka_java(artifacts, settings, run_dir, "kafka.tools.StorageTool", "format", "--ignore-formatted",
                           "-t", cluster_id_file.read_text().strip(), "-c", str(directory / "server.properties"))
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
-    if result.returncode != 0:
-        lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-        raise StackError(f"formatting the broker's storage {data} failed: {lines[-1] if lines else 'no output'}")
+    for _ in range(2):  # once more: a JVM that dies at start-up on a loaded machine is no storage problem
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+        output = result.stderr + result.stdout
+        (directory / "format.log").write_text(output)
+        if result.returncode == 0:
+            return
+    raise StackError(f"formatting the broker's storage {data} failed (exit {result.returncode}, twice): "
+                     f"{_first_error_in(output)}; its whole output: {directory / 'format.log'}")
+
+
+def _first_error_in(output: str) -> str:
+    """The line of a JVM's output that says what went wrong: the first error or exception, else the last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if re.search(r"\b(ERROR|FATAL)\b|Exception|Error:", line)]
+    return (errors[0] if errors else lines[-1] if lines else "no output")[:500]
 
 
 def _specs(settings: Settings, artifacts: bootstrap.Artifacts, run_dir: Path) -> list[_Spec]:

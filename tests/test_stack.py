@@ -208,3 +208,13 @@ def test_down_never_signals_a_process_it_did_not_start(stack_settings: Settings)
         impostor.wait()
         os.kill(redis_pid, signal.SIGTERM)
         os.waitpid(redis_pid, 0)
+
+
+def test_a_failed_format_is_reported_by_its_error_line_not_its_last_line() -> None:
+    """CI once showed only the JVM's last line, an INFO about an MBean, for a format that failed."""
+    output = ("[2026-12-05 05:41:44,741] INFO Registered `kafka:type=kafka.Log4jController` MBean\n"
+              "Exception in thread \"main\" java.lang.OutOfMemoryError: Java heap space\n\tat x.y(Z.java:1)\n"
+              "[2026-12-05 05:41:44,900] INFO shutting down\n")
+    assert stack._first_error_in(output) == 'Exception in thread "main" java.lang.OutOfMemoryError: Java heap space'
+    assert stack._first_error_in("INFO one\nINFO two\n") == "INFO two"
+    assert stack._first_error_in("") == "no output"
