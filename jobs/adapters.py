@@ -251,6 +251,8 @@ class UserOperators:
     secret: SecretSource | None = None
     """The job's secret (resolved on the worker): the key of the snapshots' signatures."""
     max_snapshot_bytes: int = 1 << 20
+    redact_deadletters: bool = False
+    """Redact the dead letters of control records too (rule commands, snapshots), as ingest does events'."""
 
 
 def rec_shard(user_key: str, shards: int) -> str:
@@ -285,6 +287,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
             assert ops.secret is not None, "models need the job's secret (snapshot signatures)"
             self.snapshot_signer = snapshot_signer(ops.secret.resolve())
         self.invalid_snapshots = runtime_context.get_metrics_group().counter("invalid_snapshots")
+        self.redactor = Redactor() if ops.redact_deadletters else None
         self.segments_now: tuple[str, ...] = ()
         """The user's segments after the latest rule step (what the recommender's trending lists use)."""
         self.sink = ops.redis()
@@ -360,6 +363,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
         """A control record (rule command, snapshot) this operator cannot use, as a dead letter."""
         payload, topic, partition, offset, record_ts = value
         key, letter = dead_letter(rejection, payload, topic, partition, offset, record_ts)
+        if self.redactor is not None:
+            letter = self.redactor.dead_letter(letter)
         return Row(key, letter, self.operators.topics["deadletter"])
 
     def _apply_rule_command(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:

@@ -332,6 +332,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         models=models, recs=recs, rec_shards=settings.recommendations.shards,
         privacy=privacy_operators(settings, secret, stitching),
         secret=secret, max_snapshot_bytes=validation.max_snapshot_bytes,
+        redact_deadletters=settings.privacy.redact_deadletters,
     )
     control = io.rules(env, t_env)
     if models is not None:
