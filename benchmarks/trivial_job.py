@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from kafka import KafkaAdminClient
 from pyflink.common import JobClient, Row, Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import ValueStateDescriptor
@@ -18,7 +19,8 @@ from pyflink.datastream.state import ValueStateDescriptor
 from connectors.kafka import OUTPUT_TYPE, SourceSpec, attach_kafka_sink, event_time_expression, kafka_source
 from jobs.personalize_job import connector_jars
 from jobs.pipeline import create_environment
-from personalize.settings import Settings
+from personalize.settings import Settings, Topic
+from personalize.topics import create_topics
 
 OUTPUT_TOPIC = "bench.counts"
 #: The Kafka table sink accepts a per-row ``topic`` (what the job's sink uses) only when its ``topic``
@@ -50,9 +52,22 @@ class CountPerUser(KeyedProcessFunction):
         yield Row(ctx.get_current_key().encode("utf-8"), str(count).encode("ascii"), self.topic)
 
 
+def create_output_topics(settings: Settings, output_topic: str) -> None:
+    """The counter's topics, as the stack creates the job's: brokers that do not create topics on first
+    use (Apache Kafka with ``auto.create.topics.enable=false``) would keep the sink waiting for them."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        partitions = settings.kafka.topics.profiles.partitions
+        create_topics(admin, [(Topic(name, partitions), {}) for name in (output_topic, UNUSED_TOPIC)], 1,
+                      settings.stack.start_timeout_s)
+    finally:
+        admin.close()
+
+
 def start(settings: Settings, spec: SourceSpec, transactional_id_prefix: str,
           output_topic: str = OUTPUT_TOPIC) -> JobClient:
     """Submit the counter job over ``spec`` (a bounded spec ends it) without waiting."""
+    create_output_topics(settings, output_topic)
     env, t_env = create_environment(settings, connector_jars())
     event_time = event_time_expression(settings.validation.min_event_time_ms, settings.validation.max_future_skew_ms)
     source = kafka_source(t_env, settings.kafka, spec, settings.job.max_out_of_orderness_ms, event_time)
