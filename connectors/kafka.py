@@ -107,13 +107,17 @@ def event_time_expression(min_event_time_ms: int, max_future_skew_ms: int) -> st
     at different speeds; a watermark assigned after the source would run ahead with the fastest one
     and make the others late). Only a plausible ``ts`` counts, by the same bounds as validation:
     one absurd timestamp (year 2200) would otherwise push the watermark past every later event.
-    Anything else (ISO strings, malformed payloads) falls back to the Kafka record timestamp.
+    An ISO-8601 ``ts`` (which validation parses) counts as its Kafka record timestamp. Anything else
+    (malformed payloads, no ``ts``, an implausible one) is at the epoch and never moves event time:
+    a record validation refuses must not expire everyone's windows (docs/security.md).
     """
-    claimed = "TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(CAST(`payload` AS STRING), '$.ts') AS BIGINT), 3)"
+    ts = "JSON_VALUE(CAST(`payload` AS STRING), '$.ts')"
+    claimed = f"TO_TIMESTAMP_LTZ(TRY_CAST({ts} AS BIGINT), 3)"
     return (
         f"CASE WHEN {claimed} >= TO_TIMESTAMP_LTZ({min_event_time_ms}, 3)"
-        f" AND {claimed} <= `record_time` + {interval(max_future_skew_ms)}"
-        f" THEN {claimed} ELSE `record_time` END"
+        f" AND {claimed} <= `record_time` + {interval(max_future_skew_ms)} THEN {claimed}"
+        f" WHEN {claimed} IS NULL AND REGEXP({ts}, '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}[T ][0-9]{{2}}:[0-9]{{2}}')"
+        f" THEN `record_time` ELSE TO_TIMESTAMP_LTZ(0, 3) END"
     )
 
 

@@ -35,6 +35,11 @@ def scenario() -> Iterator[dict[str, Any]]:
     """One partition, so the job sees exactly this order (including the late event)."""
     yield event("e1", "erin", "page_view", T0 - 20 * DAY)  # idle past the 10-day test retention
     yield event("a1", "alice", "product_view", T0, item_id="item-x", category="books")
+    # Records validation refuses, stamped three days ahead: they must not move event time (dead letters).
+    yield {"raw": b"{not json", "record_ts": T0 + 3 * DAY}
+    yield {"raw": json.dumps(event("g1", "zed", "page_view", "soon")).encode(), "record_ts": T0 + 3 * DAY}
+    too_far_ahead = event("g2", "zed", "page_view", T0 + 3 * DAY)
+    yield {"raw": json.dumps(too_far_ahead).encode(), "record_ts": T0}
     yield event("a2", "alice", "product_view", T0 + 10 * MINUTE + 30_000, item_id="item-x", category="books")
     yield event("a0", "alice", "page_view", T0 + 10 * MINUTE)  # out of order by 30 s: within the bound
     yield event("a3", "alice", "product_view", T0 + 20 * MINUTE, item_id="item-x", category="books")
@@ -62,7 +67,9 @@ def features_run(stack_settings: Settings) -> dict[str, Any]:
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
     last = None
     for payload in scenario():
-        last = producer.send(topic, value=json.dumps(payload).encode(), partition=0, timestamp_ms=payload["ts"])
+        value, record_ts = (payload["raw"], payload["record_ts"]) if "raw" in payload else (
+            json.dumps(payload).encode(), payload["ts"])
+        last = producer.send(topic, value=value, partition=0, timestamp_ms=record_ts)
     assert last is not None
     end = last.get(timeout=30).offset + 1
     producer.close()
