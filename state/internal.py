@@ -30,8 +30,10 @@ def internal_signer(secret: bytes) -> Signer:
 
 
 def encode_internal(event: Event, signer: Signer) -> bytes:
-    """An event on the internal topic (forwarded events, handovers, erasure commands); key: ``user_key``."""
-    return signer.sign({"schema": INTERNAL_SCHEMA, "event": list(event)})
+    """An event on the internal topic (forwarded events, handovers, erasure commands); key: ``user_key``.
+    ``ts`` at the top, as events have it: the source's watermarks read it (``connectors.kafka``), so the
+    loop's records keep the event time they carry and do not hold the watermark back."""
+    return signer.sign({"schema": INTERNAL_SCHEMA, "ts": event.ts, "event": list(event)})
 
 
 def decode_internal(payload: bytes | None, signer: Signer) -> Event:
