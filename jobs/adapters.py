@@ -56,6 +56,7 @@ from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleBook, RuleCatalog, RuleEntry, parse_command
 from operators.rules.engine import RuleState, SegmentChange, SegmentEngine
 from operators.rules.language import RuleError
+from operators.segment_spec import SegmentSpec, parse_segment
 from operators.validation import INVALID_INTERNAL, INVALID_RULE, INVALID_SNAPSHOT, Limits, Rejection, parse_event
 from state.codecs import (
     decode_consent,
@@ -127,16 +128,27 @@ class IngestPrivacy:
     """Identity stitching's internal topic: its records are the job's own (already validated and hashed)."""
 
 
+@dataclass(frozen=True)
+class SegmentInput:
+    """The input topic whose records are in the Segment spec (docs/events.md), and how they map."""
+
+    topic: str
+    spec: SegmentSpec
+
+
 class ParseEvents(ProcessFunction):
-    """Validate raw Kafka rows; valid events go on (pseudonymized when configured), everything else
-    to the dead-letter side output (redacted when configured)."""
+    """Validate raw Kafka rows (the Segment spec's topic through its mapper first); valid events go on
+    (pseudonymized when configured), everything else to the dead-letter side output (redacted when
+    configured)."""
 
     def __init__(self, limits: Limits, deadletter_topic: str,
-                 counter: Callable[[], DeadLetterCounter] | None = None, privacy: IngestPrivacy | None = None) -> None:
+                 counter: Callable[[], DeadLetterCounter] | None = None, privacy: IngestPrivacy | None = None,
+                 segment: SegmentInput | None = None) -> None:
         self.limits = limits
         self.deadletter_topic = deadletter_topic
         self.counter_factory = counter
         self.privacy = privacy
+        self.segment = segment
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.counter = self.counter_factory() if self.counter_factory is not None else None
@@ -147,13 +159,15 @@ class ParseEvents(ProcessFunction):
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
         payload, topic, partition, offset, record_ts = value
-        result: Event | Rejection
+        result: Event | tuple[Event, ...] | Rejection
         if self.internal_signer is not None and self.privacy is not None and topic == self.privacy.internal_topic:
             try:
                 yield Row(*decode_internal(payload, self.internal_signer))
                 return
             except InternalRecordError as exc:
                 result = Rejection(INVALID_INTERNAL, str(exc))
+        elif self.segment is not None and topic == self.segment.topic:
+            result = parse_segment(payload, record_ts, self.limits, self.segment.spec)
         else:
             result = parse_event(payload, record_ts, self.limits)
         if isinstance(result, Rejection):
@@ -163,8 +177,9 @@ class ParseEvents(ProcessFunction):
             if self.redactor is not None:
                 letter = self.redactor.dead_letter(letter)
             yield DEAD_LETTERS, Row(key, letter, self.deadletter_topic)
-        else:
-            yield Row(*(pseudonymize_event(result, self.hasher) if self.hasher is not None else result))
+            return
+        for event in (result,) if isinstance(result, Event) else result:
+            yield Row(*(pseudonymize_event(event, self.hasher) if self.hasher is not None else event))
 
     def close(self) -> None:
         counter = getattr(self, "counter", None)

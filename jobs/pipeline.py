@@ -38,6 +38,7 @@ from jobs.adapters import (
     PrivacyOperators,
     RecommenderFunction,
     RecommenderSettings,
+    SegmentInput,
     TrainerSettings,
     UserFunction,
     UserOperators,
@@ -58,6 +59,7 @@ from operators.rules.catalog import RuleBook
 from operators.rules.language import RuleError
 from operators.validation import Limits
 from personalize.paths import resolve
+from personalize.segment_format import segment_spec
 from personalize.settings import FeatureSettings, JobSettings, ModelSettings, RedisSettings, Settings, SettingsError
 from state.descriptors import MODEL_SNAPSHOT, RULE_CATALOG
 
@@ -315,7 +317,9 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
                            topics.handover.name if stitching else "")
     parsed = (
         io.source(env, t_env)
-        .process(ParseEvents(limits, topics.deadletter.name, io.deadletters, ingest), output_type=EVENT_TYPE)
+        .process(ParseEvents(limits, topics.deadletter.name, io.deadletters, ingest,
+                             SegmentInput(topics.tracking.name, segment_spec(settings))),
+                 output_type=EVENT_TYPE)
         .name("parse-validate").uid("parse-validate")
     )
     models, recs = model_config(settings), recommendation_config(settings)

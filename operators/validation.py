@@ -43,8 +43,10 @@ INVALID_FIELD = "invalid_field"
 UNKNOWN_TYPE = "unknown_type"
 MISSING_USER = "missing_user"
 TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
+#: A Segment-spec record (operators/segment_spec.py) the contract has no type for.
+UNMAPPED_SPEC_EVENT = "unmapped_spec_event"
 REASONS = (PAYLOAD_TOO_LARGE, EMPTY_PAYLOAD, NOT_UTF8, INVALID_JSON, NOT_AN_OBJECT, UNSUPPORTED_VERSION,
-           MISSING_FIELD, INVALID_FIELD, UNKNOWN_TYPE, MISSING_USER, TIMESTAMP_OUT_OF_RANGE)
+           MISSING_FIELD, INVALID_FIELD, UNKNOWN_TYPE, MISSING_USER, TIMESTAMP_OUT_OF_RANGE, UNMAPPED_SPEC_EVENT)
 # Reasons of the control and internal inputs (docs/events.md): a rule command that does not apply, a
 # model snapshot or an identity-loop record this job did not sign or cannot read.
 INVALID_RULE = "invalid_rule"
@@ -214,8 +216,11 @@ def _attributes_json(attributes: dict[str, Any]) -> str:
                                       "255 levels of nesting") from None
 
 
-def parse_event(payload: bytes | None, record_ts_ms: int, limits: Limits = Limits()) -> Event | Rejection:
-    """Return the validated event, or the reason it was rejected. Never raises on bad input."""
+def decode_payload(payload: bytes | None, limits: Limits = Limits()) -> Any:
+    """The payload's JSON document, or the :class:`Rejection` of bytes that are not one (never raises).
+
+    Shared by every input format, so size, encoding and parser limits are the same for all of them.
+    """
     if not payload:
         return Rejection(EMPTY_PAYLOAD, "record has no value")
     if len(payload) > limits.max_payload_bytes:
@@ -225,13 +230,23 @@ def parse_event(payload: bytes | None, record_ts_ms: int, limits: Limits = Limit
     except UnicodeDecodeError as exc:
         return Rejection(NOT_UTF8, f"invalid byte at position {exc.start}")
     try:
-        doc = orjson.loads(payload)  # strict: no NaN/Infinity, no lone surrogates, 64-bit integers, depth <= 1024
+        return orjson.loads(payload)  # strict: no NaN/Infinity, no lone surrogates, 64-bit integers, depth <= 1024
     except orjson.JSONDecodeError as exc:
         return Rejection(INVALID_JSON, _position_only(str(exc)))
+
+
+def validate_document(doc: Any, record_ts_ms: int, limits: Limits = Limits()) -> Event | Rejection:
+    """A decoded document judged by the contract: the event, or why it was rejected (never raises)."""
     try:
         return _validate(doc, record_ts_ms, limits)
     except _Invalid as invalid:
         return invalid.rejection
+
+
+def parse_event(payload: bytes | None, record_ts_ms: int, limits: Limits = Limits()) -> Event | Rejection:
+    """Return the validated event, or the reason it was rejected. Never raises on bad input."""
+    doc = decode_payload(payload, limits)
+    return doc if isinstance(doc, Rejection) else validate_document(doc, record_ts_ms, limits)
 
 
 def _position_only(message: str) -> str:

@@ -51,6 +51,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from personalize.generator import EventGenerator
     from personalize.publish import publish, write_jsonl, write_personas
+    from personalize.segment_format import segment_records, segment_spec
 
     generator_settings = replace(settings.generator, **{
         name: value for name, value in (("events", args.events), ("users", args.users), ("seed", args.seed))
@@ -59,11 +60,14 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     generator = EventGenerator(generator_settings)
     if args.personas:
         write_personas(generator.personas(), args.personas)
+    records = generator.records()
+    if args.format == "segment":
+        records = segment_records(records, segment_spec(settings))
     if args.jsonl:
-        count = write_jsonl(generator.records(), args.jsonl)
+        count = write_jsonl(records, args.jsonl)
         print(f"wrote {count:,} records to {args.jsonl}")
         return EXIT_OK
-    result = publish(generator.records(), settings.kafka, total=generator_settings.events)
+    result = publish(records, settings.kafka, total=generator_settings.events)
     _write_offsets(args.offsets_out, result.end_offsets)
     print(f"published {result.count:,} records in {result.seconds:.1f} s")
     return EXIT_OK
@@ -235,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--jsonl", help="write records to this JSONL file instead of Kafka")
     produce.add_argument("--personas", help="write the planted persona of every user to this JSON file")
     produce.add_argument("--offsets-out", help="write end offsets per topic/partition here (for a bounded run)")
+    produce.add_argument("--format", choices=["contract", "segment"], default="contract",
+                         help="contract (default): event contract v1 on each type's topic; segment: the same events "
+                              "in the Segment spec on kafka.topics.tracking (docs/events.md)")
     produce.set_defaults(handler=cmd_produce)
 
     replay = commands.add_parser("replay", help="publish a JSONL file written by `produce --jsonl`")

@@ -157,7 +157,8 @@ class GeneratedRecord:
     """One Kafka record to publish; ``ts`` is the event time and the Kafka record timestamp."""
 
     topic_role: str
-    """``"behavior"``, ``"profile"`` or ``"consent"``: a key of ``settings.kafka.topics``."""
+    """``"behavior"``, ``"profile"``, ``"consent"`` (``"tracking"`` in the Segment spec): a key of
+    ``settings.kafka.topics``."""
     key: bytes | None
     """The partitioning key: ``user_id``, else ``anonymous_id``, as UTF-8 (``None`` for some malformed)."""
     value: bytes

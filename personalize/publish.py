@@ -161,7 +161,7 @@ def write_jsonl(records: Iterable[GeneratedRecord], path: str | Path) -> int:
 
 #: Topics a replay may write: the inputs and the rule commands. The job's own topics (model snapshots,
 #: the identity loop) are written by the job alone (docs/security.md).
-REPLAY_ROLES = ("behavior", "profile", "consent", "rules")
+REPLAY_ROLES = ("behavior", "profile", "consent", "tracking", "rules")
 
 
 class ReplayFileError(ValueError):

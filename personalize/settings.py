@@ -64,6 +64,8 @@ class Topics:
     behavior: Topic
     profile: Topic
     consent: Topic
+    tracking: Topic
+    """Events in the Segment spec (Segment's and RudderStack's tracking libraries; docs/events.md)."""
     rules: Topic
     deadletter: Topic
     profiles: Topic
@@ -82,7 +84,7 @@ class Topics:
     """Internal: state and events on their way to the merged profile, read back by the job."""
 
     def all(self) -> list[Topic]:
-        return [self.behavior, self.profile, self.consent, self.rules, self.deadletter, self.profiles,
+        return [self.behavior, self.profile, self.consent, self.tracking, self.rules, self.deadletter, self.profiles,
                 self.features, self.late, self.segments, self.recommendations, self.models, self.drift,
                 self.erasures, self.merges, self.handover]
 
@@ -93,7 +95,7 @@ class Topics:
 
     def inputs(self) -> list[Topic]:
         """Topics carrying user events, in the order the job reads them."""
-        return [self.behavior, self.profile, self.consent]
+        return [self.behavior, self.profile, self.consent, self.tracking]
 
 
 @dataclass(frozen=True)
@@ -273,6 +275,8 @@ class PrivacySettings:
 
     enabled: bool
     consent_defaults: dict[str, bool]
+    consent_categories: dict[str, list[str]]
+    """Consent-manager category ids that decide each purpose on the Segment-spec topic (docs/events.md)."""
     secret: str = field(repr=False)
     """Never printed: ``repr`` of settings ends up in logs."""
     secret_env: str

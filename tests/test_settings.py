@@ -29,8 +29,9 @@ def test_defaults_load_and_match_the_yaml(defaults: Settings) -> None:
     assert defaults.job.parallelism == raw["job"]["parallelism"]
     assert defaults.kafka.topics.behavior.name == raw["kafka"]["topics"]["behavior"]["name"]
     assert defaults.generator.categories == tuple(raw["generator"]["categories"])
-    assert [t.name for t in defaults.kafka.topics.inputs()] == ["events.behavior", "events.profile", "events.consent"]
-    assert len({t.name for t in defaults.kafka.topics.all()}) == 15
+    assert [t.name for t in defaults.kafka.topics.inputs()] == ["events.behavior", "events.profile", "events.consent",
+                                                                "events.tracking"]
+    assert len({t.name for t in defaults.kafka.topics.all()}) == 16
 
 
 def test_timestamps_are_parsed_to_epoch_ms(defaults: Settings) -> None:
@@ -151,8 +152,9 @@ def test_every_invalid_field_is_listed() -> None:
     ({"PERSONALIZE__REDIS__KEY_PREFIX": "app*"}, "redis.key_prefix"),
     ({"PERSONALIZE__REDIS__KEY_PREFIX": "app[1]:"}, "redis.key_prefix"),
     ({"PERSONALIZE__JOB__RESTART_ATTEMPTS": "0"}, "job.restart_attempts"),
+    ({"PERSONALIZE__PRIVACY__CONSENT_CATEGORIES__MARKETING": "Ads"}, "privacy.consent_categories.marketing"),
 ], ids=["word", "fraction", "enum", "topic-pattern", "partitions", "empty-list", "minimum", "timestamp", "section",
-        "delivery", "empty-prefix", "glob-prefix", "bracket-prefix", "no-restarts"])
+        "delivery", "empty-prefix", "glob-prefix", "bracket-prefix", "no-restarts", "consent-categories"])
 def test_invalid_value_names_its_field(environ: dict[str, str], field: str) -> None:
     with pytest.raises(SettingsError, match=rf"(?m)^\s*{re.escape(field)}: "):
         load(environ=environ)
@@ -162,7 +164,8 @@ def test_invalid_value_names_its_field(environ: dict[str, str], field: str) -> N
     ({"PERSONALIZE__JOB__PARALELISM": "2"}, "'paralelism' was unexpected"),
     ({"PERSONALIZE__METRICS__PORT": "9000"}, "'metrics' was unexpected"),
     ({"PERSONALIZE__KAFKA__TOPICS__CLICKS__NAME": "clicks"}, "'clicks' was unexpected"),
-], ids=["typo", "section", "topic"])
+    ({"PERSONALIZE__PRIVACY__CONSENT_CATEGORIES__NEWSLETTER": "[Email]"}, "'newsletter' was unexpected"),
+], ids=["typo", "section", "topic", "purpose"])
 def test_unknown_key_is_rejected(environ: dict[str, str], unexpected: str) -> None:
     with pytest.raises(SettingsError, match=unexpected):
         load(environ=environ)
