@@ -107,11 +107,13 @@ def event_time_expression(min_event_time_ms: int, max_future_skew_ms: int) -> st
     at different speeds; a watermark assigned after the source would run ahead with the fastest one
     and make the others late). Only a plausible ``ts`` counts, by the same bounds as validation:
     one absurd timestamp (year 2200) would otherwise push the watermark past every later event.
-    An ISO-8601 ``ts`` (which validation parses) counts as its Kafka record timestamp. Anything else
+    An ISO-8601 ``ts`` (which validation parses), or a Segment message's ISO ``timestamp``, counts as
+    its Kafka record timestamp. Anything else
     (malformed payloads, no ``ts``, an implausible one) is at the epoch and never moves event time:
     a record validation refuses must not expire everyone's windows (docs/security.md).
     """
-    ts = "JSON_VALUE(CAST(`payload` AS STRING), '$.ts')"
+    payload = "CAST(`payload` AS STRING)"
+    ts = f"COALESCE(JSON_VALUE({payload}, '$.ts'), JSON_VALUE({payload}, '$.timestamp'))"  # Segment: `timestamp`
     claimed = f"TO_TIMESTAMP_LTZ(TRY_CAST({ts} AS BIGINT), 3)"
     return (
         f"CASE WHEN {claimed} >= TO_TIMESTAMP_LTZ({min_event_time_ms}, 3)"
