@@ -106,4 +106,6 @@ def test_near_valid_documents_get_the_same_verdict(event_type: str, field: str, 
         return  # RANGE: the schema has no record time
     if isinstance(document.get("ts"), str) and not CHECKS_DATE_TIME:
         return  # FORMAT: without a date-time checker the schema takes any string
+    if isinstance(result, Rejection) and "printable" in result.detail and schema_accepts(document):
+        return  # PRINTABLE: unassigned code points, which the schema's pattern cannot name (docs/events.md)
     assert schema_accepts(document) is not isinstance(result, Rejection), (document, result)
