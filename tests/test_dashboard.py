@@ -321,6 +321,7 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
         page.goto(served.url)
         # "attached", not "visible": a segment that stayed at 0 is a flat line with no height.
         page.wait_for_selector("#history-chart polyline", state="attached", timeout=20_000)
+        page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
 
         counts = {segment: int(n) for segment, n in client.hgetall(segment_counts_key(prefix)).items()}
         assert counts, "the demo run left no segment counts in Redis"
@@ -421,6 +422,7 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
         assert number(page.inner_text("#segment-total")) == client.zcard(segment_members_key(prefix, largest))
         if largest in rules:
             assert page.inner_text("#segment-title") == rules[largest]["definition"]["name"]
+        page.screenshot(path=str(tmp_path / "segment.png"), full_page=True)
         page.locator("#segment-members a.user").first.click()
         page.wait_for_selector(f".user-grid[data-user='{newest[0]}']", timeout=10_000)
         assert page.url == f"{served.url}users/{quote(newest[0], safe='')}"

@@ -32,9 +32,16 @@ const when = (ms) => (ms === null || ms === undefined || ms === "" ? "–"
   : new Date(Number(ms)).toISOString().replace("T", " ").slice(0, 19));
 const na = (what) => el("p", { class: "na" }, `${what}: ${NA}`);
 
+// A value for people: [[name, score], ...] (e.g. top_categories) as "name 1.23, ..."; other objects as JSON.
+function shown(v) {
+  if (Array.isArray(v) && v.every((p) => Array.isArray(p) && p.length === 2 && typeof p[1] === "number")) {
+    return v.map(([name, score]) => `${name} ${score.toFixed(2)}`).join(", ");
+  }
+  return typeof v === "object" && v !== null ? JSON.stringify(v) : String(v);
+}
+
 function kv(entries) {
-  return el("dl", { class: "kv" }, entries.map(([k, v]) => [el("dt", {}, k),
-    el("dd", {}, typeof v === "object" && v !== null ? JSON.stringify(v) : String(v))]));
+  return el("dl", { class: "kv" }, entries.map(([k, v]) => [el("dt", {}, k), el("dd", {}, shown(v))]));
 }
 
 function colorOf(segment, all) {
@@ -167,6 +174,33 @@ function renderDeadletters(counts) {
     el("tr", {}, el("th", {}, "total"), el("th", { class: "num", id: "deadletters-total" }, fmt(total))))));
 }
 
+// A "nice" axis: steps of 1, 2 or 5 times a power of ten, from 0 to the first tick at or above max.
+function valueTicks(max, wanted) {
+  const raw = Math.max(1, max) / wanted;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = Math.max(1, [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw));
+  const top = Math.max(step, Math.ceil(max / step) * step);
+  return Array.from({ length: Math.round(top / step) + 1 }, (_, i) => i * step);
+}
+
+const MINUTE = 60_000, HOUR = 60 * MINUTE, DAY = 24 * HOUR;
+const TIME_STEPS = [MINUTE, 5 * MINUTE, 15 * MINUTE, HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY, 7 * DAY,
+  14 * DAY, 30 * DAY, 90 * DAY];
+
+// Round UTC instants between t0 and t1 (at most about `wanted`), labelled at the step's precision.
+function timeTicks(t0, t1, wanted) {
+  const step = TIME_STEPS.find((s) => (t1 - t0) / s <= wanted) || TIME_STEPS[TIME_STEPS.length - 1];
+  const ticks = [];
+  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) ticks.push(t);
+  const label = (t) => {
+    const iso = new Date(t).toISOString();
+    return step >= DAY ? iso.slice(5, 10) : `${iso.slice(5, 10)} ${iso.slice(11, 16)}`;
+  };
+  return ticks.map((t) => [t, label(t)]);
+}
+
+// Small multiples: one panel per segment with its own y axis, so a segment of 5 is as readable as one
+// of 5,000; every panel shares the time axis. Ticks are real values; the line keeps its last level.
 function renderHistory(history) {
   const box = $("history");
   const segments = Object.keys(history.series || {});
@@ -176,38 +210,50 @@ function renderHistory(history) {
     return;
   }
   segmentOrder = [...new Set([...segmentOrder, ...segments])].sort();
-  const W = 760, H = 240, L = 48, R = 10, T = 10, B = 24;
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("width", "100%");
-  svg.setAttribute("id", "history-chart");
+  const ordered = [...Object.keys(segmentNames).filter((s) => segments.includes(s)),
+    ...segments.filter((s) => !(s in segmentNames))];
   const times = history.times;
   const t0 = times[0], t1 = times[times.length - 1];
-  const maxY = Math.max(1, ...segments.flatMap((s) => history.series[s]));
+  const ticksX = timeTicks(t0, t1, 5);
+  const W = 340, H = 130, L = 40, R = 8, T = 8, B = 20;
+  const ns = "http://www.w3.org/2000/svg";
   const x = (t) => L + (t1 === t0 ? (W - L - R) : ((t - t0) / (t1 - t0)) * (W - L - R));
-  const y = (v) => T + (1 - v / maxY) * (H - T - B);
-  const add = (tag, attrs, text) => {
-    const node = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = text;
-    svg.append(node);
-  };
-  add("line", { x1: L, y1: y(0), x2: W - R, y2: y(0), stroke: "#ccc" });
-  add("line", { x1: L, y1: T, x2: L, y2: y(0), stroke: "#ccc" });
-  add("text", { x: L - 4, y: y(maxY) + 4, "text-anchor": "end" }, fmt(maxY));
-  add("text", { x: L - 4, y: y(0), "text-anchor": "end" }, "0");
-  add("text", { x: L, y: H - 6 }, when(t0));
-  add("text", { x: W - R, y: H - 6, "text-anchor": "end" }, when(t1));
-  for (const segment of segments) {
-    const points = times.map((t, i) => `${x(t).toFixed(1)},${y(history.series[segment][i]).toFixed(1)}`).join(" ");
+  const panels = ordered.map((segment) => {
+    const values = history.series[segment];
+    const ticksY = valueTicks(Math.max(...values), 3);
+    const top = ticksY[ticksY.length - 1];
+    const y = (v) => T + (1 - v / top) * (H - T - B);
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    svg.setAttribute("width", "100%");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", `${segmentName(segment)} over event time`);
+    const add = (tag, attrs, text) => {
+      const node = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+      if (text !== undefined) node.textContent = text;
+      svg.append(node);
+    };
+    for (const v of ticksY) {
+      add("line", { x1: L, y1: y(v), x2: W - R, y2: y(v), stroke: v === 0 ? "#bbb" : "#eee" });
+      add("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" }, fmt(v));
+    }
+    for (const [t, label] of ticksX) {
+      add("line", { x1: x(t), y1: y(0), x2: x(t), y2: y(0) + 4, stroke: "#bbb" });
+      const anchor = x(t) > W - R - 30 ? "end" : x(t) < L + 30 ? "start" : "middle";  // keep labels inside
+      add("text", { x: x(t), y: H - 5, "text-anchor": anchor }, label);
+    }
+    const points = times.map((t, i) => `${x(t).toFixed(1)},${y(values[i]).toFixed(1)}`).join(" ");
     add("polyline", { points, fill: "none", stroke: colorOf(segment, segmentOrder), "stroke-width": 2,
       "data-segment": segment });
-  }
-  const legend = el("div", { class: "legend" }, segments.map((s) => el("span", { style: `--c:${colorOf(s, segmentOrder)}` }, s)));
-  box.replaceChildren(svg, legend);
-  $("history-note").textContent = `Rebuilt from today's counts and the last ${fmt(history.changes)} changes in the `
-    + "capped change stream: exact for the window shown.";
+    return el("figure", { class: "multiple", "data-segment": segment },
+      el("figcaption", {}, segmentLink(segment), " ", el("span", { class: "muted" },
+        `now ${fmt(values[values.length - 1])}`)), svg);
+  });
+  box.replaceChildren(el("div", { id: "history-chart", class: "multiples" }, panels));
+  $("history-note").textContent = `Event time, UTC, ${when(t0)} to ${when(t1)}; each panel has its own scale. `
+    + `Rebuilt from today's counts and the last ${fmt(history.changes)} changes in the capped change stream: `
+    + "exact for the window shown.";
 }
 
 // Reasons are {source: contribution} (docs/recommendations.md); a list of strings is shown as is.
@@ -294,7 +340,7 @@ async function openSegment(id, page) {
     : el("table", { id: "segment-members" }, el("thead", {}, el("tr", {}, el("th", {}, "user"),
       el("th", {}, "member since (event time, UTC)"))),
     el("tbody", {}, data.members.map((m) => el("tr", { "data-user": m.user }, el("td", {}, userLink(m.user)),
-      el("td", {}, when(m.since))))));
+      el("td", { class: "nowrap" }, when(m.since))))));
   const daily = data.daily.length === 0 ? el("p", { class: "empty" }, "No changes of this segment in the stream.")
     : el("table", { id: "segment-daily" }, el("thead", {}, el("tr", {}, el("th", {}, "day (UTC)"),
       el("th", { class: "num" }, "entered"), el("th", { class: "num" }, "left"))),
