@@ -399,8 +399,6 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
             intent = scores.get("intent", "")
             assert (f"{float(intent):.3f}" in model_text) if intent else "not scored yet" in model_text
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-        if os.environ.get(DOCS_SCREENSHOT):
-            shutil.copy(tmp_path / "dashboard.png", os.environ[DOCS_SCREENSHOT])
 
         # A user the job never saw.
         page.fill("#user-key", "nobody-at-all")
@@ -423,6 +421,9 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
         if largest in rules:
             assert page.inner_text("#segment-title") == rules[largest]["definition"]["name"]
         page.screenshot(path=str(tmp_path / "segment.png"), full_page=True)
+        if os.environ.get(DOCS_SCREENSHOT):  # the overview, and the segment page next to it
+            shutil.copy(tmp_path / "overview.png", os.environ[DOCS_SCREENSHOT])
+            shutil.copy(tmp_path / "segment.png", Path(os.environ[DOCS_SCREENSHOT]).with_name("dashboard-segment.png"))
         page.locator("#segment-members a.user").first.click()
         page.wait_for_selector(f".user-grid[data-user='{newest[0]}']", timeout=10_000)
         assert page.url == f"{served.url}users/{quote(newest[0], safe='')}"

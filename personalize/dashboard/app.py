@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import redis
 import waitress
@@ -113,8 +114,8 @@ def _guard(access: DashboardSettings, hosts: frozenset[str], secret: str | None)
         if _same(request.cookies.get(TOKEN_COOKIE), secret):
             return None
         if _same(request.args.get("token"), secret):
-            kept = [f"{key}={value}" for key, value in request.args.items(multi=True) if key != "token"]
-            response = redirect(request.path + ("?" + "&".join(kept) if kept else ""), 303)
+            kept = urlencode([(key, value) for key, value in request.args.items(multi=True) if key != "token"])
+            response = redirect(request.script_root + request.path + (f"?{kept}" if kept else ""), 303)
             response.set_cookie(TOKEN_COOKIE, secret, httponly=True, samesite="Strict", secure=request.is_secure,
                                 path=request.script_root or "/")
             return response
