@@ -153,21 +153,29 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
-    from personalize.dashboard import make_server
+    from personalize.dashboard.app import AccessError, access_warning, make_server
+    from personalize.dashboard.data import public_url
 
     try:
-        server = make_server(settings, args.host, args.port, refresh_ms=args.refresh_ms)
-    except (OSError, SystemExit) as exc:  # werkzeug exits by itself when the port is taken
+        server = make_server(settings, args.host, args.port, refresh_ms=args.refresh_ms, debug=args.debug)
+    except AccessError as exc:
+        raise CliError(str(exc)) from None
+    except (OSError, SystemExit) as exc:  # werkzeug (--debug) exits by itself when the port is taken
         raise CliError(f"cannot listen on {args.host}:{args.port} (in use, or not an address of this machine)") \
             from exc
-    print(f"dashboard on http://{args.host}:{server.server_port}/ over Redis {settings.redis.url} "
-          f"(prefix {settings.redis.key_prefix!r}); Ctrl-C stops it", flush=True)
+    warning = access_warning(settings.dashboard, args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    served_by = "werkzeug's development server (--debug)" if args.debug else "waitress"
+    print(f"dashboard on http://{args.host}:{server.port}/ ({served_by}, auth {settings.dashboard.auth}) over Redis "
+          f"{public_url(settings.redis.url)} (prefix {settings.redis.key_prefix!r}); Ctrl-C stops it", flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever()  # waitress returns on Ctrl-C by itself; werkzeug raises
     except KeyboardInterrupt:
-        print("dashboard stopped")
+        pass
     finally:
-        server.server_close()
+        server.stop()
+    print("dashboard stopped")
     return EXIT_OK
 
 
@@ -292,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dashboard.add_argument("--port", type=int, default=8050, help="port (default 8050; 0 picks a free one)")
     dashboard.add_argument("--refresh-ms", type=int, default=2000, help="how often the page polls (default 2000)")
+    dashboard.add_argument("--debug", action="store_true",
+                           help="serve with werkzeug's development server and Flask debug mode (not for users)")
     dashboard.set_defaults(handler=cmd_dashboard)
 
     status_parser = commands.add_parser(

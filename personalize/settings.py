@@ -292,6 +292,19 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """Access to ``personalize dashboard`` (docs/dashboard.md). The secret is never a setting: only the name
+    of the variable that holds it, so no file in the repository or in a config carries it."""
+
+    auth: str
+    """``none``, ``basic`` or ``token``."""
+    basic_user: str
+    secret_env: str
+    allowed_hosts: tuple[str, ...]
+    """Host header names served; empty: the bind address's name, localhost and 127.0.0.1."""
+
+
+@dataclass(frozen=True)
 class Settings:
     stack: StackSettings
     kafka: KafkaSettings
@@ -305,6 +318,7 @@ class Settings:
     models: ModelSettings
     recommendations: RecommendationSettings
     privacy: PrivacySettings
+    dashboard: DashboardSettings
 
 
 def iso_to_ms(text: str, field: str = "timestamp") -> int:
@@ -401,6 +415,7 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
         recommendations=RecommendationSettings(**{**raw["recommendations"],
                                                   "pinned_items": tuple(raw["recommendations"]["pinned_items"])}),
         privacy=PrivacySettings(**raw["privacy"]),
+        dashboard=DashboardSettings(**{**raw["dashboard"], "allowed_hosts": tuple(raw["dashboard"]["allowed_hosts"])}),
         generator=GeneratorSettings(
             seed=generator["seed"], users=generator["users"], events=generator["events"],
             items=generator["items"], categories=tuple(generator["categories"]),

@@ -140,6 +140,14 @@ def test_dashboard_on_a_busy_port_exits_1(capsys: pytest.CaptureFixture[str]) ->
     assert "cannot listen on" in capsys.readouterr().err
 
 
+def test_dashboard_with_auth_and_no_secret_exits_1(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PERSONALIZE__DASHBOARD__AUTH", "basic")
+    monkeypatch.delenv("PERSONALIZE_DASHBOARD_SECRET", raising=False)
+    assert cli.main(["dashboard", "--port", "0"]) == cli.EXIT_FAILURE
+    assert "PERSONALIZE_DASHBOARD_SECRET" in capsys.readouterr().err
+
+
 def test_bench_latency_alone_needs_a_rate(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "--only", "latency"]) == cli.EXIT_USAGE
     assert "--rate" in capsys.readouterr().err

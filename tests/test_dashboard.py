@@ -3,6 +3,8 @@ headless Chromium over the Redis state of a real demo run (broker, Redis, MiniCl
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -12,17 +14,20 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
 
 from connectors.redis_keys import (
     deadletter_counts_key,
+    models_clusters_key,
     models_current_key,
     models_drift_key,
     rules_key,
     segment_changes_key,
     segment_counts_key,
+    segment_members_key,
     user_model_key,
     user_recs_info_key,
     user_segments_key,
@@ -31,7 +36,17 @@ from connectors.redis_keys import (
 from personalize import settings as settings_module
 from personalize.bootstrap import CHROMIUM
 from personalize.dashboard import create_app, make_server
-from personalize.dashboard.data import FEED_SIZE, describe_cause, public_url, segment_history
+from personalize.dashboard.app import AccessError, access_warning, allowed_hosts
+from personalize.dashboard.data import (
+    FEED_SIZE,
+    csv_cell,
+    daily_changes,
+    describe_cause,
+    feature_group,
+    public_url,
+    segment_catalog,
+    segment_history,
+)
 from personalize.settings import Settings
 from tests.conftest import free_ports
 
@@ -86,16 +101,174 @@ def settings_with_redis(settings: Settings, url: str, prefix: str) -> Settings:
     return replace(settings, redis=replace(settings.redis, url=url, key_prefix=prefix))
 
 
+def with_access(settings: Settings, **changes: Any) -> Settings:
+    return replace(settings, dashboard=replace(settings.dashboard, **changes))
+
+
+def down_settings() -> Settings:
+    """Settings whose Redis is a free port: nothing answers."""
+    return settings_with_redis(settings_module.load(environ={}), f"redis://127.0.0.1:{free_ports(1)[0]}/0", "x:")
+
+
+SECRET = {"PERSONALIZE_DASHBOARD_SECRET": "s3cret-for-tests"}
+
+
+def rule(rule_id: str, name: str, group: str | None = None, priority: int = 10, status: str = "active",
+         description: str = "") -> str:
+    definition = {"id": rule_id, "name": name, "group": group, "priority": priority, "description": description}
+    return json.dumps({"id": rule_id, "version": 1, "status": status, "definition": definition})
+
+
+def test_the_catalog_lists_every_defined_segment_grouped_zeros_included() -> None:
+    rules = {r: json.loads(text) for r, text in {
+        "new_visitor": rule("new_visitor", "New Visitor", "lifecycle", 10, description="First seen lately."),
+        "dormant": rule("dormant", "Dormant", "lifecycle", 30),
+        "high_value": rule("high_value", "High Value", None, 40),
+        "gone": rule("gone", "Gone", None, 50, status="deleted"),
+        "paused_one": rule("paused_one", "Paused", None, 5, status="paused"),
+    }.items()}
+    catalog = segment_catalog(rules, {"dormant": 3, "gone": 0, "cluster:1": 2, "stray": 1},
+                              {"0": {"description": "browsers"}, "1": {"description": "buyers"}})
+    assert [(g["group"], g["exclusive"], [s["id"] for s in g["segments"]]) for g in catalog] == [
+        ("lifecycle", True, ["new_visitor", "dormant"]),
+        (None, False, ["paused_one", "high_value"]),
+        ("model clusters", True, ["cluster:0", "cluster:1"]),
+        ("other", False, ["stray"]),
+    ]
+    segments = {s["id"]: s for g in catalog for s in g["segments"]}
+    assert segments["new_visitor"]["count"] == 0 and segments["new_visitor"]["name"] == "New Visitor"
+    assert segments["new_visitor"]["description"] == "First seen lately."
+    assert segments["cluster:0"] == {**segments["cluster:0"], "count": 0, "description": "browsers"}
+    assert segments["paused_one"]["status"] == "paused" and "gone" not in segments
+
+
+def test_features_are_grouped_for_people() -> None:
+    assert [feature_group(name) for name in ("product_view_24h", "sessions_30d", "r_score", "monetary_180d",
+                                             "top_categories", "engagement", "cart_abandoned", "version", "ts")] \
+        == ["activity", "activity", "RFM", "RFM", "affinity", "affinity", "intent", "engineering", "engineering"]
+
+
+def test_daily_changes_count_one_segment_per_utc_day() -> None:
+    day = 86_400_000
+    changes = [change("a", "enter", 10), change("a", "exit", 20), change("a", "enter", day + 1),
+               change("b", "enter", 5)]
+    assert daily_changes(changes, "a") == [{"day": "1970-01-01", "enter": 1, "exit": 1},
+                                           {"day": "1970-01-02", "enter": 1, "exit": 0}]
+
+
+def test_csv_cells_never_start_a_formula() -> None:
+    assert [csv_cell(v) for v in ("=1+1", "@x", "user-1", "anon:a")] == ["'=1+1", "'@x", "user-1", "anon:a"]
+
+
+def test_healthz_is_503_when_redis_is_down() -> None:
+    response = create_app(down_settings()).test_client().get("/healthz")
+    assert response.status_code == 503 and response.json["ok"] is False and response.json["redis"]["error"]
+
+
+def test_a_foreign_host_header_is_refused() -> None:
+    client = create_app(down_settings()).test_client()
+    assert client.get("/", headers={"Host": "evil.example"}).status_code == 400
+    assert client.get("/healthz", headers={"Host": "evil.example:8050"}).status_code == 400
+    for host in ("localhost:8050", "127.0.0.1", "[::1]:8050"):
+        assert client.get("/", headers={"Host": host}).status_code == 200
+    configured = create_app(with_access(down_settings(), allowed_hosts=("dash.example",))).test_client()
+    assert configured.get("/", headers={"Host": "dash.example"}).status_code == 200
+    assert configured.get("/", headers={"Host": "localhost"}).status_code == 400
+
+
+def test_the_default_hosts_are_the_bind_name_and_loopback() -> None:
+    access = settings_module.load(environ={}).dashboard
+    assert allowed_hosts(access, "dash.internal") == {"dash.internal", "localhost", "127.0.0.1", "::1"}
+    assert "0.0.0.0" not in allowed_hosts(access, "0.0.0.0")
+
+
+def test_basic_auth_is_required_when_configured() -> None:
+    client = create_app(with_access(down_settings(), auth="basic"), environ=SECRET).test_client()
+    for path in ("/", "/api/overview", "/users/u1", "/segments/x/members.csv"):
+        refused = client.get(path)
+        assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Basic")
+    assert client.get("/", auth=("analyst", "wrong")).status_code == 401
+    assert client.get("/", auth=("someone", SECRET["PERSONALIZE_DASHBOARD_SECRET"])).status_code == 401
+    assert client.get("/", auth=("analyst", SECRET["PERSONALIZE_DASHBOARD_SECRET"])).status_code == 200
+    assert client.get("/healthz").status_code == 503  # open to probes: it says only up or down
+
+
+def test_token_auth_takes_a_bearer_header_or_a_link_that_sets_a_cookie() -> None:
+    token = SECRET["PERSONALIZE_DASHBOARD_SECRET"]
+    client = create_app(with_access(down_settings(), auth="token"), environ=SECRET).test_client()
+    assert client.get("/api/overview").status_code == 401
+    assert client.get("/api/overview", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/api/overview", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    link = client.get(f"/segments/x?token={token}&page=2")
+    assert link.status_code == 303 and link.headers["Location"] == "/segments/x?page=2"
+    assert "HttpOnly" in link.headers["Set-Cookie"] and "SameSite=Strict" in link.headers["Set-Cookie"]
+    assert client.get("/api/overview").status_code == 200  # the cookie now
+
+
+def test_auth_without_its_secret_refuses_to_start() -> None:
+    with pytest.raises(AccessError, match="PERSONALIZE_DASHBOARD_SECRET"):
+        create_app(with_access(down_settings(), auth="basic"), environ={})
+
+
+def test_an_open_dashboard_beyond_loopback_is_warned_about() -> None:
+    access = settings_module.load(environ={}).dashboard
+    assert access_warning(access, "127.0.0.1") is None and access_warning(access, "localhost") is None
+    assert "without authentication" in (access_warning(access, "0.0.0.0") or "")
+    assert access_warning(replace(access, auth="token"), "0.0.0.0") is None
+
+
 def test_a_redis_that_is_down_is_reported_not_raised() -> None:
-    [port] = free_ports(1)
-    settings = settings_with_redis(settings_module.load(environ={}), f"redis://127.0.0.1:{port}/0", "x:")
-    client = create_app(settings).test_client()
-    for path in ("/api/overview", "/api/history", "/api/user?key=u1"):
+    client = create_app(down_settings()).test_client()
+    for path in ("/api/overview", "/api/history", "/api/user?key=u1", "/api/segment/x"):
         response = client.get(path)
         assert response.status_code == 200
         assert response.json["redis"]["ok"] is False and response.json["redis"]["error"]
     assert client.get("/").status_code == 200
     assert client.get("/api/user").status_code == 400
+    assert client.get("/segments/x/members.csv").status_code == 503
+    assert client.get("/api/segment/no%20such").status_code == 404  # not a segment id: never a Redis key
+
+
+@pytest.mark.integration
+def test_healthz_zero_member_segments_and_the_csv_export_against_redis(stack_settings: Settings) -> None:
+    prefix = "dash-unit:"
+    settings = settings_with_redis(stack_settings, stack_settings.redis.url, prefix)
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.hset(rules_key(prefix), mapping={"loyal": rule("loyal", "Loyal Customer", "lifecycle"),
+                                            "quiet": rule("quiet", "Quiet One", "lifecycle", 20)})
+    members = {f"user-{n}": 1_767_225_600_000 + n * 1000 for n in range(12)} | {"=cmd": 1_767_225_600_500}
+    client.zadd(segment_members_key(prefix, "loyal"), members)
+    client.hset(segment_counts_key(prefix), mapping={"loyal": len(members)})
+    client.hset(models_clusters_key(prefix), mapping={"0": json.dumps({"description": "window shoppers"})})
+    app = create_app(settings).test_client()
+    try:
+        health = app.get("/healthz")
+        assert health.status_code == 200 and health.json["ok"] is True
+
+        catalog = app.get("/api/overview").json["catalog"]
+        listed = {s["id"]: (s["name"], s["count"]) for group in catalog for s in group["segments"]}
+        assert listed == {"loyal": ("Loyal Customer", 13), "quiet": ("Quiet One", 0),
+                          "cluster:0": ("Cluster 0", 0)}
+
+        page = app.get("/api/segment/loyal?page=1&size=5").json
+        newest_first = sorted(members, key=lambda user: -members[user])
+        assert page["total"] == 13 and [m["user"] for m in page["members"]] == newest_first[5:10]
+        assert app.get("/api/segment/quiet").json["members"] == []
+
+        export = app.get("/segments/loyal/members.csv")
+        assert export.status_code == 200 and export.mimetype == "text/csv"
+        rows = list(csv.reader(io.StringIO(export.get_data(as_text=True))))
+        assert rows[0] == ["user", "entered_at", "entered_at_ms"]
+        assert [(user.removeprefix("'"), int(ms)) for user, _, ms in rows[1:]] == \
+            [(user, ms) for user, ms in client.zrevrange(segment_members_key(prefix, "loyal"), 0, -1,
+                                                          withscores=True, score_cast_func=int)]
+        assert [user for user, _, _ in rows[1:] if "cmd" in user] == ["'=cmd"]
+        assert rows[1][1] == "2026-01-01T00:00:11.000Z"
+    finally:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
 
 
 # --- end to end in the browser ---------------------------------------------------------------------------
@@ -108,11 +281,10 @@ class Served:
         self.server = make_server(settings, "127.0.0.1", 0, refresh_ms=500)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+        self.url = f"http://127.0.0.1:{self.server.port}/"
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +321,19 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
         page.goto(served.url)
         # "attached", not "visible": a segment that stayed at 0 is a flat line with no height.
         page.wait_for_selector("#history-chart polyline", state="attached", timeout=20_000)
+        page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
 
         counts = {segment: int(n) for segment, n in client.hgetall(segment_counts_key(prefix)).items()}
         assert counts, "the demo run left no segment counts in Redis"
+        # Every defined segment (the rules and the model's clusters), zeros included, each with its count.
+        rules = {rule_id: json.loads(text) for rule_id, text in client.hgetall(rules_key(prefix)).items()}
+        defined = {*rules, *(f"cluster:{c}" for c in client.hkeys(models_clusters_key(prefix))), *counts}
         shown = {segment: number(text) for segment, text in texts(page, "#segments td.count", "segment")}
-        assert shown == counts
+        assert shown == {segment: counts.get(segment, 0) for segment in defined}
+        named = dict(texts(page, "#segments a.segment", "segment"))
+        assert all(named[rule_id] == entry["definition"]["name"] for rule_id, entry in rules.items())
+        groups = {group for group, _ in texts(page, "#segments tr.group", "group")}
+        assert {entry["definition"].get("group") or "" for entry in rules.values()} <= groups
         assert number(page.inner_text("#memberships")) == sum(counts.values())
         assert number(page.inner_text("#users-seen")) == client.pfcount(users_hll_key(prefix))
         assert "Redis up" in page.inner_text("#redis-status") and page.is_hidden("#banner")
@@ -219,13 +399,37 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
             intent = scores.get("intent", "")
             assert (f"{float(intent):.3f}" in model_text) if intent else "not scored yet" in model_text
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-        if os.environ.get(DOCS_SCREENSHOT):
-            shutil.copy(tmp_path / "dashboard.png", os.environ[DOCS_SCREENSHOT])
 
         # A user the job never saw.
         page.fill("#user-key", "nobody-at-all")
         page.press("#user-key", "Enter")
         page.wait_for_selector("#user-missing", timeout=10_000)
+        assert page.url == f"{served.url}users/nobody-at-all"
+
+        # Deep links: a user's URL opens that user, a segment's URL its members (newest first) and daily
+        # changes; in-page links push the URL and Back returns.
+        page.goto(f"{served.url}users/{user}")
+        page.wait_for_selector(f".user-grid[data-user='{user}']", timeout=10_000)
+        assert page.evaluate("document.body.dataset.view") == "user" and page.is_hidden("#card-segments")
+        assert {segment for segment, _ in texts(page, "#user-segments li", "segment")} == memberships
+        largest = max(counts, key=counts.__getitem__)
+        page.goto(f"{served.url}segments/{largest}")
+        page.wait_for_selector(f"#segment-view[data-segment='{largest}']", timeout=10_000)
+        newest = client.zrevrange(segment_members_key(prefix, largest), 0, 49)
+        assert [member for member, _ in texts(page, "#segment-members tbody tr", "user")] == newest
+        assert number(page.inner_text("#segment-total")) == client.zcard(segment_members_key(prefix, largest))
+        if largest in rules:
+            assert page.inner_text("#segment-title") == rules[largest]["definition"]["name"]
+        page.screenshot(path=str(tmp_path / "segment.png"), full_page=True)
+        if os.environ.get(DOCS_SCREENSHOT):  # the overview, and the segment page next to it
+            shutil.copy(tmp_path / "overview.png", os.environ[DOCS_SCREENSHOT])
+            shutil.copy(tmp_path / "segment.png", Path(os.environ[DOCS_SCREENSHOT]).with_name("dashboard-segment.png"))
+        page.locator("#segment-members a.user").first.click()
+        page.wait_for_selector(f".user-grid[data-user='{newest[0]}']", timeout=10_000)
+        assert page.url == f"{served.url}users/{quote(newest[0], safe='')}"
+        page.go_back()
+        page.wait_for_selector(f"#segment-view[data-segment='{largest}']", timeout=10_000)
+        assert page.evaluate("document.body.dataset.view") == "segment"
     finally:
         page.close()
         served.stop()

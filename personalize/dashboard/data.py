@@ -7,9 +7,13 @@ available yet"; a Redis that cannot be reached gives ``{"redis": {"ok": False, "
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +29,7 @@ from connectors.redis_keys import (
     rules_key,
     segment_changes_key,
     segment_counts_key,
+    segment_members_key,
     user_features_key,
     user_model_key,
     user_profile_key,
@@ -37,6 +42,12 @@ from connectors.redis_keys import (
 FEED_SIZE = 50
 DRIFT_SIZE = 20
 HISTORY_BUCKETS = 60
+MEMBERS_PAGE = 50
+CSV_CHUNK = 5000
+SEGMENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+"""Rule ids and ``cluster:<n>``; anything else is not a segment and never reaches a Redis key."""
+MODEL_GROUP = "model clusters"
+OTHER_GROUP = "other"
 T = TypeVar("T")
 
 
@@ -96,6 +107,92 @@ def segment_history(changes: Iterable[Mapping[str, Any]], counts: Mapping[str, i
         for segment in segments:
             series[segment][index] = level[segment]
     return {"start": start, "end": end, "changes": len(deltas), "times": times, "series": series}
+
+
+def _group_rank(group: Mapping[str, Any]) -> tuple[int, int, str]:
+    kind = {MODEL_GROUP: 2, OTHER_GROUP: 3}.get(group["group"] or "", 1 if group["group"] is None else 0)
+    return kind, min((s["priority"] or 0 for s in group["segments"]), default=0), group["group"] or ""
+
+
+def segment_catalog(rules: Mapping[str, Any], counts: Mapping[str, int],
+                    clusters: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every defined segment with its count (zero included), grouped for people.
+
+    Defined means: a rule the job knows (``rules`` hash; a deleted one only while it still has members),
+    a cluster of the newest model snapshot (``cluster:<id>``), or anything with a count. Exclusive rule
+    groups first (a user is in at most one segment of each), then independent rules, model clusters
+    (exclusive too) and ids nothing describes.
+    """
+    entries: dict[str, dict[str, Any]] = {}
+    gone: set[str] = set()
+    for rule_id, entry in rules.items():
+        definition = entry.get("definition") if isinstance(entry, dict) else None
+        definition = definition if isinstance(definition, dict) else {}
+        status = entry.get("status") if isinstance(entry, dict) else None
+        if status == "deleted" and not counts.get(rule_id):
+            gone.add(rule_id)
+            continue
+        entries[rule_id] = {"id": rule_id, "name": definition.get("name") or rule_id,
+                            "description": definition.get("description"), "group": definition.get("group"),
+                            "priority": definition.get("priority"), "status": status, "kind": "rule"}
+    for cluster, described in clusters.items():
+        segment = f"cluster:{cluster}"
+        description = described.get("description") if isinstance(described, dict) else None
+        entries[segment] = {"id": segment, "name": f"Cluster {cluster}", "description": description,
+                            "group": MODEL_GROUP, "priority": None, "status": None, "kind": "model"}
+    for segment in counts:
+        if segment not in entries and segment not in gone:
+            model = segment.startswith("cluster:")
+            entries[segment] = {"id": segment, "name": segment, "description": None, "priority": None,
+                                "group": MODEL_GROUP if model else OTHER_GROUP, "status": None,
+                                "kind": "model" if model else "unknown"}
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    for entry in entries.values():
+        groups.setdefault(entry["group"], []).append({**entry, "count": int(counts.get(entry["id"], 0))})
+    listed = [{"group": group, "exclusive": group not in (None, OTHER_GROUP),
+               "segments": sorted(members, key=lambda s: (s["priority"] is None, s["priority"] or 0, s["id"]))}
+              for group, members in groups.items()]
+    return sorted(listed, key=_group_rank)
+
+
+FEATURE_GROUPS = ("activity", "RFM", "affinity", "intent", "engineering")
+_FEATURE_GROUP = {
+    **dict.fromkeys(("recency_days", "frequency_180d", "monetary_180d", "aov_180d", "r_score", "f_score",
+                     "m_score"), "RFM"),
+    **dict.fromkeys(("top_categories", "top_category", "engagement", "max_category_views_24h"), "affinity"),
+    **dict.fromkeys(("intent", "max_item_views_24h", "top_item_24h", "cart_abandoned", "returned_after_abandon"),
+                    "intent"),
+    **dict.fromkeys(("version", "ts", "id", "schema", "user", "reference_ts"), "engineering"),
+}
+
+
+def feature_group(name: str) -> str:
+    """Where a feature is shown on a user's page (docs/features.md): windowed counts and sessions are
+    activity; bookkeeping fields (and names this version does not know) go behind the details toggle."""
+    if name in _FEATURE_GROUP:
+        return _FEATURE_GROUP[name]
+    if re.search(r"_(\d+[hdm])$", name) or "session" in name:
+        return "activity"
+    return "engineering"
+
+
+def daily_changes(changes: Iterable[Mapping[str, Any]], segment: str) -> list[dict[str, Any]]:
+    """Enters and exits of one segment per UTC day of event time, oldest day first."""
+    days: dict[str, dict[str, int]] = {}
+    for change in changes:
+        if change.get("segment") != segment or not isinstance(change.get("event_time"), int):
+            continue
+        day = datetime.fromtimestamp(change["event_time"] / 1000, UTC).date().isoformat()
+        tally = days.setdefault(day, {"enter": 0, "exit": 0})
+        action = change.get("action")
+        if action in tally:
+            tally[action] += 1
+    return [{"day": day, **tally} for day, tally in sorted(days.items())]
+
+
+def csv_cell(text: str) -> str:
+    """A value a spreadsheet will not run as a formula (user ids come from the events: hostile)."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _decode_json(text: str | None) -> Any:
@@ -190,6 +287,8 @@ class RedisView:
             "users_seen": int(users),
             "segments": segment_counts,
             "changes": {"length": int(changes_length), "recent": [_change_row(sid, f) for sid, f in feed]},
+            "catalog": segment_catalog({rule_id: _decode_json(entry) for rule_id, entry in rules.items()},
+                                       segment_counts, {c: _decode_json(text) for c, text in clusters.items()}),
             "rules": [_rule_row(rule_id, _decode_json(entry)) for rule_id, entry in sorted(rules.items())],
             "rule_instances": _by_instance(instances),
             "model": model or None,
@@ -217,6 +316,52 @@ class RedisView:
         return {"redis": self.status(),
                 **segment_history(changes, {s: int(n) for s, n in counts.items()}, buckets)}
 
+    def segment(self, segment: str, page: int = 0, page_size: int = MEMBERS_PAGE) -> dict[str, Any]:
+        return self._guard(lambda: self._segment(segment, page, page_size))  # type: ignore[return-value]
+
+    def _segment(self, segment: str, page: int, page_size: int) -> dict[str, Any]:
+        p = self.prefix
+        pipe = self.client.pipeline(transaction=True)  # the page, the total and the definition of one moment
+        pipe.zcard(segment_members_key(p, segment))
+        pipe.zrevrange(segment_members_key(p, segment), page * page_size, (page + 1) * page_size - 1,
+                       withscores=True)
+        pipe.hgetall(rules_key(p))
+        pipe.hgetall(segment_counts_key(p))
+        pipe.hgetall(models_clusters_key(p))
+        pipe.xrange(segment_changes_key(p))
+        total, members, rules, counts, clusters, entries = pipe.execute()
+        catalog = segment_catalog({rule_id: _decode_json(entry) for rule_id, entry in rules.items()},
+                                  {s: int(n) for s, n in counts.items()},
+                                  {c: _decode_json(text) for c, text in clusters.items()})
+        found = next((s for group in catalog for s in group["segments"] if s["id"] == segment), None)
+        changes = (_decode_json(fields.get("change")) for _, fields in entries)
+        return {
+            "redis": self.status(), "segment": segment, "found": found is not None or bool(total),
+            "definition": found, "total": int(total), "page": page, "page_size": page_size,
+            "members": [{"user": user, "since": int(score)} for user, score in members],
+            "daily": daily_changes((c for c in changes if isinstance(c, dict)), segment),
+            "changes_kept": len(entries),
+        }
+
+    def members_csv(self, segment: str) -> Iterator[str]:
+        """The segment's members as CSV, newest first, read in chunks so a large segment streams.
+
+        Chunks are separate reads: members entering or leaving during an export can shift a row
+        across a chunk boundary (the export is a view of a live set, as the page is).
+        """
+        key = segment_members_key(self.prefix, segment)
+        yield _csv_row(["user", "entered_at", "entered_at_ms"])
+        start = 0
+        while True:
+            chunk = self.client.zrevrange(key, start, start + CSV_CHUNK - 1, withscores=True)
+            for user, score in chunk:  # type: ignore[union-attr]
+                entered = int(score)
+                iso = datetime.fromtimestamp(entered / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                yield _csv_row([csv_cell(user), iso[:-4] + "Z", str(entered)])
+            if len(chunk) < CSV_CHUNK:  # type: ignore[arg-type]
+                return
+            start += CSV_CHUNK
+
     def user(self, user_key: str) -> dict[str, Any]:
         return self._guard(lambda: self._user(user_key))  # type: ignore[return-value]
 
@@ -235,11 +380,17 @@ class RedisView:
             "found": bool(profile or segments or features or model or recs_info or recs),
             "profile": profile or None,
             "segments": memberships if segments else None,
-            "features": {name: _decode_json(value) if value.startswith(("[", "{")) else value
-                         for name, value in sorted(features.items())} if features else None,
+            "features": _grouped_features(features) if features else None,
             "model": _user_model(model, clusters) if model else None,
             "recommendations": _user_recs(recs_info, recs) if (recs_info or recs) else None,
         }
+
+
+def _grouped_features(features: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    grouped: dict[str, dict[str, Any]] = {group: {} for group in FEATURE_GROUPS}
+    for name, value in sorted(features.items()):
+        grouped[feature_group(name)][name] = _decode_json(value) if value.startswith(("[", "{")) else value
+    return {group: values for group, values in grouped.items() if values}
 
 
 def _user_model(model: Mapping[str, str], clusters: Mapping[str, str]) -> dict[str, Any]:
@@ -255,3 +406,9 @@ def _user_recs(info: Mapping[str, str], ranked: list[tuple[str, float]]) -> dict
         items = [{"item": item, "score": score, "reasons": []} for item, score in ranked]
     return {"version": info.get("version"), "ts": info.get("ts"), "suppressed": info.get("suppressed"),
             "items": items}
+
+
+def _csv_row(cells: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    return out.getvalue()

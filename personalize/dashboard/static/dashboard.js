@@ -1,8 +1,11 @@
 // The dashboard page: polls /api/overview (and /api/history less often) and renders with plain DOM.
 // Everything from Redis goes in through textContent, never innerHTML.
+// Three views share the page: the overview, one segment (/segments/<id>) and one user (/users/<key>);
+// links change the URL with history.pushState and the back button returns through popstate.
 "use strict";
 
 const REFRESH_MS = Number(document.body.dataset.refreshMs) || 2000;
+const ROOT = document.body.dataset.root || "/";
 const HISTORY_EVERY = 5; // history is heavier (the whole change stream): every 5th refresh
 const COLORS = ["#5b8def", "#e8684a", "#5ad8a6", "#f6bd16", "#9270ca", "#ff9d4d", "#269a99", "#ff99c3",
   "#6dc8ec", "#5d7092", "#945fb9", "#1e9493"];
@@ -29,9 +32,16 @@ const when = (ms) => (ms === null || ms === undefined || ms === "" ? "–"
   : new Date(Number(ms)).toISOString().replace("T", " ").slice(0, 19));
 const na = (what) => el("p", { class: "na" }, `${what}: ${NA}`);
 
+// A value for people: [[name, score], ...] (e.g. top_categories) as "name 1.23, ..."; other objects as JSON.
+function shown(v) {
+  if (Array.isArray(v) && v.every((p) => Array.isArray(p) && p.length === 2 && typeof p[1] === "number")) {
+    return v.map(([name, score]) => `${name} ${score.toFixed(2)}`).join(", ");
+  }
+  return typeof v === "object" && v !== null ? JSON.stringify(v) : String(v);
+}
+
 function kv(entries) {
-  return el("dl", { class: "kv" }, entries.map(([k, v]) => [el("dt", {}, k),
-    el("dd", {}, typeof v === "object" && v !== null ? JSON.stringify(v) : String(v))]));
+  return el("dl", { class: "kv" }, entries.map(([k, v]) => [el("dt", {}, k), el("dd", {}, shown(v))]));
 }
 
 function colorOf(segment, all) {
@@ -39,6 +49,9 @@ function colorOf(segment, all) {
 }
 
 let seenChanges = new Set();
+let segmentNames = {};
+const api = (path) => fetch(ROOT + path).then((response) => response.json());
+const segmentName = (id) => segmentNames[id] || id;
 let segmentOrder = [];
 let tick = 0;
 
@@ -56,23 +69,36 @@ function renderStatus(status) {
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
-function renderSegments(counts, usersSeen) {
-  const names = Object.keys(counts);
-  segmentOrder = [...new Set([...segmentOrder, ...names])].sort();
-  const max = Math.max(1, ...Object.values(counts));
-  const rows = names.map((segment) => el("tr", { "data-segment": segment },
-    el("td", {}, segment),
-    el("td", { class: "num count", "data-segment": segment }, fmt(counts[segment])),
-    el("td", { style: "width:40%" }, el("div", { class: "bar",
-      style: `width:${(100 * counts[segment]) / max}%; background:${colorOf(segment, segmentOrder)}` }))));
-  $("segments").tBodies[0].replaceChildren(...rows);
-  $("segments-empty").hidden = names.length > 0;
-  $("users-seen").textContent = fmt(usersSeen);
-  $("memberships").textContent = fmt(Object.values(counts).reduce((a, b) => a + b, 0));
+function segmentLink(id, text) {
+  return el("a", { class: "segment", href: `${ROOT}segments/${encodeURIComponent(id)}`, "data-segment": id },
+    text ?? segmentName(id));
 }
 
 function userLink(user) {
-  return el("a", { class: "user", "data-user": user, onclick: () => lookup(user) }, user);
+  return el("a", { class: "user", href: `${ROOT}users/${encodeURIComponent(user)}`, "data-user": user }, user);
+}
+
+// catalog: [{group, exclusive, segments: [{id, name, description, status, count}]}] (every defined segment).
+function renderSegments(catalog, counts, usersSeen) {
+  const all = catalog.flatMap((g) => g.segments);
+  segmentNames = Object.fromEntries(all.map((s) => [s.id, s.name]));
+  segmentOrder = [...new Set([...segmentOrder, ...all.map((s) => s.id)])].sort();
+  const max = Math.max(1, ...all.map((s) => s.count));
+  const rows = catalog.flatMap((group) => [
+    el("tr", { class: "group", "data-group": group.group ?? "" }, el("th", { colspan: 3 },
+      group.group ?? "independent", " ", el("span", { class: "muted" },
+        group.exclusive ? "exclusive: a user is in at most one" : "a user may be in any of these"))),
+    ...group.segments.map((s) => el("tr", { "data-segment": s.id },
+      el("td", {}, segmentLink(s.id, s.name), " ", el("span", { class: "muted" }, s.name === s.id ? "" : s.id),
+        s.status && s.status !== "active" ? el("span", { class: "status" }, s.status) : null,
+        s.description ? el("span", { class: "desc" }, s.description) : null),
+      el("td", { class: "num count", "data-segment": s.id }, fmt(s.count)),
+      el("td", { style: "width:30%" }, el("div", { class: "bar",
+        style: `width:${(100 * s.count) / max}%; background:${colorOf(s.id, segmentOrder)}` }))))]);
+  $("segments").tBodies[0].replaceChildren(...rows);
+  $("segments-empty").hidden = all.length > 0;
+  $("users-seen").textContent = fmt(usersSeen);
+  $("memberships").textContent = fmt(Object.values(counts).reduce((a, b) => a + b, 0));
 }
 
 function renderFeed(changes) {
@@ -82,7 +108,8 @@ function renderFeed(changes) {
     el("td", { class: "nowrap" }, when(c.event_time)),
     el("td", {}, c.user ? userLink(c.user) : "?"),
     el("td", { class: `${c.action} nowrap` }, c.action === "enter" ? "→ enter" : c.action === "exit" ? "← exit" : c.action || "?"),
-    el("td", {}, c.segment || JSON.stringify(c.raw)),
+    el("td", {}, c.segment ? [segmentLink(c.segment), " ", el("span", { class: "muted" },
+      segmentName(c.segment) === c.segment ? "" : c.segment)] : JSON.stringify(c.raw)),
     el("td", {}, c.cause || "")));
   seenChanges = new Set(changes.recent.map((c) => c.stream_id));
   $("feed").tBodies[0].replaceChildren(...rows);
@@ -147,6 +174,33 @@ function renderDeadletters(counts) {
     el("tr", {}, el("th", {}, "total"), el("th", { class: "num", id: "deadletters-total" }, fmt(total))))));
 }
 
+// A "nice" axis: steps of 1, 2 or 5 times a power of ten, from 0 to the first tick at or above max.
+function valueTicks(max, wanted) {
+  const raw = Math.max(1, max) / wanted;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = Math.max(1, [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw));
+  const top = Math.max(step, Math.ceil(max / step) * step);
+  return Array.from({ length: Math.round(top / step) + 1 }, (_, i) => i * step);
+}
+
+const MINUTE = 60_000, HOUR = 60 * MINUTE, DAY = 24 * HOUR;
+const TIME_STEPS = [MINUTE, 5 * MINUTE, 15 * MINUTE, HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY, 7 * DAY,
+  14 * DAY, 30 * DAY, 90 * DAY];
+
+// Round UTC instants between t0 and t1 (at most about `wanted`), labelled at the step's precision.
+function timeTicks(t0, t1, wanted) {
+  const step = TIME_STEPS.find((s) => (t1 - t0) / s <= wanted) || TIME_STEPS[TIME_STEPS.length - 1];
+  const ticks = [];
+  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) ticks.push(t);
+  const label = (t) => {
+    const iso = new Date(t).toISOString();
+    return step >= DAY ? iso.slice(5, 10) : `${iso.slice(5, 10)} ${iso.slice(11, 16)}`;
+  };
+  return ticks.map((t) => [t, label(t)]);
+}
+
+// Small multiples: one panel per segment with its own y axis, so a segment of 5 is as readable as one
+// of 5,000; every panel shares the time axis. Ticks are real values; the line keeps its last level.
 function renderHistory(history) {
   const box = $("history");
   const segments = Object.keys(history.series || {});
@@ -156,38 +210,50 @@ function renderHistory(history) {
     return;
   }
   segmentOrder = [...new Set([...segmentOrder, ...segments])].sort();
-  const W = 760, H = 240, L = 48, R = 10, T = 10, B = 24;
-  const ns = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("width", "100%");
-  svg.setAttribute("id", "history-chart");
+  const ordered = [...Object.keys(segmentNames).filter((s) => segments.includes(s)),
+    ...segments.filter((s) => !(s in segmentNames))];
   const times = history.times;
   const t0 = times[0], t1 = times[times.length - 1];
-  const maxY = Math.max(1, ...segments.flatMap((s) => history.series[s]));
+  const ticksX = timeTicks(t0, t1, 5);
+  const W = 340, H = 130, L = 40, R = 8, T = 8, B = 20;
+  const ns = "http://www.w3.org/2000/svg";
   const x = (t) => L + (t1 === t0 ? (W - L - R) : ((t - t0) / (t1 - t0)) * (W - L - R));
-  const y = (v) => T + (1 - v / maxY) * (H - T - B);
-  const add = (tag, attrs, text) => {
-    const node = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = text;
-    svg.append(node);
-  };
-  add("line", { x1: L, y1: y(0), x2: W - R, y2: y(0), stroke: "#ccc" });
-  add("line", { x1: L, y1: T, x2: L, y2: y(0), stroke: "#ccc" });
-  add("text", { x: L - 4, y: y(maxY) + 4, "text-anchor": "end" }, fmt(maxY));
-  add("text", { x: L - 4, y: y(0), "text-anchor": "end" }, "0");
-  add("text", { x: L, y: H - 6 }, when(t0));
-  add("text", { x: W - R, y: H - 6, "text-anchor": "end" }, when(t1));
-  for (const segment of segments) {
-    const points = times.map((t, i) => `${x(t).toFixed(1)},${y(history.series[segment][i]).toFixed(1)}`).join(" ");
+  const panels = ordered.map((segment) => {
+    const values = history.series[segment];
+    const ticksY = valueTicks(Math.max(...values), 3);
+    const top = ticksY[ticksY.length - 1];
+    const y = (v) => T + (1 - v / top) * (H - T - B);
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+    svg.setAttribute("width", "100%");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", `${segmentName(segment)} over event time`);
+    const add = (tag, attrs, text) => {
+      const node = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+      if (text !== undefined) node.textContent = text;
+      svg.append(node);
+    };
+    for (const v of ticksY) {
+      add("line", { x1: L, y1: y(v), x2: W - R, y2: y(v), stroke: v === 0 ? "#bbb" : "#eee" });
+      add("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" }, fmt(v));
+    }
+    for (const [t, label] of ticksX) {
+      add("line", { x1: x(t), y1: y(0), x2: x(t), y2: y(0) + 4, stroke: "#bbb" });
+      const anchor = x(t) > W - R - 30 ? "end" : x(t) < L + 30 ? "start" : "middle";  // keep labels inside
+      add("text", { x: x(t), y: H - 5, "text-anchor": anchor }, label);
+    }
+    const points = times.map((t, i) => `${x(t).toFixed(1)},${y(values[i]).toFixed(1)}`).join(" ");
     add("polyline", { points, fill: "none", stroke: colorOf(segment, segmentOrder), "stroke-width": 2,
       "data-segment": segment });
-  }
-  const legend = el("div", { class: "legend" }, segments.map((s) => el("span", { style: `--c:${colorOf(s, segmentOrder)}` }, s)));
-  box.replaceChildren(svg, legend);
-  $("history-note").textContent = `Rebuilt from today's counts and the last ${fmt(history.changes)} changes in the `
-    + "capped change stream: exact for the window shown.";
+    return el("figure", { class: "multiple", "data-segment": segment },
+      el("figcaption", {}, segmentLink(segment), " ", el("span", { class: "muted" },
+        `now ${fmt(values[values.length - 1])}`)), svg);
+  });
+  box.replaceChildren(el("div", { id: "history-chart", class: "multiples" }, panels));
+  $("history-note").textContent = `Event time, UTC, ${when(t0)} to ${when(t1)}; each panel has its own scale. `
+    + `Rebuilt from today's counts and the last ${fmt(history.changes)} changes in the capped change stream: `
+    + "exact for the window shown.";
 }
 
 // Reasons are {source: contribution} (docs/recommendations.md); a list of strings is shown as is.
@@ -219,7 +285,7 @@ function renderUser(data) {
   const segments = data.segments === null ? na("segments")
     : Object.keys(data.segments).length === 0 ? el("p", { class: "empty" }, "in no segment")
       : el("ul", { id: "user-segments" }, Object.entries(data.segments).sort().map(([s, ts]) =>
-        el("li", { "data-segment": s }, `${s} `, el("span", { class: "muted" }, `since ${when(ts)}`))));
+        el("li", { "data-segment": s }, segmentLink(s), " ", el("span", { class: "muted" }, `since ${when(ts)}`))));
   const model = data.model === null ? na("intent score and cluster") : kv([
     ["intent score", data.model.intent === "" || data.model.intent === undefined ? "not scored yet"
       : Number(data.model.intent).toFixed(3)],
@@ -239,23 +305,98 @@ function renderUser(data) {
           el("span", { class: "reasons" }, reasonsText(r.reasons)))));
   const profile = data.profile === null ? na("profile") : kv(Object.entries(data.profile)
     .map(([k, v]) => [k, k === "first_seen" || k === "last_seen" ? when(v) : v]));
-  const features = data.features === null ? na("features") : kv(Object.entries(data.features));
+  // Features come grouped (activity, RFM, affinity, intent); bookkeeping fields hide behind a toggle.
+  const groups = Object.entries(data.features ?? {}).filter(([group]) => group !== "engineering");
+  const engineering = data.features?.engineering;
+  const features = data.features === null ? [section("Features", na("features"))]
+    : groups.map(([group, values]) => el("div", { "data-features": group }, el("h3", {}, `Features: ${group}`),
+      kv(Object.entries(values))));
+  const details = engineering ? el("details", { class: "engineering", id: "user-engineering" },
+    el("summary", {}, "engineering fields"), kv(Object.entries(engineering))) : null;
   box.replaceChildren(el("div", { class: "user-grid", "data-user": data.user },
     section(`Segments of ${data.user}`, segments), section("Model", model), section("Recommendations", recs),
-    section("Profile", profile), section("Features", features)));
+    ...features, section("Profile", profile)), details ?? "");
 }
 
 async function lookup(user) {
   $("user-key").value = user;
-  const response = await fetch(`api/user?key=${encodeURIComponent(user)}`);
-  renderUser(await response.json());
+  renderUser(await api(`api/user?key=${encodeURIComponent(user)}`));
 }
+
+async function openSegment(id, page) {
+  $("segment-title").textContent = segmentName(id);
+  const data = await api(`api/segment/${encodeURIComponent(id)}?page=${page}`);
+  const box = $("segment-result");
+  if (data.redis && !data.redis.ok) {
+    box.replaceChildren(el("p", { class: "na" }, `Redis is unreachable: ${data.redis.error}`));
+    return;
+  }
+  const def = data.definition;
+  $("segment-title").textContent = def ? def.name : id;
+  const pages = Math.max(1, Math.ceil(data.total / data.page_size));
+  const pageLink = (n, text) => (n < 0 || n >= pages ? el("span", { class: "muted" }, text)
+    : el("a", { class: "nav", href: `${ROOT}segments/${encodeURIComponent(id)}?page=${n}` }, text));
+  const members = data.members.length === 0 ? el("p", { class: "empty", id: "segment-no-members" }, "No members now.")
+    : el("table", { id: "segment-members" }, el("thead", {}, el("tr", {}, el("th", {}, "user"),
+      el("th", {}, "member since (event time, UTC)"))),
+    el("tbody", {}, data.members.map((m) => el("tr", { "data-user": m.user }, el("td", {}, userLink(m.user)),
+      el("td", { class: "nowrap" }, when(m.since))))));
+  const daily = data.daily.length === 0 ? el("p", { class: "empty" }, "No changes of this segment in the stream.")
+    : el("table", { id: "segment-daily" }, el("thead", {}, el("tr", {}, el("th", {}, "day (UTC)"),
+      el("th", { class: "num" }, "entered"), el("th", { class: "num" }, "left"))),
+    el("tbody", {}, data.daily.slice().reverse().map((d) => el("tr", { "data-day": d.day }, el("td", {}, d.day),
+      el("td", { class: "num enter" }, fmt(d.enter)), el("td", { class: "num exit" }, fmt(d.exit))))));
+  box.replaceChildren(el("div", { id: "segment-view", "data-segment": id },
+    el("p", { class: "muted" }, `${id}`, def && def.group ? ` · group ${def.group}` : "",
+      def && def.status ? ` · ${def.status}` : "", def ? "" : " · not a defined segment"),
+    def && def.description ? el("p", {}, def.description) : null,
+    el("div", { class: "segment-grid" },
+      el("div", {}, el("h3", {}, el("span", { id: "segment-total" }, fmt(data.total)), " members, newest first"),
+        el("p", { class: "pager" }, pageLink(data.page - 1, "← newer"), `page ${data.page + 1} of ${pages}`,
+          pageLink(data.page + 1, "older →"),
+          el("a", { href: `${ROOT}segments/${encodeURIComponent(id)}/members.csv`, download: "", id: "segment-csv" },
+            "download all as CSV")),
+        members),
+      el("div", {}, el("h3", {}, "Entered and left per day"), daily,
+        el("p", { class: "muted" }, `From the ${fmt(data.changes_kept)} changes the capped stream still holds.`)))));
+}
+
+// The view follows the URL: /segments/<id>[?page=n], /users/<key>, anything else the overview.
+function route() {
+  const path = location.pathname.startsWith(ROOT) ? location.pathname.slice(ROOT.length) : "";
+  const user = path.match(/^users\/(.+)$/);
+  const segment = path.match(/^segments\/([^/]+)$/);
+  if (user) {
+    document.body.dataset.view = "user";
+    lookup(decodeURIComponent(user[1]));
+  } else if (segment) {
+    document.body.dataset.view = "segment";
+    const page = Number(new URLSearchParams(location.search).get("page")) || 0;
+    openSegment(decodeURIComponent(segment[1]), Math.max(0, page));
+  } else {
+    document.body.dataset.view = "overview";
+  }
+  window.scrollTo(0, 0);
+}
+
+function navigate(url) {
+  if (url !== location.pathname + location.search) history.pushState(null, "", url);
+  route();
+}
+
+// In-page links keep the page (and its polling) and push the URL; a modified click (new tab) is the browser's.
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a.nav, a.user, a.segment");
+  if (!link || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+  event.preventDefault();
+  navigate(link.getAttribute("href"));
+});
+window.addEventListener("popstate", route);
 
 async function refresh() {
   let data;
   try {
-    const response = await fetch("api/overview");
-    data = await response.json();
+    data = await api("api/overview");
   } catch (error) {
     setBanner(`The dashboard server does not answer (${error}); retrying every ${REFRESH_MS / 1000} s.`, true);
     $("redis-status").textContent = "no server";
@@ -270,7 +411,7 @@ async function refresh() {
   }
   setBanner(data.empty ? `Redis is up but holds no data under the prefix "${data.redis.prefix}" yet: `
     + "start the job (personalize demo, or personalize run)." : "", false);
-  renderSegments(data.segments, data.users_seen);
+  renderSegments(data.catalog, data.segments, data.users_seen);
   renderFeed(data.changes);
   renderRules(data.rules, data.rule_instances);
   renderModel(data.model, data.clusters, data.model_instances);
@@ -278,7 +419,7 @@ async function refresh() {
   renderDeadletters(data.deadletters);
   if (tick % HISTORY_EVERY === 0) {
     try {
-      const history = await (await fetch("api/history")).json();
+      const history = await api("api/history");
       if (history.redis && history.redis.ok) renderHistory(history);
     } catch (error) { /* the next overview refresh reports the problem */ }
   }
@@ -289,11 +430,12 @@ async function refresh() {
 $("user-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const user = $("user-key").value.trim();
-  if (user) lookup(user);
+  if (user) navigate(`${ROOT}users/${encodeURIComponent(user)}`);
 });
 
 async function loop() {
   await refresh();
   setTimeout(loop, REFRESH_MS);
 }
-loop();
+// The first overview brings the segments' display names; then the URL's view opens.
+refresh().then(route).finally(() => setTimeout(loop, REFRESH_MS));
