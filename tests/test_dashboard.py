@@ -496,7 +496,7 @@ def shown_time(ms: int) -> str:
 
 @pytest.mark.integration
 def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(demo_settings: Settings,
-                                                                                 browser: Any) -> None:
+                                                                                 browser: Any, tmp_path: Path) -> None:
     prefix = demo_settings.redis.key_prefix
     client = redis.Redis.from_url(demo_settings.redis.url, decode_responses=True)
     changes = [json.loads(fields["change"]) for _, fields in client.xrange(segment_changes_key(prefix))]
@@ -505,6 +505,7 @@ def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(de
     iso = {ms: datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds") for ms in (start, end)}
     query = f"from={quote(iso[start])}&to={quote(iso[end])}"
     inside = [c for c in changes if start <= c["event_time"] <= end]
+    assert 0 < len(inside) < len(changes)
     counts = {segment: int(n) for segment, n in client.hgetall(segment_counts_key(prefix)).items()}
     largest = max(counts, key=counts.__getitem__)
     served = Served(demo_settings)
@@ -520,7 +521,7 @@ def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(de
                 tally[c["action"] != "enter"] += 1
         shown_days = {day: [number(text.split("\t")[1]), number(text.split("\t")[2])]
                       for day, text in texts(page, "#segment-daily tbody tr", "day")}
-        assert shown_days == expected
+        assert expected and shown_days == expected
         assert page.input_value("#range-from") == iso[start][:10] and page.input_value("#range-to") == iso[end][:10]
 
         # The overview keeps the range: the feed holds the newest changes inside it, the chart spans it.
@@ -545,6 +546,7 @@ def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(de
             assert readout.inner_text() == f"{shown_time(history['times'][index])} · {value:,}"
             indexes.append(index)
         assert 0 < indexes[0] < indexes[1] == len(history["times"]) - 1
+        page.screenshot(path=str(tmp_path / "range-hover.png"))
 
         # The presets rewrite the URL; Back restores the range.
         page.click("#range-all")

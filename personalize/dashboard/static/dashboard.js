@@ -306,7 +306,7 @@ function renderHistory(history) {
     });
     return el("figure", { class: "multiple", "data-segment": segment },
       el("figcaption", {}, segmentLink(segment), " ", el("span", { class: "muted" },
-        `now ${fmt(values[values.length - 1])}`), readout), svg);
+        `${rangeQuery() ? "at the range's end" : "now"} ${fmt(values[values.length - 1])}`), readout), svg);
   });
   box.replaceChildren(el("div", { id: "history-chart", class: "multiples" }, panels));
   $("history-note").textContent = `Event time, UTC, ${when(t0)} to ${when(t1)}; each panel has its own scale; `
