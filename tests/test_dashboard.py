@@ -554,6 +554,14 @@ def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(de
         page.go_back()
         page.wait_for_function("location.search.includes('from=')")
         assert page.input_value("#range-from") == iso[start][:10]
+        page.click("#range-week")  # the 7 UTC days ending at the newest change's event time
+        page.wait_for_function("new URLSearchParams(location.search).get('from')?.length === 10")
+        assert page.url.endswith(f"?from={shown_time(times[-1] - 6 * DAY)[:10]}&to={shown_time(times[-1])[:10]}")
+
+        # A bad range: the page says what the API refused, next to the range control.
+        page.goto(f"{served.url}?from=someday")
+        page.wait_for_selector("#range-form.bad", timeout=10_000)
+        assert "from='someday' is not a UTC date" in page.inner_text("#range-shown")
     finally:
         page.close()
         served.stop()
