@@ -12,6 +12,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,10 +40,13 @@ from personalize.dashboard import create_app, make_server
 from personalize.dashboard.app import AccessError, access_warning, allowed_hosts
 from personalize.dashboard.data import (
     FEED_SIZE,
+    RangeError,
+    TimeRange,
     csv_cell,
     daily_changes,
     describe_cause,
     feature_group,
+    parse_range,
     public_url,
     segment_catalog,
     segment_history,
@@ -154,6 +158,56 @@ def test_daily_changes_count_one_segment_per_utc_day() -> None:
                change("b", "enter", 5)]
     assert daily_changes(changes, "a") == [{"day": "1970-01-01", "enter": 1, "exit": 1},
                                            {"day": "1970-01-02", "enter": 1, "exit": 0}]
+
+
+JAN5 = 1_767_571_200_000  # 2026-01-05T00:00:00Z
+DAY = 86_400_000
+
+
+def test_a_range_takes_utc_dates_whole_days_or_iso_datetimes() -> None:
+    assert parse_range("2026-01-05", "2026-01-06") == TimeRange(JAN5, JAN5 + 2 * DAY - 1)
+    assert parse_range("2026-01-05T10:00:00Z", None) == TimeRange(JAN5 + 10 * 3_600_000, None)
+    assert parse_range("2026-01-05T10:00:00.250", "") == TimeRange(JAN5 + 10 * 3_600_000 + 250, None)  # naive: UTC
+    assert parse_range(None, "2026-01-05T12:00:00+02:00") == TimeRange(None, JAN5 + 10 * 3_600_000)
+    assert parse_range(None, None) == TimeRange() and not TimeRange().bounded
+    window = parse_range("2026-01-05", "2026-01-05")
+    assert JAN5 in window and JAN5 + DAY - 1 in window and JAN5 + DAY not in window and JAN5 - 1 not in window
+    assert "x" not in window and None not in window
+
+
+@pytest.mark.parametrize(("start", "end", "message"), [
+    ("yesterday", None, "from='yesterday' is not a UTC date"),
+    ("2026-13-01", None, "from='2026-13-01'"),
+    (None, "2026-01-05\n<script>" + "x" * 60, "to='2026-01-05\\n<script>xxx"),
+    ("2026-01-06", "2026-01-05", "from=2026-01-06 is after to=2026-01-05"),
+])
+def test_a_bad_range_is_one_line_that_says_what_is_wrong(start: str | None, end: str | None, message: str) -> None:
+    with pytest.raises(RangeError) as raised:
+        parse_range(start, end)
+    assert str(raised.value).startswith(message) and "\n" not in str(raised.value)
+
+
+def test_a_range_filters_daily_counts_and_the_chart_but_levels_stay_exact() -> None:
+    changes = [change("a", "enter", JAN5 + 1), change("a", "enter", JAN5 + DAY + 1),
+               change("a", "exit", JAN5 + DAY + 2), change("a", "enter", JAN5 + 2 * DAY + 1)]
+    jan6 = parse_range("2026-01-06", "2026-01-06")
+    assert daily_changes(changes, "a", jan6) == [{"day": "2026-01-06", "enter": 1, "exit": 1}]
+    history = segment_history(changes, {"a": 2}, buckets=1, window=jan6)
+    # Inside the range only, but the enter of Jan 7 is still undone: 1 at the end of Jan 6, not 2.
+    assert history["times"] == [JAN5 + DAY + 1, JAN5 + DAY + 2] and history["series"] == {"a": [2, 1]}
+    assert history["changes"] == 2 and (history["first"], history["last"]) == (JAN5 + 1, JAN5 + 2 * DAY + 1)
+    empty = segment_history(changes, {"a": 2}, window=parse_range("2026-02-01", None))
+    assert empty["times"] == [] and empty["last"] == JAN5 + 2 * DAY + 1
+
+
+def test_the_api_refuses_a_bad_range_with_400_and_one_line() -> None:
+    client = create_app(down_settings()).test_client()
+    for path in ("/api/overview?from=nope", "/api/history?to=2026-02-30",
+                 "/api/segment/x?from=2026-01-06&to=2026-01-05"):
+        response = client.get(path)
+        assert response.status_code == 400 and "\n" not in response.json["error"], path
+    assert client.get("/api/segment/no%20such?from=nope").status_code == 404
+    assert client.get("/api/overview?from=2026-01-05&to=2026-01-06").status_code == 200  # Redis down: ok false
 
 
 def test_csv_cells_never_start_a_formula() -> None:
@@ -430,6 +484,84 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
         page.go_back()
         page.wait_for_selector(f"#segment-view[data-segment='{largest}']", timeout=10_000)
         assert page.evaluate("document.body.dataset.view") == "segment"
+    finally:
+        page.close()
+        served.stop()
+
+
+def shown_time(ms: int) -> str:
+    """An event time as the page writes it (UTC, to the second)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@pytest.mark.integration
+def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(demo_settings: Settings,
+                                                                                 browser: Any, tmp_path: Path) -> None:
+    prefix = demo_settings.redis.key_prefix
+    client = redis.Redis.from_url(demo_settings.redis.url, decode_responses=True)
+    changes = [json.loads(fields["change"]) for _, fields in client.xrange(segment_changes_key(prefix))]
+    times = sorted(c["event_time"] for c in changes)
+    start, end = times[len(times) // 3], times[2 * len(times) // 3]  # the middle third, as ISO datetimes
+    iso = {ms: datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds") for ms in (start, end)}
+    query = f"from={quote(iso[start])}&to={quote(iso[end])}"
+    inside = [c for c in changes if start <= c["event_time"] <= end]
+    assert 0 < len(inside) < len(changes)
+    counts = {segment: int(n) for segment, n in client.hgetall(segment_counts_key(prefix)).items()}
+    largest = max(counts, key=counts.__getitem__)
+    served = Served(demo_settings)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        # A segment's deep link with a range: enters and exits per day of the changes inside it only.
+        page.goto(f"{served.url}segments/{largest}?{query}")
+        page.wait_for_selector(f"#segment-view[data-segment='{largest}']", timeout=20_000)
+        expected: dict[str, list[int]] = {}
+        for c in inside:
+            if c["segment"] == largest:
+                tally = expected.setdefault(shown_time(c["event_time"])[:10], [0, 0])
+                tally[c["action"] != "enter"] += 1
+        shown_days = {day: [number(text.split("\t")[1]), number(text.split("\t")[2])]
+                      for day, text in texts(page, "#segment-daily tbody tr", "day")}
+        assert expected and shown_days == expected
+        assert page.input_value("#range-from") == iso[start][:10] and page.input_value("#range-to") == iso[end][:10]
+
+        # The overview keeps the range: the feed holds the newest changes inside it, the chart spans it.
+        page.click("#home")
+        page.wait_for_function("document.body.dataset.view === 'overview'")
+        assert page.url == f"{served.url}?{query}"
+        rows = [text.split("\t") for _, text in texts(page, "#feed tbody tr")]
+        assert [row[1] for row in rows] == [c["user"] for c in reversed(inside)][:FEED_SIZE]
+        assert all(shown_time(start) <= row[0] <= shown_time(end) for row in rows)
+        history = page.evaluate(f"fetch('api/history?{query}').then(r => r.json())")
+        assert history["changes"] == len(inside) and start <= history["times"][0] <= history["times"][-1] <= end
+
+        # Hover: the panel's readout gives the time and value of the point under the mouse.
+        page.wait_for_selector(f"#history-chart figure[data-segment='{largest}'] svg", state="attached")
+        box = page.locator(f"#history-chart figure[data-segment='{largest}'] svg").bounding_box()
+        readout = page.locator(f".readout[data-segment='{largest}']")
+        indexes = []
+        for fraction in (0.3, 0.99):
+            page.mouse.move(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
+            index = int(readout.get_attribute("data-index") or "-1")
+            value = history["series"][largest][index]
+            assert readout.inner_text() == f"{shown_time(history['times'][index])} · {value:,}"
+            indexes.append(index)
+        assert 0 < indexes[0] < indexes[1] == len(history["times"]) - 1
+        page.screenshot(path=str(tmp_path / "range-hover.png"))
+
+        # The presets rewrite the URL; Back restores the range.
+        page.click("#range-all")
+        page.wait_for_function("!location.search.includes('from=')")
+        page.go_back()
+        page.wait_for_function("location.search.includes('from=')")
+        assert page.input_value("#range-from") == iso[start][:10]
+        page.click("#range-week")  # the 7 UTC days ending at the newest change's event time
+        page.wait_for_function("new URLSearchParams(location.search).get('from')?.length === 10")
+        assert page.url.endswith(f"?from={shown_time(times[-1] - 6 * DAY)[:10]}&to={shown_time(times[-1])[:10]}")
+
+        # A bad range: the page says what the API refused, next to the range control.
+        page.goto(f"{served.url}?from=someday")
+        page.wait_for_selector("#range-form.bad", timeout=10_000)
+        assert "from='someday' is not a UTC date" in page.inner_text("#range-shown")
     finally:
         page.close()
         served.stop()

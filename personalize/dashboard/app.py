@@ -23,7 +23,15 @@ import waitress
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, stream_with_context
 from werkzeug.serving import make_server as werkzeug_server
 
-from personalize.dashboard.data import HISTORY_BUCKETS, MEMBERS_PAGE, SEGMENT_ID, RedisView
+from personalize.dashboard.data import (
+    HISTORY_BUCKETS,
+    MEMBERS_PAGE,
+    SEGMENT_ID,
+    RangeError,
+    RedisView,
+    TimeRange,
+    parse_range,
+)
 from personalize.settings import DashboardSettings, Settings
 
 MAX_BUCKETS = 500
@@ -150,14 +158,21 @@ def create_app(settings: Settings, refresh_ms: int = 2000, bind: str = "127.0.0.
             return jsonify({"ok": False, "redis": view.status(str(exc) or type(exc).__name__)}), 503
         return jsonify({"ok": True, "redis": view.status()})
 
+    def window() -> TimeRange:
+        return parse_range(request.args.get("from"), request.args.get("to"))
+
+    @app.errorhandler(RangeError)
+    def bad_range(error: RangeError) -> Any:
+        return jsonify({"error": str(error)}), 400
+
     @app.get("/api/overview")
     def overview() -> Any:
-        return jsonify(view.overview())
+        return jsonify(view.overview(window()))
 
     @app.get("/api/history")
     def history() -> Any:
         buckets = request.args.get("buckets", HISTORY_BUCKETS, type=int) or HISTORY_BUCKETS
-        return jsonify(view.history(max(1, min(buckets, MAX_BUCKETS))))
+        return jsonify(view.history(max(1, min(buckets, MAX_BUCKETS)), window()))
 
     @app.get("/api/user")
     def user() -> Any:
@@ -175,7 +190,7 @@ def create_app(settings: Settings, refresh_ms: int = 2000, bind: str = "127.0.0.
     def segment(segment: str) -> Any:
         page_number = max(0, request.args.get("page", 0, type=int) or 0)
         size = max(1, min(request.args.get("size", MEMBERS_PAGE, type=int) or MEMBERS_PAGE, MAX_PAGE_SIZE))
-        return jsonify(view.segment(segment_id(segment), page_number, size))
+        return jsonify(view.segment(segment_id(segment), page_number, size, window()))
 
     @app.get("/segments/<segment>/members.csv")
     def members_csv(segment: str) -> Any:

@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,6 +46,9 @@ MEMBERS_PAGE = 50
 CSV_CHUNK = 5000
 SEGMENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 """Rule ids and ``cluster:<n>``; anything else is not a segment and never reaches a Redis key."""
+DAY_MS = 86_400_000
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 MODEL_GROUP = "model clusters"
 OTHER_GROUP = "other"
 T = TypeVar("T")
@@ -79,20 +82,75 @@ def describe_cause(cause: Mapping[str, Any] | None) -> str:
     return " · ".join(part for part in (head, rule, *extras) if part)
 
 
+class RangeError(ValueError):
+    """A time range parameter that is not a date or ISO datetime (the API answers 400 with the message)."""
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """An event-time window in epoch ms, both ends inclusive; ``None`` leaves that side open."""
+
+    start: int | None = None
+    end: int | None = None
+
+    def __contains__(self, ms: object) -> bool:
+        return isinstance(ms, int) and (self.start is None or ms >= self.start) \
+            and (self.end is None or ms <= self.end)
+
+    @property
+    def bounded(self) -> bool:
+        return self.start is not None or self.end is not None
+
+
+def _instant(name: str, text: str, end: bool) -> int:
+    """Epoch ms of a UTC date (its first or, for ``to``, its last millisecond) or an ISO datetime
+    (naive means UTC)."""
+    try:
+        if DATE.fullmatch(text):
+            day = date.fromisoformat(text)
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC) + (timedelta(days=1) if end else timedelta())
+            return (moment - EPOCH) // timedelta(milliseconds=1) - (1 if end else 0)
+        moment = datetime.fromisoformat(text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return (moment - EPOCH) // timedelta(milliseconds=1)
+    except (ValueError, OverflowError):
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        raise RangeError(f"{name}={shown!r} is not a UTC date (2026-01-05) or an ISO datetime "
+                         "(2026-01-05T10:00:00Z)") from None
+
+
+def parse_range(start: str | None, end: str | None) -> TimeRange:
+    """The ``?from=&to=`` of a URL (event time); an empty or missing side is open. Raises :class:`RangeError`."""
+    window = TimeRange(_instant("from", start.strip(), False) if start and start.strip() else None,
+                       _instant("to", end.strip(), True) if end and end.strip() else None)
+    if window.start is not None and window.end is not None and window.start > window.end:
+        raise RangeError(f"from={start} is after to={end}")
+    return window
+
+
+ALL_TIME = TimeRange()
+
+
 def segment_history(changes: Iterable[Mapping[str, Any]], counts: Mapping[str, int],
-                    buckets: int = HISTORY_BUCKETS) -> dict[str, Any]:
+                    buckets: int = HISTORY_BUCKETS, window: TimeRange = ALL_TIME) -> dict[str, Any]:
     """Segment sizes over event time, rebuilt backwards from today's counts and the recent changes.
 
     The count of a segment at event time ``t`` is its count now minus the net enters of the changes
     after ``t``. That is exact for every ``t`` inside the window the capped change stream still holds
-    (every later change is in it), with no extra key for the job to maintain.
+    (every later change is in it), with no extra key for the job to maintain. With a ``window`` the
+    times span the changes inside it, but every later change is still undone (levels stay exact);
+    ``first``/``last`` give the whole stream's event times (for the page's presets).
     """
     deltas = sorted((int(c["event_time"]), str(c["segment"]), 1 if c.get("action") == "enter" else -1)
-                    for c in changes if "event_time" in c and "segment" in c)
+                    for c in changes if isinstance(c.get("event_time"), int) and "segment" in c)
     segments = sorted(set(counts) | {segment for _, segment, _ in deltas})
-    if not deltas:
-        return {"start": None, "end": None, "changes": 0, "times": [], "series": {s: [] for s in segments}}
-    start, end = deltas[0][0], deltas[-1][0]
+    inside = [t for t, _, _ in deltas if t in window]
+    extent = {"first": deltas[0][0] if deltas else None, "last": deltas[-1][0] if deltas else None}
+    if not inside:
+        return {"start": None, "end": None, "changes": 0, "times": [], "series": {s: [] for s in segments},
+                **extent}
+    start, end = inside[0], inside[-1]
     step = max(1, -(-(end - start) // max(1, buckets)))
     times = [min(start + n * step, end) for n in range(buckets + 1)] if end > start else [end]
     level = {segment: int(counts.get(segment, 0)) for segment in segments}
@@ -106,7 +164,7 @@ def segment_history(changes: Iterable[Mapping[str, Any]], counts: Mapping[str, i
             position -= 1
         for segment in segments:
             series[segment][index] = level[segment]
-    return {"start": start, "end": end, "changes": len(deltas), "times": times, "series": series}
+    return {"start": start, "end": end, "changes": len(inside), "times": times, "series": series, **extent}
 
 
 def _group_rank(group: Mapping[str, Any]) -> tuple[int, int, str]:
@@ -176,11 +234,12 @@ def feature_group(name: str) -> str:
     return "engineering"
 
 
-def daily_changes(changes: Iterable[Mapping[str, Any]], segment: str) -> list[dict[str, Any]]:
-    """Enters and exits of one segment per UTC day of event time, oldest day first."""
+def daily_changes(changes: Iterable[Mapping[str, Any]], segment: str,
+                  window: TimeRange = ALL_TIME) -> list[dict[str, Any]]:
+    """Enters and exits of one segment per UTC day of event time (inside ``window``), oldest day first."""
     days: dict[str, dict[str, int]] = {}
     for change in changes:
-        if change.get("segment") != segment or not isinstance(change.get("event_time"), int):
+        if change.get("segment") != segment or change.get("event_time") not in window:
             continue
         day = datetime.fromtimestamp(change["event_time"] / 1000, UTC).date().isoformat()
         tally = days.setdefault(day, {"enter": 0, "exit": 0})
@@ -260,16 +319,17 @@ class RedisView:
         found: dict[str, str] = self.client.hgetall(key)  # type: ignore[assignment]
         return found or None
 
-    def overview(self) -> dict[str, Any]:
-        return self._guard(self._overview)  # type: ignore[return-value]
+    def overview(self, window: TimeRange = ALL_TIME) -> dict[str, Any]:
+        return self._guard(lambda: self._overview(window))  # type: ignore[return-value]
 
-    def _overview(self) -> dict[str, Any]:
+    def _overview(self, window: TimeRange) -> dict[str, Any]:
         p = self.prefix
         pipe = self.client.pipeline(transaction=False)
         pipe.pfcount(users_hll_key(p))
         pipe.hgetall(segment_counts_key(p))
         pipe.xlen(segment_changes_key(p))
-        pipe.xrevrange(segment_changes_key(p), count=FEED_SIZE)
+        # Stream ids are processing time: a range of event time reads the whole (capped) stream and filters.
+        pipe.xrevrange(segment_changes_key(p), count=None if window.bounded else FEED_SIZE)
         pipe.hgetall(rules_key(p))
         pipe.hgetall(rule_instances_key(p))
         pipe.hgetall(models_current_key(p))
@@ -281,12 +341,15 @@ class RedisView:
         (users, counts, changes_length, feed, rules, instances, model, clusters, model_instances, drift_exists,
          drift, deadletters) = pipe.execute()
         segment_counts = {segment: int(count) for segment, count in sorted(counts.items())}
+        rows = [_change_row(sid, f) for sid, f in feed]
+        matching = [row for row in rows if row.get("event_time") in window] if window.bounded else rows
         return {
             "redis": self.status(),
             "empty": not (users or segment_counts or changes_length or rules),
             "users_seen": int(users),
             "segments": segment_counts,
-            "changes": {"length": int(changes_length), "recent": [_change_row(sid, f) for sid, f in feed]},
+            "changes": {"length": int(changes_length), "in_range": len(matching) if window.bounded else None,
+                        "recent": matching[:FEED_SIZE]},
             "catalog": segment_catalog({rule_id: _decode_json(entry) for rule_id, entry in rules.items()},
                                        segment_counts, {c: _decode_json(text) for c, text in clusters.items()}),
             "rules": [_rule_row(rule_id, _decode_json(entry)) for rule_id, entry in sorted(rules.items())],
@@ -302,10 +365,10 @@ class RedisView:
                             if deadletters else None),
         }
 
-    def history(self, buckets: int = HISTORY_BUCKETS) -> dict[str, Any]:
-        return self._guard(lambda: self._history(buckets))  # type: ignore[return-value]
+    def history(self, buckets: int = HISTORY_BUCKETS, window: TimeRange = ALL_TIME) -> dict[str, Any]:
+        return self._guard(lambda: self._history(buckets, window))  # type: ignore[return-value]
 
-    def _history(self, buckets: int) -> dict[str, Any]:
+    def _history(self, buckets: int, window: TimeRange) -> dict[str, Any]:
         p = self.prefix
         pipe = self.client.pipeline(transaction=True)  # one consistent cut of counts and stream
         pipe.hgetall(segment_counts_key(p))
@@ -314,12 +377,13 @@ class RedisView:
         changes = [change for change in (_decode_json(fields.get("change")) for _, fields in entries)
                    if isinstance(change, dict)]
         return {"redis": self.status(),
-                **segment_history(changes, {s: int(n) for s, n in counts.items()}, buckets)}
+                **segment_history(changes, {s: int(n) for s, n in counts.items()}, buckets, window)}
 
-    def segment(self, segment: str, page: int = 0, page_size: int = MEMBERS_PAGE) -> dict[str, Any]:
-        return self._guard(lambda: self._segment(segment, page, page_size))  # type: ignore[return-value]
+    def segment(self, segment: str, page: int = 0, page_size: int = MEMBERS_PAGE,
+                window: TimeRange = ALL_TIME) -> dict[str, Any]:
+        return self._guard(lambda: self._segment(segment, page, page_size, window))  # type: ignore[return-value]
 
-    def _segment(self, segment: str, page: int, page_size: int) -> dict[str, Any]:
+    def _segment(self, segment: str, page: int, page_size: int, window: TimeRange) -> dict[str, Any]:
         p = self.prefix
         pipe = self.client.pipeline(transaction=True)  # the page, the total and the definition of one moment
         pipe.zcard(segment_members_key(p, segment))
@@ -339,7 +403,7 @@ class RedisView:
             "redis": self.status(), "segment": segment, "found": found is not None or bool(total),
             "definition": found, "total": int(total), "page": page, "page_size": page_size,
             "members": [{"user": user, "since": int(score)} for user, score in members],
-            "daily": daily_changes((c for c in changes if isinstance(c, dict)), segment),
+            "daily": daily_changes((c for c in changes if isinstance(c, dict)), segment, window),
             "changes_kept": len(entries),
         }
 

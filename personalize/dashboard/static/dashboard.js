@@ -2,6 +2,8 @@
 // Everything from Redis goes in through textContent, never innerHTML.
 // Three views share the page: the overview, one segment (/segments/<id>) and one user (/users/<key>);
 // links change the URL with history.pushState and the back button returns through popstate.
+// Every view takes an event-time range in its URL (?from=&to=, UTC dates or ISO datetimes): links and API
+// calls carry it, so a URL with a range is a shareable view.
 "use strict";
 
 const REFRESH_MS = Number(document.body.dataset.refreshMs) || 2000;
@@ -50,7 +52,31 @@ function colorOf(segment, all) {
 
 let seenChanges = new Set();
 let segmentNames = {};
-const api = (path) => fetch(ROOT + path).then((response) => response.json());
+let historyDue = true;
+let dataExtent = null; // {first, last} event time of the whole change stream, for the presets
+let renderedHistory = "";
+
+function rangeParams() {
+  const params = new URLSearchParams(location.search);
+  return new URLSearchParams(["from", "to"].filter((k) => params.get(k)).map((k) => [k, params.get(k)]));
+}
+const rangeQuery = () => rangeParams().toString();
+
+// A path (with its own parameters) plus the current range.
+function withRange(path) {
+  const url = new URL(path, location.origin);
+  for (const [k, v] of rangeParams()) url.searchParams.set(k, v);
+  return url.pathname + url.search;
+}
+
+// A 400 from the API is a bad range in the URL: said next to the range control.
+async function api(path) {
+  const response = await fetch(withRange(ROOT + path));
+  const data = await response.json();
+  $("range-form").classList.toggle("bad", response.status === 400);
+  if (response.status === 400) $("range-shown").textContent = data.error;
+  return data;
+}
 const segmentName = (id) => segmentNames[id] || id;
 let segmentOrder = [];
 let tick = 0;
@@ -70,12 +96,13 @@ function renderStatus(status) {
 }
 
 function segmentLink(id, text) {
-  return el("a", { class: "segment", href: `${ROOT}segments/${encodeURIComponent(id)}`, "data-segment": id },
+  return el("a", { class: "segment", href: withRange(`${ROOT}segments/${encodeURIComponent(id)}`), "data-segment": id },
     text ?? segmentName(id));
 }
 
 function userLink(user) {
-  return el("a", { class: "user", href: `${ROOT}users/${encodeURIComponent(user)}`, "data-user": user }, user);
+  return el("a", { class: "user", href: withRange(`${ROOT}users/${encodeURIComponent(user)}`), "data-user": user },
+    user);
 }
 
 // catalog: [{group, exclusive, segments: [{id, name, description, status, count}]}] (every defined segment).
@@ -102,7 +129,9 @@ function renderSegments(catalog, counts, usersSeen) {
 }
 
 function renderFeed(changes) {
-  $("feed-length").textContent = changes.length ? `(newest ${changes.recent.length} of ${fmt(changes.length)} kept)` : "";
+  $("feed-length").textContent = changes.in_range !== null && changes.in_range !== undefined
+    ? `(newest ${changes.recent.length} of ${fmt(changes.in_range)} in the range; ${fmt(changes.length)} kept)`
+    : changes.length ? `(newest ${changes.recent.length} of ${fmt(changes.length)} kept)` : "";
   const first = seenChanges.size === 0;
   const rows = changes.recent.map((c) => el("tr", { class: !first && !seenChanges.has(c.stream_id) ? "new" : "" },
     el("td", { class: "nowrap" }, when(c.event_time)),
@@ -114,6 +143,7 @@ function renderFeed(changes) {
   seenChanges = new Set(changes.recent.map((c) => c.stream_id));
   $("feed").tBodies[0].replaceChildren(...rows);
   $("feed-empty").hidden = changes.recent.length > 0;
+  $("feed-empty").textContent = rangeQuery() ? "No segment changes in this range." : "No segment changes yet.";
 }
 
 function renderRules(rules, instances) {
@@ -202,10 +232,15 @@ function timeTicks(t0, t1, wanted) {
 // Small multiples: one panel per segment with its own y axis, so a segment of 5 is as readable as one
 // of 5,000; every panel shares the time axis. Ticks are real values; the line keeps its last level.
 function renderHistory(history) {
+  const json = JSON.stringify(history);
+  if (json === renderedHistory) return; // unchanged: keep the panels (and a reader's hover)
+  renderedHistory = json;
+  dataExtent = history.last === null ? null : { first: history.first, last: history.last };
   const box = $("history");
   const segments = Object.keys(history.series || {});
   if (!history.times || history.times.length === 0) {
-    box.replaceChildren(el("p", { class: "empty" }, "No segment changes yet: nothing to draw."));
+    box.replaceChildren(el("p", { class: "empty" }, rangeQuery() && dataExtent
+      ? "No segment changes in this range." : "No segment changes yet: nothing to draw."));
     $("history-note").textContent = "";
     return;
   }
@@ -233,6 +268,7 @@ function renderHistory(history) {
       for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
       if (text !== undefined) node.textContent = text;
       svg.append(node);
+      return node;
     };
     for (const v of ticksY) {
       add("line", { x1: L, y1: y(v), x2: W - R, y2: y(v), stroke: v === 0 ? "#bbb" : "#eee" });
@@ -246,14 +282,37 @@ function renderHistory(history) {
     const points = times.map((t, i) => `${x(t).toFixed(1)},${y(values[i]).toFixed(1)}`).join(" ");
     add("polyline", { points, fill: "none", stroke: colorOf(segment, segmentOrder), "stroke-width": 2,
       "data-segment": segment });
+    const readout = el("span", { class: "readout muted", "data-segment": segment });
+    const cursor = add("line", { y1: T, y2: y(0), stroke: "#999", "stroke-dasharray": "2 2", visibility: "hidden" });
+    const dot = add("circle", { r: 3, fill: colorOf(segment, segmentOrder), visibility: "hidden" });
+    // Hover: the point nearest the mouse in time, its date and value in the caption.
+    svg.addEventListener("mousemove", (event) => {
+      const rect = svg.getBoundingClientRect();
+      const at = t0 + ((((event.clientX - rect.left) / rect.width) * W - L) / (W - L - R)) * (t1 - t0);
+      let i = 0;
+      for (let j = 1; j < times.length; j += 1) if (Math.abs(times[j] - at) < Math.abs(times[i] - at)) i = j;
+      for (const [node, attrs] of [[cursor, { x1: x(times[i]), x2: x(times[i]) }],
+        [dot, { cx: x(times[i]), cy: y(values[i]) }]]) {
+        for (const [k, v] of Object.entries({ ...attrs, visibility: "visible" })) node.setAttribute(k, v);
+      }
+      readout.dataset.index = String(i);
+      readout.textContent = `${when(times[i])} · ${fmt(values[i])}`;
+    });
+    svg.addEventListener("mouseleave", () => {
+      cursor.setAttribute("visibility", "hidden");
+      dot.setAttribute("visibility", "hidden");
+      readout.textContent = "";
+      delete readout.dataset.index;
+    });
     return el("figure", { class: "multiple", "data-segment": segment },
       el("figcaption", {}, segmentLink(segment), " ", el("span", { class: "muted" },
-        `now ${fmt(values[values.length - 1])}`)), svg);
+        `${rangeQuery() ? "at the range's end" : "now"} ${fmt(values[values.length - 1])}`), readout), svg);
   });
   box.replaceChildren(el("div", { id: "history-chart", class: "multiples" }, panels));
-  $("history-note").textContent = `Event time, UTC, ${when(t0)} to ${when(t1)}; each panel has its own scale. `
-    + `Rebuilt from today's counts and the last ${fmt(history.changes)} changes in the capped change stream: `
-    + "exact for the window shown.";
+  $("history-note").textContent = `Event time, UTC, ${when(t0)} to ${when(t1)}; each panel has its own scale; `
+    + "hover a panel for its values. "
+    + `Rebuilt from today's counts and the ${fmt(history.changes)} changes ${rangeQuery() ? "in the range " : ""}`
+    + "of the capped change stream: exact for the window shown.";
 }
 
 // Reasons are {source: contribution} (docs/recommendations.md); a list of strings is shown as is.
@@ -327,6 +386,10 @@ async function openSegment(id, page) {
   $("segment-title").textContent = segmentName(id);
   const data = await api(`api/segment/${encodeURIComponent(id)}?page=${page}`);
   const box = $("segment-result");
+  if (data.error) {
+    box.replaceChildren(el("p", { class: "na" }, data.error));
+    return;
+  }
   if (data.redis && !data.redis.ok) {
     box.replaceChildren(el("p", { class: "na" }, `Redis is unreachable: ${data.redis.error}`));
     return;
@@ -335,13 +398,14 @@ async function openSegment(id, page) {
   $("segment-title").textContent = def ? def.name : id;
   const pages = Math.max(1, Math.ceil(data.total / data.page_size));
   const pageLink = (n, text) => (n < 0 || n >= pages ? el("span", { class: "muted" }, text)
-    : el("a", { class: "nav", href: `${ROOT}segments/${encodeURIComponent(id)}?page=${n}` }, text));
+    : el("a", { class: "nav", href: withRange(`${ROOT}segments/${encodeURIComponent(id)}?page=${n}`) }, text));
   const members = data.members.length === 0 ? el("p", { class: "empty", id: "segment-no-members" }, "No members now.")
     : el("table", { id: "segment-members" }, el("thead", {}, el("tr", {}, el("th", {}, "user"),
       el("th", {}, "member since (event time, UTC)"))),
     el("tbody", {}, data.members.map((m) => el("tr", { "data-user": m.user }, el("td", {}, userLink(m.user)),
       el("td", { class: "nowrap" }, when(m.since))))));
-  const daily = data.daily.length === 0 ? el("p", { class: "empty" }, "No changes of this segment in the stream.")
+  const daily = data.daily.length === 0 ? el("p", { class: "empty" }, rangeQuery()
+    ? "No changes of this segment in this range." : "No changes of this segment in the stream.")
     : el("table", { id: "segment-daily" }, el("thead", {}, el("tr", {}, el("th", {}, "day (UTC)"),
       el("th", { class: "num" }, "entered"), el("th", { class: "num" }, "left"))),
     el("tbody", {}, data.daily.slice().reverse().map((d) => el("tr", { "data-day": d.day }, el("td", {}, d.day),
@@ -358,11 +422,13 @@ async function openSegment(id, page) {
             "download all as CSV")),
         members),
       el("div", {}, el("h3", {}, "Entered and left per day"), daily,
-        el("p", { class: "muted" }, `From the ${fmt(data.changes_kept)} changes the capped stream still holds.`)))));
+        el("p", { class: "muted" }, `From the ${fmt(data.changes_kept)} changes the capped stream still holds`
+          + (rangeQuery() ? ", days in the range only." : "."))))));
 }
 
 // The view follows the URL: /segments/<id>[?page=n], /users/<key>, anything else the overview.
 function route() {
+  if (rangeChanged()) refresh();
   const path = location.pathname.startsWith(ROOT) ? location.pathname.slice(ROOT.length) : "";
   const user = path.match(/^users\/(.+)$/);
   const segment = path.match(/^segments\/([^/]+)$/);
@@ -384,16 +450,52 @@ function navigate(url) {
   route();
 }
 
+// The range control shows the URL's range; a new range redraws the feed and the chart.
+let appliedRange = null;
+function rangeChanged() {
+  const range = rangeParams();
+  $("range-from").value = (range.get("from") || "").slice(0, 10);
+  $("range-to").value = (range.get("to") || "").slice(0, 10);
+  $("range-form").classList.remove("bad");
+  $("range-shown").textContent = range.toString()
+    ? `event time ${range.get("from") || "…"} to ${range.get("to") || "…"}` : "all event time";
+  if (appliedRange === range.toString()) return false;
+  appliedRange = range.toString();
+  seenChanges = new Set();
+  historyDue = true;
+  return true;
+}
+
+function setRange(from, to) {
+  const url = new URL(location.href);
+  for (const [k, v] of [["from", from], ["to", to]]) {
+    if (v) url.searchParams.set(k, v);
+    else url.searchParams.delete(k);
+  }
+  navigate(url.pathname + url.search);
+}
+
+const utcDay = (ms) => new Date(ms).toISOString().slice(0, 10);
+$("range-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  setRange($("range-from").value, $("range-to").value);
+});
+$("range-all").addEventListener("click", () => setRange("", ""));
+$("range-week").addEventListener("click", () => {
+  if (dataExtent) setRange(utcDay(dataExtent.last - 6 * DAY), utcDay(dataExtent.last));
+});
+
 // In-page links keep the page (and its polling) and push the URL; a modified click (new tab) is the browser's.
 document.addEventListener("click", (event) => {
   const link = event.target.closest("a.nav, a.user, a.segment");
   if (!link || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
   event.preventDefault();
-  navigate(link.getAttribute("href"));
+  navigate(withRange(link.getAttribute("href")));
 });
 window.addEventListener("popstate", route);
 
 async function refresh() {
+  const range = rangeQuery();
   let data;
   try {
     data = await api("api/overview");
@@ -403,6 +505,7 @@ async function refresh() {
     $("redis-status").className = "pill bad";
     return;
   }
+  if (data.error || range !== rangeQuery()) return; // a bad range (said by api), or the range changed meanwhile
   renderStatus(data.redis);
   if (!data.redis.ok) {
     setBanner(`Redis is unreachable at ${data.redis.url}: ${data.redis.error}. Nothing below is current; `
@@ -417,10 +520,11 @@ async function refresh() {
   renderModel(data.model, data.clusters, data.model_instances);
   renderDrift(data.drift);
   renderDeadletters(data.deadletters);
-  if (tick % HISTORY_EVERY === 0) {
+  if (historyDue || tick % HISTORY_EVERY === 0) {
+    historyDue = false;
     try {
       const history = await api("api/history");
-      if (history.redis && history.redis.ok) renderHistory(history);
+      if (history.redis && history.redis.ok && range === rangeQuery()) renderHistory(history);
     } catch (error) { /* the next overview refresh reports the problem */ }
   }
   tick += 1;
@@ -430,7 +534,7 @@ async function refresh() {
 $("user-form").addEventListener("submit", (event) => {
   event.preventDefault();
   const user = $("user-key").value.trim();
-  if (user) navigate(`${ROOT}users/${encodeURIComponent(user)}`);
+  if (user) navigate(withRange(`${ROOT}users/${encodeURIComponent(user)}`));
 });
 
 async function loop() {
@@ -438,4 +542,5 @@ async function loop() {
   setTimeout(loop, REFRESH_MS);
 }
 // The first overview brings the segments' display names; then the URL's view opens.
+rangeChanged();
 refresh().then(route).finally(() => setTimeout(loop, REFRESH_MS));
