@@ -49,7 +49,6 @@ from personalize.paths import ROOT
 from personalize.publish import PublishResult, publish
 from personalize.settings import Settings
 
-HELP = "throughput, latency and state-size benchmarks of the job (JSON + PNG; see docs/performance.md)"
 STAGES = ("pure", "trivial", "full", "latency", "state")
 PARALLELISMS = (1, 2)
 #: The latency stage's first seconds of offered load, reported apart from the steady state: the job's

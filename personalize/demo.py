@@ -122,6 +122,14 @@ def read_back(settings: Settings, summary: Summary) -> None:
     summary.erasures = Counter(confirmation["reason"] for confirmation in erasures.values())
 
 
+#: Printed under the summary so a second run's slightly different numbers do not read as a bug.
+VARIANCE_NOTE = (
+    "note: the counts vary a little from run to run (same seed): a user's consent and identity events\n"
+    "arrive on other topics than their behaviour and are applied in arrival order, and the R/F/M scores\n"
+    "depend on when the instances last shared their population through Redis (docs/operations.md,\n"
+    "\"Determinism\"; docs/privacy.md).")
+
+
 def print_summary(summary: Summary, out: IO[str]) -> None:
     rows = [
         ("events published", f"{summary.published:,} in {summary.publish_seconds:.1f} s"),
@@ -157,6 +165,7 @@ def print_summary(summary: Summary, out: IO[str]) -> None:
     print("\n== personalize demo summary ==", file=out)
     for label, value in rows:
         print(f"{label:<{width}}  {value}", file=out)
+    print(VARIANCE_NOTE, file=out)
 
 
 def run_demo(settings: Settings, out: IO[str] = sys.stdout) -> Summary:

@@ -35,7 +35,7 @@ _COMPACTION_QUERY_EVERY = 1000
 def ttl_config(ttl_ms: int) -> StateTtlConfig:
     """Processing-time TTL refreshed on every write (Flink TTL cannot follow event time).
 
-    PyFlink 2.0.2 still needs ``Time`` here; a ``Duration`` fails at run time (DESIGN.md). Expired
+    PyFlink 2.0.2 still needs ``Time`` here; a ``Duration`` fails at run time. Expired
     entries are dropped by RocksDB compaction (and never returned before).
     """
     return (

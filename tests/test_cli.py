@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +34,21 @@ def test_help_explains_every_command_and_exits_0(command: list[str], capsys: pyt
         cli.main([*command, "--help"])
     assert exit_.value.code == cli.EXIT_OK
     assert "usage: personalize" in capsys.readouterr().out
+
+
+#: Imported only by the commands that need them: ``--help`` and ``--version`` must not pay for them.
+HEAVY_MODULES = ("river", "pyflink", "scipy", "numpy", "matplotlib", "redis", "kafka")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["stack", "--help"], ["produce", "--help"]])
+def test_help_and_version_import_no_heavy_module(argv: list[str]) -> None:
+    """Structural, not timed: which top-level packages a fresh interpreter imported to answer."""
+    probe = ("import sys\nfrom personalize import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "print(sorted({name.partition('.')[0] for name in sys.modules}))")
+    result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True,
+                            timeout=60)
+    imported = set(json.loads(result.stdout.splitlines()[-1].replace("'", '"')))
+    assert not imported & set(HEAVY_MODULES), sorted(imported & set(HEAVY_MODULES))
 
 
 def test_subcommands_are_all_there() -> None:
