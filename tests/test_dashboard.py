@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -40,16 +41,19 @@ from personalize.dashboard import create_app, make_server
 from personalize.dashboard.app import AccessError, access_warning, allowed_hosts
 from personalize.dashboard.data import (
     FEED_SIZE,
+    TOP_CAUSES,
     RangeError,
     TimeRange,
     csv_cell,
     daily_changes,
     describe_cause,
+    describe_reasons,
     feature_group,
     parse_range,
     public_url,
     segment_catalog,
     segment_history,
+    top_causes,
 )
 from personalize.settings import Settings
 from tests.conftest import free_ports
@@ -94,6 +98,38 @@ def test_history_without_changes_is_empty() -> None:
 ])
 def test_causes_read_as_one_line(cause: dict[str, Any] | None, text: str) -> None:
     assert describe_cause(cause) == text
+
+
+def test_top_causes_count_entries_and_exits_by_their_reason_inside_the_range() -> None:
+    def caused(action: str, event_time: int, cause: dict[str, Any] | None) -> dict[str, Any]:
+        return {**change("a", action, event_time), "cause": cause}
+
+    checkout = {"kind": "event", "event": {"id": "e1", "type": "checkout_start"}, "rule": "checkout", "version": 2}
+    other_checkout = {**checkout, "event": {"id": "e2", "type": "checkout_start"}}  # same reason, another event
+    changes = [caused("enter", 10, checkout), caused("enter", 11, other_checkout),
+               caused("enter", 12, {"kind": "model", "model_version": 7}),
+               caused("enter", 13, {"kind": "model", "model_version": 8}),
+               caused("enter", 14, {"kind": "preempted", "by": "vip", "rule": "checkout", "version": 2}),
+               caused("exit", 15, {"kind": "expiry", "rule": "checkout", "version": 2}), caused("exit", 16, None),
+               caused("exit", 99, {"kind": "expiry", "rule": "checkout", "version": 2}),  # outside the range
+               {**caused("exit", 15, {"kind": "expiry"}), "segment": "b"}]  # another segment
+    causes = top_causes(changes, "a", TimeRange(None, 50))
+    assert causes == {
+        "enter": [{"cause": "event checkout_start · rule checkout v2", "count": 2}, {"cause": "model", "count": 2},
+                  {"cause": "preempted by vip · rule checkout v2", "count": 1}],
+        "exit": [{"cause": "expiry · rule checkout v2", "count": 1}, {"cause": "unknown", "count": 1}],
+    }
+    assert top_causes(changes, "a", limit=1)["exit"] == [{"cause": "expiry · rule checkout v2", "count": 2}]
+    assert top_causes(changes, "nothing") == {"enter": [], "exit": []}
+
+
+def test_recommendation_reasons_read_in_words_largest_share_first() -> None:
+    assert describe_reasons({"trending": 0.01, "covisit": 0.98}) \
+        == "viewed with this user's items 0.98, trending now 0.01"
+    assert describe_reasons({"pinned": 1.0}) == "pinned by the business rules 1.00"
+    # An unknown source reads as its name; a share that is not a number is left out.
+    assert describe_reasons({"new_source": 0.5, "x": "bad"}) == "new source 0.50"
+    assert describe_reasons(["legacy", "list"]) == "legacy, list" and describe_reasons(None) == ""
 
 
 def test_urls_shown_on_the_page_hide_passwords() -> None:
@@ -365,6 +401,17 @@ def number(text: str) -> int:
     return int(re.sub(r"[^\d]", "", text))
 
 
+def assert_causes_shown(page: Any, changes: list[dict[str, Any]], segment: str) -> None:
+    """The segment page's top causes of entry and exit are those counted from ``changes`` (the stream's, in range)."""
+    for action in ("enter", "exit"):
+        tally = Counter(describe_cause(c.get("cause"), detail=False) for c in changes
+                        if c["segment"] == segment and c["action"] == action)
+        expected = sorted(tally.items(), key=lambda pair: (-pair[1], pair[0]))[:TOP_CAUSES]
+        shown = [(cause, number(text.split("\t")[-1]))
+                 for cause, text in texts(page, f"#segment-causes-{action} tr", "cause")]
+        assert shown == expected, action
+
+
 @pytest.mark.integration
 def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, tmp_path: Path) -> None:
     prefix = demo_settings.redis.key_prefix
@@ -430,7 +477,7 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
         page.wait_for_selector(f".user-grid[data-user='{user}']", timeout=10_000)
         memberships = {s for s in client.hkeys(user_segments_key(prefix, user)) if not s.startswith("_")}
         assert {segment for segment, _ in texts(page, "#user-segments li", "segment")} == memberships
-        page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / "user.png"), full_page=True)
 
         # A user with recommendations (one with an intent score if any): items in ranked order with
         # their reasons, and the model's scores.
@@ -446,13 +493,13 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
             items = json.loads(client.hget(user_recs_info_key(prefix, recs_user), "items") or "[]")
             shown_recs = texts(page, "#user-recs li", "item")
             assert [item for item, _ in shown_recs] == [entry["item"] for entry in items]
-            top_reason = max(items[0]["reasons"], key=items[0]["reasons"].get)
-            assert top_reason in shown_recs[0][1]
+            assert describe_reasons(items[0]["reasons"]) in shown_recs[0][1]  # in words, largest share first
+            assert f"{items[0]['score']:.3f}" in shown_recs[0][1]
             scores = client.hgetall(user_model_key(prefix, recs_user))
             model_text = page.inner_text(f".user-grid[data-user='{recs_user}']")
             intent = scores.get("intent", "")
             assert (f"{float(intent):.3f}" in model_text) if intent else "not scored yet" in model_text
-            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            page.screenshot(path=str(tmp_path / "user.png"), full_page=True)
 
         # A user the job never saw.
         page.fill("#user-key", "nobody-at-all")
@@ -474,10 +521,14 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
         assert number(page.inner_text("#segment-total")) == client.zcard(segment_members_key(prefix, largest))
         if largest in rules:
             assert page.inner_text("#segment-title") == rules[largest]["definition"]["name"]
+        assert_causes_shown(page, [json.loads(fields["change"]) for _, fields in
+                                   client.xrange(segment_changes_key(prefix))], largest)
         page.screenshot(path=str(tmp_path / "segment.png"), full_page=True)
-        if os.environ.get(DOCS_SCREENSHOT):  # the overview, and the segment page next to it
-            shutil.copy(tmp_path / "overview.png", os.environ[DOCS_SCREENSHOT])
-            shutil.copy(tmp_path / "segment.png", Path(os.environ[DOCS_SCREENSHOT]).with_name("dashboard-segment.png"))
+        if os.environ.get(DOCS_SCREENSHOT):  # the overview, and the segment and user pages next to it
+            docs = Path(os.environ[DOCS_SCREENSHOT])
+            shutil.copy(tmp_path / "overview.png", docs)
+            for view in ("segment", "user"):
+                shutil.copy(tmp_path / f"{view}.png", docs.with_name(f"dashboard-{view}.png"))
         page.locator("#segment-members a.user").first.click()
         page.wait_for_selector(f".user-grid[data-user='{newest[0]}']", timeout=10_000)
         assert page.url == f"{served.url}users/{quote(newest[0], safe='')}"
@@ -522,6 +573,7 @@ def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(de
         shown_days = {day: [number(text.split("\t")[1]), number(text.split("\t")[2])]
                       for day, text in texts(page, "#segment-daily tbody tr", "day")}
         assert expected and shown_days == expected
+        assert_causes_shown(page, inside, largest)  # top causes of entry and exit: the same changes
         assert page.input_value("#range-from") == iso[start][:10] and page.input_value("#range-to") == iso[end][:10]
 
         # The overview keeps the range: the feed holds the newest changes inside it, the chart spans it.

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -44,6 +45,7 @@ DRIFT_SIZE = 20
 HISTORY_BUCKETS = 60
 MEMBERS_PAGE = 50
 CSV_CHUNK = 5000
+TOP_CAUSES = 5
 SEGMENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 """Rule ids and ``cluster:<n>``; anything else is not a segment and never reaches a Redis key."""
 DAY_MS = 86_400_000
@@ -64,22 +66,51 @@ def public_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def describe_cause(cause: Mapping[str, Any] | None) -> str:
-    """One line saying why a segment change happened (the ``cause`` of docs/rules.md), for people."""
+def describe_cause(cause: Mapping[str, Any] | None, detail: bool = True) -> str:
+    """One line saying why a segment change happened (the ``cause`` of docs/rules.md), for people.
+
+    Without ``detail`` the line leaves out what makes each change unique (the event id, a model
+    version and other extras), so changes with the same reason read the same and can be counted.
+    """
     if not cause:
         return "unknown"
     kind = str(cause.get("kind", "unknown"))
     rule = f"rule {cause['rule']} v{cause.get('version', '?')}" if cause.get("rule") else ""
     if kind == "event" and isinstance(cause.get("event"), Mapping):
         event = cause["event"]
-        head = f"event {event.get('type', '?')} ({event.get('id', '?')})"
+        head = f"event {event.get('type', '?')}" + (f" ({event.get('id', '?')})" if detail else "")
     elif kind == "preempted":
         head = f"preempted by {cause.get('by', '?')}"
     else:
         head = kind.replace("_", " ")
-    extras = [f"{key} {value}" for key, value in sorted(cause.items())
-              if key not in {"kind", "event", "rule", "version", "by"} and not isinstance(value, dict | list)]
+    extras = [f"{key} {value}" for key, value in sorted(cause.items()) if detail
+              and key not in {"kind", "event", "rule", "version", "by"} and not isinstance(value, dict | list)]
     return " · ".join(part for part in (head, rule, *extras) if part)
+
+
+REASONS = {
+    "covisit": "viewed with this user's items",
+    "trending": "trending now",
+    "affinity": "popular in this user's categories",
+    "recent": "viewed lately (reminder)",
+    "cart": "in the cart (reminder)",
+    "pinned": "pinned by the business rules",
+}
+"""A recommendation source (docs/recommendations.md) in words; an unknown one is shown by its name."""
+
+
+def describe_reasons(reasons: Any) -> str:
+    """A recommendation's ``reasons`` ({source: share of the score}) in words, largest share first.
+
+    A list (an older writer's form) is shown as its items; anything else as nothing.
+    """
+    if isinstance(reasons, list):
+        return ", ".join(str(reason) for reason in reasons)
+    if not isinstance(reasons, Mapping):
+        return ""
+    shares = [(str(source), share) for source, share in reasons.items() if isinstance(share, int | float)]
+    return ", ".join(f"{REASONS.get(source, source.replace('_', ' '))} {share:.2f}"
+                     for source, share in sorted(shares, key=lambda pair: (-pair[1], pair[0])))
 
 
 class RangeError(ValueError):
@@ -249,6 +280,23 @@ def daily_changes(changes: Iterable[Mapping[str, Any]], segment: str,
     return [{"day": day, **tally} for day, tally in sorted(days.items())]
 
 
+def top_causes(changes: Iterable[Mapping[str, Any]], segment: str, window: TimeRange = ALL_TIME,
+               limit: int = TOP_CAUSES) -> dict[str, list[dict[str, Any]]]:
+    """The most frequent causes of entry and of exit of one segment (inside ``window``), in words.
+
+    Most frequent first, ties by the words; the causes as :func:`describe_cause` says them without detail.
+    """
+    tallies: dict[str, Counter[str]] = {"enter": Counter(), "exit": Counter()}
+    for change in changes:
+        action = change.get("action")
+        if change.get("segment") == segment and action in tallies and change.get("event_time") in window:
+            cause = change.get("cause")
+            tallies[str(action)][describe_cause(cause if isinstance(cause, Mapping) else None, detail=False)] += 1
+    return {action: [{"cause": cause, "count": count}
+                     for cause, count in sorted(tally.items(), key=lambda pair: (-pair[1], pair[0]))[:limit]]
+            for action, tally in tallies.items()}
+
+
 def csv_cell(text: str) -> str:
     """A value a spreadsheet will not run as a formula (user ids come from the events: hostile)."""
     return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
@@ -273,6 +321,12 @@ def _change_row(stream_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
         "cause": describe_cause(change.get("cause")), "cause_kind": (change.get("cause") or {}).get("kind"),
         "segments": change.get("segments"),
     }
+
+
+def _stream_changes(entries: Iterable[tuple[str, Mapping[str, str]]]) -> list[dict[str, Any]]:
+    """The decoded changes of ``segments:changes`` entries; an entry that is not a JSON object is skipped."""
+    return [change for change in (_decode_json(fields.get("change")) for _, fields in entries)
+            if isinstance(change, dict)]
 
 
 def _by_instance(fields: Mapping[str, str]) -> dict[str, str]:
@@ -374,8 +428,7 @@ class RedisView:
         pipe.hgetall(segment_counts_key(p))
         pipe.xrange(segment_changes_key(p))
         counts, entries = pipe.execute()
-        changes = [change for change in (_decode_json(fields.get("change")) for _, fields in entries)
-                   if isinstance(change, dict)]
+        changes = _stream_changes(entries)
         return {"redis": self.status(),
                 **segment_history(changes, {s: int(n) for s, n in counts.items()}, buckets, window)}
 
@@ -398,12 +451,13 @@ class RedisView:
                                   {s: int(n) for s, n in counts.items()},
                                   {c: _decode_json(text) for c, text in clusters.items()})
         found = next((s for group in catalog for s in group["segments"] if s["id"] == segment), None)
-        changes = (_decode_json(fields.get("change")) for _, fields in entries)
+        changes = _stream_changes(entries)
         return {
             "redis": self.status(), "segment": segment, "found": found is not None or bool(total),
             "definition": found, "total": int(total), "page": page, "page_size": page_size,
             "members": [{"user": user, "since": int(score)} for user, score in members],
-            "daily": daily_changes((c for c in changes if isinstance(c, dict)), segment, window),
+            "daily": daily_changes(changes, segment, window),
+            "causes": top_causes(changes, segment, window),
             "changes_kept": len(entries),
         }
 
@@ -468,6 +522,7 @@ def _user_recs(info: Mapping[str, str], ranked: list[tuple[str, float]]) -> dict
     items = _decode_json(info.get("items")) if info else None
     if not isinstance(items, list):
         items = [{"item": item, "score": score, "reasons": []} for item, score in ranked]
+    items = [{**entry, "why": describe_reasons(entry.get("reasons"))} for entry in items if isinstance(entry, dict)]
     return {"version": info.get("version"), "ts": info.get("ts"), "suppressed": info.get("suppressed"),
             "items": items}
 

@@ -315,14 +315,6 @@ function renderHistory(history) {
     + "of the capped change stream: exact for the window shown.";
 }
 
-// Reasons are {source: contribution} (docs/recommendations.md); a list of strings is shown as is.
-function reasonsText(reasons) {
-  if (!reasons) return "";
-  if (Array.isArray(reasons)) return reasons.map((x) => (typeof x === "string" ? x : JSON.stringify(x))).join(", ");
-  return Object.entries(reasons).sort((a, b) => b[1] - a[1])
-    .map(([source, share]) => `${source} ${Number(share).toFixed(2)}`).join(", ");
-}
-
 function section(title, body) {
   return el("div", {}, el("h3", {}, title), body);
 }
@@ -361,7 +353,7 @@ function renderUser(data) {
       : data.recommendations.items.length === 0 ? el("p", { class: "empty" }, "no candidates yet")
         : el("ol", { id: "user-recs" }, data.recommendations.items.map((r) => el("li", { "data-item": r.item },
           `${r.item} `, el("span", { class: "muted" }, Number(r.score).toFixed(3)), " ",
-          el("span", { class: "reasons" }, reasonsText(r.reasons)))));
+          el("span", { class: "reasons" }, r.why ?? ""))));
   const profile = data.profile === null ? na("profile") : kv(Object.entries(data.profile)
     .map(([k, v]) => [k, k === "first_seen" || k === "last_seen" ? when(v) : v]));
   // Features come grouped (activity, RFM, affinity, intent); bookkeeping fields hide behind a toggle.
@@ -410,6 +402,12 @@ async function openSegment(id, page) {
       el("th", { class: "num" }, "entered"), el("th", { class: "num" }, "left"))),
     el("tbody", {}, data.daily.slice().reverse().map((d) => el("tr", { "data-day": d.day }, el("td", {}, d.day),
       el("td", { class: "num enter" }, fmt(d.enter)), el("td", { class: "num exit" }, fmt(d.exit))))));
+  // The most frequent causes of entry and of exit, in words, over the same changes as the daily counts.
+  const causes = (action, title) => el("div", {}, el("h3", {}, title), data.causes[action].length === 0
+    ? el("p", { class: "empty" }, rangeQuery() ? "None in this range." : "None in the stream.")
+    : el("table", { id: `segment-causes-${action}` }, el("tbody", {}, data.causes[action].map((c) =>
+      el("tr", { "data-cause": c.cause }, el("td", {}, c.cause),
+        el("td", { class: `num ${action}` }, fmt(c.count)))))));
   box.replaceChildren(el("div", { id: "segment-view", "data-segment": id },
     el("p", { class: "muted" }, `${id}`, def && def.group ? ` · group ${def.group}` : "",
       def && def.status ? ` · ${def.status}` : "", def ? "" : " · not a defined segment"),
@@ -422,8 +420,9 @@ async function openSegment(id, page) {
             "download all as CSV")),
         members),
       el("div", {}, el("h3", {}, "Entered and left per day"), daily,
+        causes("enter", "Top causes of entry"), causes("exit", "Top causes of exit"),
         el("p", { class: "muted" }, `From the ${fmt(data.changes_kept)} changes the capped stream still holds`
-          + (rangeQuery() ? ", days in the range only." : "."))))));
+          + (rangeQuery() ? ", in the range only." : "."))))));
 }
 
 // The view follows the URL: /segments/<id>[?page=n], /users/<key>, anything else the overview.
