@@ -574,6 +574,10 @@ def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(de
                       for day, text in texts(page, "#segment-daily tbody tr", "day")}
         assert expected and shown_days == expected
         assert_causes_shown(page, inside, largest)  # top causes of entry and exit: the same changes
+        # Its size over event time: the overview's panel for this segment, over the range's history.
+        in_range = page.evaluate(f"fetch('{served.url}api/history?{query}').then(r => r.json())")
+        points = page.get_attribute(f"#segment-size polyline[data-segment='{largest}']", "points") or ""
+        assert len(points.split()) == len(in_range["times"]) == len(in_range["series"][largest])
         assert page.input_value("#range-from") == iso[start][:10] and page.input_value("#range-to") == iso[end][:10]
 
         # The overview keeps the range: the feed holds the newest changes inside it, the chart spans it.
@@ -589,7 +593,7 @@ def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(de
         # Hover: the panel's readout gives the time and value of the point under the mouse.
         page.wait_for_selector(f"#history-chart figure[data-segment='{largest}'] svg", state="attached")
         box = page.locator(f"#history-chart figure[data-segment='{largest}'] svg").bounding_box()
-        readout = page.locator(f".readout[data-segment='{largest}']")
+        readout = page.locator(f"#history-chart .readout[data-segment='{largest}']")
         indexes = []
         for fraction in (0.3, 0.99):
             page.mouse.move(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)

@@ -231,6 +231,67 @@ function timeTicks(t0, t1, wanted) {
 
 // Small multiples: one panel per segment with its own y axis, so a segment of 5 is as readable as one
 // of 5,000; every panel shares the time axis. Ticks are real values; the line keeps its last level.
+// One segment's size over event time: its own scale, real ticks, and the value under the mouse.
+function historyPanel(segment, times, values) {
+  const t0 = times[0], t1 = times[times.length - 1];
+  const ticksX = timeTicks(t0, t1, 5);
+  const W = 340, H = 130, L = 40, R = 8, T = 8, B = 20;
+  const ns = "http://www.w3.org/2000/svg";
+  const x = (t) => L + (t1 === t0 ? (W - L - R) : ((t - t0) / (t1 - t0)) * (W - L - R));
+  const ticksY = valueTicks(Math.max(...values), 3);
+  const top = ticksY[ticksY.length - 1];
+  const y = (v) => T + (1 - v / top) * (H - T - B);
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("width", "100%");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `${segmentName(segment)} over event time`);
+  const add = (tag, attrs, text) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    svg.append(node);
+    return node;
+  };
+  for (const v of ticksY) {
+    add("line", { x1: L, y1: y(v), x2: W - R, y2: y(v), stroke: v === 0 ? "#bbb" : "#eee" });
+    add("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" }, fmt(v));
+  }
+  for (const [t, label] of ticksX) {
+    add("line", { x1: x(t), y1: y(0), x2: x(t), y2: y(0) + 4, stroke: "#bbb" });
+    const anchor = x(t) > W - R - 30 ? "end" : x(t) < L + 30 ? "start" : "middle";  // keep labels inside
+    add("text", { x: x(t), y: H - 5, "text-anchor": anchor }, label);
+  }
+  const points = times.map((t, i) => `${x(t).toFixed(1)},${y(values[i]).toFixed(1)}`).join(" ");
+  add("polyline", { points, fill: "none", stroke: colorOf(segment, segmentOrder), "stroke-width": 2,
+    "data-segment": segment });
+  const readout = el("span", { class: "readout muted", "data-segment": segment });
+  const cursor = add("line", { y1: T, y2: y(0), stroke: "#999", "stroke-dasharray": "2 2", visibility: "hidden" });
+  const dot = add("circle", { r: 3, fill: colorOf(segment, segmentOrder), visibility: "hidden" });
+  // Hover: the point nearest the mouse in time, its date and value in the caption.
+  svg.addEventListener("mousemove", (event) => {
+    const rect = svg.getBoundingClientRect();
+    const at = t0 + ((((event.clientX - rect.left) / rect.width) * W - L) / (W - L - R)) * (t1 - t0);
+    let i = 0;
+    for (let j = 1; j < times.length; j += 1) if (Math.abs(times[j] - at) < Math.abs(times[i] - at)) i = j;
+    for (const [node, attrs] of [[cursor, { x1: x(times[i]), x2: x(times[i]) }],
+      [dot, { cx: x(times[i]), cy: y(values[i]) }]]) {
+      for (const [k, v] of Object.entries({ ...attrs, visibility: "visible" })) node.setAttribute(k, v);
+    }
+    readout.dataset.index = String(i);
+    readout.textContent = `${when(times[i])} · ${fmt(values[i])}`;
+  });
+  svg.addEventListener("mouseleave", () => {
+    cursor.setAttribute("visibility", "hidden");
+    dot.setAttribute("visibility", "hidden");
+    readout.textContent = "";
+    delete readout.dataset.index;
+  });
+  return el("figure", { class: "multiple", "data-segment": segment },
+    el("figcaption", {}, segmentLink(segment), " ", el("span", { class: "muted" },
+      `${rangeQuery() ? "at the range's end" : "now"} ${fmt(values[values.length - 1])}`), readout), svg);
+}
+
 function renderHistory(history) {
   const json = JSON.stringify(history);
   if (json === renderedHistory) return; // unchanged: keep the panels (and a reader's hover)
@@ -249,65 +310,7 @@ function renderHistory(history) {
     ...segments.filter((s) => !(s in segmentNames))];
   const times = history.times;
   const t0 = times[0], t1 = times[times.length - 1];
-  const ticksX = timeTicks(t0, t1, 5);
-  const W = 340, H = 130, L = 40, R = 8, T = 8, B = 20;
-  const ns = "http://www.w3.org/2000/svg";
-  const x = (t) => L + (t1 === t0 ? (W - L - R) : ((t - t0) / (t1 - t0)) * (W - L - R));
-  const panels = ordered.map((segment) => {
-    const values = history.series[segment];
-    const ticksY = valueTicks(Math.max(...values), 3);
-    const top = ticksY[ticksY.length - 1];
-    const y = (v) => T + (1 - v / top) * (H - T - B);
-    const svg = document.createElementNS(ns, "svg");
-    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-    svg.setAttribute("width", "100%");
-    svg.setAttribute("role", "img");
-    svg.setAttribute("aria-label", `${segmentName(segment)} over event time`);
-    const add = (tag, attrs, text) => {
-      const node = document.createElementNS(ns, tag);
-      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-      if (text !== undefined) node.textContent = text;
-      svg.append(node);
-      return node;
-    };
-    for (const v of ticksY) {
-      add("line", { x1: L, y1: y(v), x2: W - R, y2: y(v), stroke: v === 0 ? "#bbb" : "#eee" });
-      add("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" }, fmt(v));
-    }
-    for (const [t, label] of ticksX) {
-      add("line", { x1: x(t), y1: y(0), x2: x(t), y2: y(0) + 4, stroke: "#bbb" });
-      const anchor = x(t) > W - R - 30 ? "end" : x(t) < L + 30 ? "start" : "middle";  // keep labels inside
-      add("text", { x: x(t), y: H - 5, "text-anchor": anchor }, label);
-    }
-    const points = times.map((t, i) => `${x(t).toFixed(1)},${y(values[i]).toFixed(1)}`).join(" ");
-    add("polyline", { points, fill: "none", stroke: colorOf(segment, segmentOrder), "stroke-width": 2,
-      "data-segment": segment });
-    const readout = el("span", { class: "readout muted", "data-segment": segment });
-    const cursor = add("line", { y1: T, y2: y(0), stroke: "#999", "stroke-dasharray": "2 2", visibility: "hidden" });
-    const dot = add("circle", { r: 3, fill: colorOf(segment, segmentOrder), visibility: "hidden" });
-    // Hover: the point nearest the mouse in time, its date and value in the caption.
-    svg.addEventListener("mousemove", (event) => {
-      const rect = svg.getBoundingClientRect();
-      const at = t0 + ((((event.clientX - rect.left) / rect.width) * W - L) / (W - L - R)) * (t1 - t0);
-      let i = 0;
-      for (let j = 1; j < times.length; j += 1) if (Math.abs(times[j] - at) < Math.abs(times[i] - at)) i = j;
-      for (const [node, attrs] of [[cursor, { x1: x(times[i]), x2: x(times[i]) }],
-        [dot, { cx: x(times[i]), cy: y(values[i]) }]]) {
-        for (const [k, v] of Object.entries({ ...attrs, visibility: "visible" })) node.setAttribute(k, v);
-      }
-      readout.dataset.index = String(i);
-      readout.textContent = `${when(times[i])} · ${fmt(values[i])}`;
-    });
-    svg.addEventListener("mouseleave", () => {
-      cursor.setAttribute("visibility", "hidden");
-      dot.setAttribute("visibility", "hidden");
-      readout.textContent = "";
-      delete readout.dataset.index;
-    });
-    return el("figure", { class: "multiple", "data-segment": segment },
-      el("figcaption", {}, segmentLink(segment), " ", el("span", { class: "muted" },
-        `${rangeQuery() ? "at the range's end" : "now"} ${fmt(values[values.length - 1])}`), readout), svg);
-  });
+  const panels = ordered.map((segment) => historyPanel(segment, times, history.series[segment]));
   box.replaceChildren(el("div", { id: "history-chart", class: "multiples" }, panels));
   $("history-note").textContent = `Event time, UTC, ${when(t0)} to ${when(t1)}; each panel has its own scale; `
     + "hover a panel for its values. "
@@ -388,6 +391,12 @@ async function openSegment(id, page) {
   }
   const def = data.definition;
   $("segment-title").textContent = def ? def.name : id;
+  // Size over event time: the overview's panel for this segment, from the same history (and range).
+  const history = await api("api/history");
+  const sizes = history.series ? history.series[id] : undefined;
+  const size = sizes && history.times.length > 0
+    ? el("div", { id: "segment-size", class: "multiples" }, historyPanel(id, history.times, sizes))
+    : el("p", { class: "empty", id: "segment-size-empty" }, "No size history in the change stream.");
   const pages = Math.max(1, Math.ceil(data.total / data.page_size));
   const pageLink = (n, text) => (n < 0 || n >= pages ? el("span", { class: "muted" }, text)
     : el("a", { class: "nav", href: withRange(`${ROOT}segments/${encodeURIComponent(id)}?page=${n}`) }, text));
@@ -412,6 +421,7 @@ async function openSegment(id, page) {
     el("p", { class: "muted" }, `${id}`, def && def.group ? ` · group ${def.group}` : "",
       def && def.status ? ` · ${def.status}` : "", def ? "" : " · not a defined segment"),
     def && def.description ? el("p", {}, def.description) : null,
+    el("h3", {}, "Size over event time"), size,
     el("div", { class: "segment-grid" },
       el("div", {}, el("h3", {}, el("span", { id: "segment-total" }, fmt(data.total)), " members, newest first"),
         el("p", { class: "pager" }, pageLink(data.page - 1, "← newer"), `page ${data.page + 1} of ${pages}`,
