@@ -322,16 +322,16 @@ function section(title, body) {
   return el("div", {}, el("h3", {}, title), body);
 }
 
+// An API answer that is an error or says Redis is down, shown in the view's box instead of its content.
+function shownFailure(box, data) {
+  const failure = data.error || (data.redis && !data.redis.ok ? `Redis is unreachable: ${data.redis.error}` : "");
+  if (failure) box.replaceChildren(el("p", { class: "na" }, failure));
+  return Boolean(failure);
+}
+
 function renderUser(data) {
   const box = $("user-result");
-  if (data.error) {
-    box.replaceChildren(el("p", { class: "na" }, data.error));
-    return;
-  }
-  if (data.redis && !data.redis.ok) {
-    box.replaceChildren(el("p", { class: "na" }, `Redis is unreachable: ${data.redis.error}`));
-    return;
-  }
+  if (shownFailure(box, data)) return;
   if (!data.found) {
     box.replaceChildren(el("p", { class: "empty", id: "user-missing" }, `No data for user "${data.user}".`));
     return;
@@ -381,14 +381,7 @@ async function openSegment(id, page) {
   $("segment-title").textContent = segmentName(id);
   const data = await api(`api/segment/${encodeURIComponent(id)}?page=${page}`);
   const box = $("segment-result");
-  if (data.error) {
-    box.replaceChildren(el("p", { class: "na" }, data.error));
-    return;
-  }
-  if (data.redis && !data.redis.ok) {
-    box.replaceChildren(el("p", { class: "na" }, `Redis is unreachable: ${data.redis.error}`));
-    return;
-  }
+  if (shownFailure(box, data)) return;
   const def = data.definition;
   $("segment-title").textContent = def ? def.name : id;
   // Size over event time: the overview's panel for this segment, from the same history (and range).
