@@ -14,6 +14,7 @@ docs/operations.md quotes them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -153,13 +154,18 @@ def run(cluster_settings: Settings, inputs: Inputs, tmp_path: Path, name: str, f
     stack.up(settings)
     publish(iter(inputs.records), settings.kafka, progress=False)
     job_id = start_unbounded(settings, tmp_path, name, parallelism=2)
-    measured = fault(settings, job_id) if fault else {}
-    end_of_input(settings, inputs)
-    # After a restore the trainer republishes snapshots for a while, and the user operator's event-time
-    # timers (session closes, dormancy) wait until that input has been idle for job.idleness_ms: quiet
-    # for long enough to cover both, on a loaded machine.
-    quiet_s = 20.0 if fault is None else 60.0
-    settle(settings, sentinels=True, job_id=job_id, sentinel_ts=inputs.sentinel_ts, quiet_s=quiet_s)
+    try:
+        measured = fault(settings, job_id) if fault else {}
+        end_of_input(settings, inputs)
+        # After a restore the trainer republishes snapshots for a while, and the user operator's event-time
+        # timers (session closes, dormancy) wait until that input has been idle for job.idleness_ms: quiet
+        # for long enough to cover both, on a loaded machine.
+        quiet_s = 20.0 if fault is None else 60.0
+        settle(settings, sentinels=True, job_id=job_id, sentinel_ts=inputs.sentinel_ts, quiet_s=quiet_s)
+    except BaseException:
+        with contextlib.suppress(cluster.ClusterError):  # a failed run must not hold the next tests' slots
+            cluster.cancel(settings.cluster, job_id)
+        raise
     return collect(settings, job_id, name, measured)
 
 
@@ -386,6 +392,7 @@ def kill_a_taskmanager(settings: Settings, job_id: str, mid_stream: int, total: 
             - started_before}
 
 
+@pytest.mark.fault_extra  # flaky on Flink 2.0.2: a restart can wait out the slot request (docs/operations.md)
 def test_a_killed_taskmanager_loses_nothing(cluster_settings: Settings, inputs: Inputs, reference: Outcome,
                                             tmp_path: Path, report: dict[str, Any]) -> None:
     crashed = run(cluster_settings, inputs, tmp_path, "taskmanager-kill",
