@@ -8,12 +8,10 @@ with an :class:`InternalRecordError` that says why, and the job dead-letters it 
 
 from __future__ import annotations
 
-from typing import Any, get_type_hints
-
-import orjson
+from typing import get_type_hints
 
 from operators.events import Event
-from state.signing import Signer
+from state.signing import Signer, UnsignedRecord
 
 INTERNAL_SCHEMA = "identity.internal.v1"
 #: Kafka's default largest record; a handover holds one user's state (a few KB).
@@ -38,18 +36,10 @@ def encode_internal(event: Event, signer: Signer) -> bytes:
 
 def decode_internal(payload: bytes | None, signer: Signer) -> Event:
     """The event this job wrote, or :class:`InternalRecordError`."""
-    if not payload:
-        raise InternalRecordError("record has no value")
-    if len(payload) > MAX_INTERNAL_BYTES:
-        raise InternalRecordError(f"{len(payload)} bytes > {MAX_INTERNAL_BYTES}")
     try:
-        document: Any = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise InternalRecordError("not JSON") from None
-    if not isinstance(document, dict):
-        raise InternalRecordError("not a JSON object")
-    if not signer.verify(document):
-        raise InternalRecordError("not signed by this job")
+        document = signer.open(payload, MAX_INTERNAL_BYTES)
+    except UnsignedRecord as exc:
+        raise InternalRecordError(str(exc)) from None
     fields = document.get("event")
     if document.get("schema") != INTERNAL_SCHEMA or not isinstance(fields, list) or len(fields) != len(_FIELD_TYPES):
         raise InternalRecordError(f"not an {INTERNAL_SCHEMA} record")

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 import orjson
 
 SIGNATURE_FIELD = "sig"
+
+
+class UnsignedRecord(ValueError):
+    """A record that is not a document this job signed; the message says why (a dead letter's detail)."""
 
 
 class Signer:
@@ -38,6 +43,24 @@ class Signer:
         if not isinstance(signature, str):
             return False
         return hmac.compare_digest(signature, self._signature(canonical(document)))
+
+
+    def open(self, data: bytes | None, max_bytes: int) -> dict[str, Any]:
+        """The document of a record signed with this key (its signature removed), or :class:`UnsignedRecord`
+        for anything else: empty, over ``max_bytes``, not a JSON object, unsigned or signed with another key."""
+        if not data:
+            raise UnsignedRecord("empty record")
+        if len(data) > max_bytes:
+            raise UnsignedRecord(f"{len(data)} bytes > the limit of {max_bytes}")
+        try:
+            document = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UnsignedRecord("not JSON") from None
+        if not isinstance(document, dict):
+            raise UnsignedRecord("not a JSON object")
+        if not self.verify(document):
+            raise UnsignedRecord("not signed by this job (missing or wrong HMAC)")
+        return document
 
 
 def canonical(document: object) -> bytes:

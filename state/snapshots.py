@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from operators.models.clustering import ClusterDescription
 from operators.models.scoring import ScoringModel, ScoringModelError
 from operators.models.training import ModelSnapshot
-from state.signing import Signer
+from state.signing import Signer, UnsignedRecord
 
 SNAPSHOT_SCHEMA = "models.snapshot.v2"
 SIGNING_DOMAIN = SNAPSHOT_SCHEMA
@@ -39,18 +37,10 @@ def encode_snapshot(snapshot: ModelSnapshot, signer: Signer) -> bytes:
 
 def decode_snapshot(data: bytes | None, signer: Signer, max_bytes: int) -> ModelSnapshot:
     """The snapshot of a record this job signed; :class:`SnapshotError` for anything else."""
-    if not data:
-        raise SnapshotError("empty record")
-    if len(data) > max_bytes:
-        raise SnapshotError(f"{len(data)} bytes > models.max_snapshot_bytes {max_bytes}")
     try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise SnapshotError("not JSON") from None
-    if not isinstance(document, dict):
-        raise SnapshotError("not a JSON object")
-    if not signer.verify(document):
-        raise SnapshotError("not signed by this job (missing or wrong HMAC)")
+        document = signer.open(data, max_bytes)
+    except UnsignedRecord as exc:
+        raise SnapshotError(str(exc)) from None
     if document.get("schema") != SNAPSHOT_SCHEMA:
         raise SnapshotError(f"schema {str(document.get('schema'))[:40]!r}, this job reads {SNAPSHOT_SCHEMA}")
     try:
