@@ -44,7 +44,6 @@ class Signer:
             return False
         return hmac.compare_digest(signature, self._signature(canonical(document)))
 
-
     def open(self, data: bytes | None, max_bytes: int) -> dict[str, Any]:
         """The document of a record signed with this key (its signature removed), or :class:`UnsignedRecord`
         for anything else: empty, over ``max_bytes``, not a JSON object, unsigned or signed with another key."""
