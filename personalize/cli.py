@@ -233,6 +233,15 @@ def _define_evaluate(evaluate: argparse.ArgumentParser) -> None:
         target.set_defaults(handler=cmd_evaluate, evaluate=module.run)
 
 
+def _define_experiments(experiments: argparse.ArgumentParser) -> None:
+    from personalize import experiments_report
+
+    actions = experiments.add_subparsers(dest="action", required=True, metavar="ACTION")
+    report = actions.add_parser("report", help=experiments_report.HELP, description=experiments_report.__doc__)
+    experiments_report.add_arguments(report)
+    report.set_defaults(handler=lambda args, settings: experiments_report.run(args, settings))
+
+
 def _define_bench(bench: argparse.ArgumentParser) -> None:
     from benchmarks import suite
 
@@ -317,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=cmd_cancel)
 
     commands.add_parser("evaluate", help="offline quality evaluations of the job's pure logic", define=_define_evaluate)
+    commands.add_parser("experiments", help="experiments: a per-arm report of the offline check with a planted lift "
+                        "(docs/experiments.md)", define=_define_experiments)
     commands.add_parser("bench", help="throughput, latency and state-size benchmarks of the job (JSON + PNG; see "
                         "docs/performance.md)", define=_define_bench)
 
