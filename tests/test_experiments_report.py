@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import jsonschema
 import pytest
 
+from operators.experiments.stats import arm_metrics, metrics_record
 from personalize import cli, settings
 from personalize.experiments_report import Report, bounds_of, demo_experiment, planted_lift, replay
 from personalize.generator import EventGenerator
+from personalize.paths import CONFIG_DIR
 
 DEFAULTS = settings.load(environ={})
 DEMO = DEFAULTS.generator
@@ -38,7 +41,7 @@ def test_the_planted_lift_is_recovered_within_its_interval() -> None:
 
 
 def test_an_a_a_test_shows_no_significant_lift() -> None:
-    first, second = run(aa=True).metrics
+    _, second = run(aa=True).metrics
     versus = second.versus_control
     assert versus is not None and versus.relative_lift_ci is not None and versus.revenue_difference_ci is not None
     assert versus.p_value is not None and versus.p_value > 0.05
@@ -87,3 +90,14 @@ def test_usage_errors_exit_2_with_one_line(argv: list[str], environ: dict[str, s
     assert cli.main(["experiments", "report", *argv]) == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("personalize: ") and message in err and err.count("\n") == 1
+
+
+def test_metrics_records_follow_their_schema() -> None:
+    schema = json.loads((CONFIG_DIR / "schemas" / "experiments.metrics.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    report = replay(SMALL, demo_experiment(), LIFT, bounds_of(DEFAULTS.experiments))
+    record = metrics_record(report.experiment, report.metrics, SMALL.start_ms, report.confidence)
+    validator.validate(json.loads(json.dumps(record)))
+    empty = metrics_record(report.experiment, arm_metrics(report.experiment, {}), 0, 0.95)
+    validator.validate(empty)
+    assert empty["arms"][1]["versus_control"]["p_value"] is None

@@ -93,7 +93,7 @@ def two_proportion_p_value(x1: int, n1: int, x2: int, n2: int) -> float | None:
     se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     if se == 0:
         return None
-    return 2 * (1 - _NORMAL.cdf(abs(x1 / n1 - x2 / n2) / se))
+    return 2 * _NORMAL.cdf(-abs(x1 / n1 - x2 / n2) / se)  # the lower tail: no 1 - cdf rounding to 0
 
 
 def _revenue_moments(counts: Counts) -> tuple[float, float]:
