@@ -149,6 +149,10 @@ def test_the_catalog_moves_forward_and_refuses_what_does_not_apply() -> None:
     with pytest.raises(ExperimentError, match="pause other: not possible for an experiment that is unknown"):
         catalog.apply(ExperimentCommand("pause", "other", 1))
     assert catalog.entries["recs-v1"].experiment.version == 5
+    for n in range(MAX_EXPERIMENTS):  # a stopped experiment does not count against the limit
+        catalog.apply(ExperimentCommand("add", f"e{n}", 1, parse_experiment(definition(id=f"e{n}"))))
+    with pytest.raises(ExperimentError, match="already 16 experiments that are not stopped"):
+        catalog.apply(ExperimentCommand("add", "one-more", 1, parse_experiment(definition(id="one-more"))))
 
 
 # --- assignment ----------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from operators.rules.language import ID_PATTERN, RuleError, _integer, _mapping, 
 TREATMENTS = ("none", "popularity", "personalized")
 MAX_ARMS = 8
 MAX_EXPERIMENTS = 16
-"""Experiments known at once (any status): per-user state keeps one assignment per experiment."""
+"""Experiments not stopped at once: per-user state keeps one assignment per experiment (stopped ones are
+forgotten; their ids stay reserved)."""
 MAX_COMMAND_BYTES = 65_536
 COMMAND_PREFIX = "experiment."
 """Experiment commands share the rule commands' topic; their ``command`` starts with this."""
@@ -225,8 +226,8 @@ class ExperimentCatalog:
         if current is not None and command.version <= current.experiment.version:
             raise ExperimentError(f"{command.command} {command.id}: version {command.version} is not newer than "
                                   f"the current version {current.experiment.version}")
-        if current is None and len(self.entries) >= MAX_EXPERIMENTS:
-            raise ExperimentError(f"add {command.id}: already {MAX_EXPERIMENTS} experiments (the most kept)")
+        if current is None and sum(e.status != STOPPED for e in self.entries.values()) >= MAX_EXPERIMENTS:
+            raise ExperimentError(f"add {command.id}: already {MAX_EXPERIMENTS} experiments that are not stopped")
         if command.experiment is not None:
             new = command.experiment
             if current is not None and (new.arms, new.control) != (current.experiment.arms,
