@@ -83,6 +83,9 @@ def test_flink_configuration_matches_the_local_cluster(compose: dict[str, Any], 
                     "heartbeat.rpc-failure-threshold"):
             assert yaml.safe_load(properties[key]) == local[key], (name, key)
         assert properties["execution.checkpointing.dir"].startswith("file:///flink-data/")
+        # The job overrides the directory with job.checkpoint_dir (jobs/pipeline.py): the same one.
+        job_dir = compose["x-job-environment"]["PERSONALIZE__JOB__CHECKPOINT_DIR"]
+        assert Path(job_dir).as_uri() == properties["execution.checkpointing.dir"]
         assert properties["python.executable"] == properties["python.client.executable"] == "/opt/python/bin/python3.11"
     assert services["taskmanager"]["deploy"]["replicas"] == DEFAULTS.cluster.taskmanagers
     for name in ("jobmanager", "taskmanager"):
