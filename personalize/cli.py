@@ -142,6 +142,13 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_package(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize import package
+
+    print(package.build(Path(args.out).resolve()))
+    return EXIT_OK
+
+
 def cmd_savepoint(args: argparse.Namespace, settings: Settings) -> int:
     from personalize import cluster
 
@@ -315,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--from-savepoint", help="resume from this savepoint (path printed by `savepoint`)")
     submit.add_argument("--parallelism", type=int, help="job parallelism (default: job.parallelism)")
     submit.set_defaults(handler=cmd_submit)
+
+    package_parser = commands.add_parser(
+        "package", help="build a job archive (code, config, requirements, jars, submit.sh) for any Flink cluster")
+    package_parser.add_argument("--out", default="dist", help="directory for the archive (default: dist)")
+    package_parser.set_defaults(handler=cmd_package)
 
     savepoint = commands.add_parser("savepoint", help="take a savepoint of a running job; prints its path")
     savepoint.add_argument("job_id")
