@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -21,8 +22,12 @@ CONFIG_FILES = ("defaults.yaml", "settings.schema.json", "rules.yaml", "rules.sc
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # From a copy: setuptools builds in the source directory, and a build/ left there would leak stale files.
+    source = out / "source"
+    shutil.copytree(paths.PACKAGE_ROOT, source, ignore=shutil.ignore_patterns(
+        ".*", "build", "dist", "*.egg-info", "__pycache__", "tests", "docs", "deploy", "docker"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q",
-                    "-w", str(out), str(paths.PACKAGE_ROOT)], check=True, timeout=300)
+                    "-w", str(out), str(source)], check=True, timeout=300)
     return next(out.glob("personalize-*.whl"))
 
 
