@@ -5,6 +5,14 @@
 # FROM_SAVEPOINT=<path> resumes from a savepoint (docs/operations.md, "Upgrading the job").
 set -euo pipefail
 
+# The compose file passes PERSONALIZE_PII_SECRET through without requiring it (so `docker compose down`
+# works without it); a job without it would fail on every TaskManager, so it is not submitted.
+secret=${PERSONALIZE_PII_SECRET:-}
+if (( ${#secret} < 16 )); then
+  echo "error: set PERSONALIZE_PII_SECRET to 16+ random bytes (e.g. openssl rand -hex 32 into docker/.env)" >&2
+  exit 2
+fi
+
 PROJECT=/opt/personalize
 PYTHON=/opt/python/bin/python3.11
 JOB_NAME=$("$PYTHON" -c 'from personalize import settings; print(settings.load().job.name)')

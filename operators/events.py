@@ -1,4 +1,4 @@
-"""Event contract v1 as the job sees it after validation.
+"""Event contract v2 (a superset of v1) as the job sees it after validation.
 
 The wire format is JSON (``docs/events.md``, ``config/event.schema.json``); validation turns it
 into an :class:`Event`, a flat named tuple so it crosses Flink's Python operator boundaries as a
@@ -10,10 +10,15 @@ from __future__ import annotations
 from typing import NamedTuple
 
 SCHEMA_VERSION = 1
+"""The version of a document without ``schema_version`` (and of everything the generator writes)."""
+SCHEMA_VERSIONS = (1, 2)
+"""Versions the job reads. v2 adds ``recommendation_view``; every v1 document is a valid v2 document."""
+TYPE_SINCE = {"recommendation_view": 2}
+"""Types newer than v1 and the version a document of that type must declare (docs/events.md#versioning)."""
 
 BEHAVIOR_TYPES = frozenset({
     "page_view", "product_view", "search", "add_to_cart", "remove_from_cart",
-    "checkout_start", "purchase", "email_open", "email_click",
+    "checkout_start", "purchase", "email_open", "email_click", "recommendation_view",
 })
 PROFILE_TYPES = frozenset({"profile_update", "identify"})
 CONSENT_TYPES = frozenset({"consent_change"})
@@ -22,6 +27,8 @@ EVENT_TYPES = BEHAVIOR_TYPES | PROFILE_TYPES | CONSENT_TYPES
 #: Types that must name an item.
 ITEM_TYPES = frozenset({"product_view", "add_to_cart", "remove_from_cart", "purchase"})
 CONSENT_PURPOSES = ("personalization", "analytics", "marketing")
+#: Most items one ``recommendation_view`` may report (``properties.items``).
+MAX_VIEW_ITEMS = 50
 
 
 class Event(NamedTuple):

@@ -18,7 +18,10 @@ from operators.events import (
     CONSENT_PURPOSES,
     EVENT_TYPES,
     ITEM_TYPES,
+    MAX_VIEW_ITEMS,
     SCHEMA_VERSION,
+    SCHEMA_VERSIONS,
+    TYPE_SINCE,
     Event,
     user_key_of,
 )
@@ -47,11 +50,12 @@ TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
 UNMAPPED_SPEC_EVENT = "unmapped_spec_event"
 REASONS = (PAYLOAD_TOO_LARGE, EMPTY_PAYLOAD, NOT_UTF8, INVALID_JSON, NOT_AN_OBJECT, UNSUPPORTED_VERSION,
            MISSING_FIELD, INVALID_FIELD, UNKNOWN_TYPE, MISSING_USER, TIMESTAMP_OUT_OF_RANGE, UNMAPPED_SPEC_EVENT)
-# Reasons of the control and internal inputs (docs/events.md): a rule command that does not apply, a
-# model snapshot or an identity-loop record this job did not sign or cannot read.
+# Reasons of the control and internal inputs (docs/events.md): a rule or experiment command that does not
+# apply, a model snapshot or an identity-loop record this job did not sign or cannot read.
 INVALID_RULE = "invalid_rule"
 INVALID_SNAPSHOT = "invalid_snapshot"
 INVALID_INTERNAL = "invalid_internal"
+INVALID_EXPERIMENT = "invalid_experiment"
 
 
 class Rejection(NamedTuple):
@@ -78,7 +82,10 @@ def _require_id(doc: dict[str, Any], name: str, required: bool = True) -> str:
     """An identifier field: absent or null is allowed unless required; present means 1..256 printable
     characters: no control, format or separator characters but the space, and no lone surrogates (which
     no encoder can write, so as a key they would fail the job downstream instead of one record here)."""
-    value = doc.get(name)
+    return _id_value(doc.get(name), name, required)
+
+
+def _id_value(value: Any, name: str, required: bool = True) -> str:
     if value is None:
         if required:
             raise _Invalid(MISSING_FIELD, name)
@@ -163,23 +170,41 @@ def _check_structured(doc: dict[str, Any], event_type: str) -> None:
     erase = (doc.get("properties") or {}).get("erase")
     if "erase" in (doc.get("properties") or {}) and not isinstance(erase, bool):
         raise _Invalid(INVALID_FIELD, "properties.erase must be true or false")  # "true" must not be ignored
+    if event_type == "recommendation_view":
+        _check_view(doc.get("properties") or {})
     required = {"search": "query", "profile_update": "traits", "consent_change": "consent"}.get(event_type)
     if required and not doc.get(required) and doc.get(required) != "":
         raise _Invalid(MISSING_FIELD, required)
+
+
+def _check_view(properties: dict[str, Any]) -> None:
+    """A ``recommendation_view`` names the items shown, in order; the list and experiment ids are optional."""
+    items = properties.get("items")
+    if items is None:
+        raise _Invalid(MISSING_FIELD, "properties.items")
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_VIEW_ITEMS:
+        raise _Invalid(INVALID_FIELD, f"properties.items must be a list of 1..{MAX_VIEW_ITEMS} item ids")
+    for item in items:
+        _id_value(item, "properties.items[]")
+    for name in ("list_id", "experiment_id"):
+        _id_value(properties.get(name), f"properties.{name}", required=False)
 
 
 def _validate(doc: Any, record_ts_ms: int, limits: Limits) -> Event:
     if not isinstance(doc, dict):
         raise _Invalid(NOT_AN_OBJECT, f"top level is {type(doc).__name__}")
     version = doc.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise _Invalid(UNSUPPORTED_VERSION, f"schema_version is not {SCHEMA_VERSION}, the version this job reads")
+    if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
+        raise _Invalid(UNSUPPORTED_VERSION, f"schema_version is not one of {list(SCHEMA_VERSIONS)}, the versions "
+                                            f"this job reads")
     event_id = _require_id(doc, "event_id")
     event_type = doc.get("type")
     if event_type is None:
         raise _Invalid(MISSING_FIELD, "type")
     if not isinstance(event_type, str) or event_type not in EVENT_TYPES:  # lists/objects are unhashable
         raise _Invalid(UNKNOWN_TYPE, "type is not an event type of the contract (docs/events.md)")
+    if TYPE_SINCE.get(event_type, SCHEMA_VERSION) > version:
+        raise _Invalid(UNSUPPORTED_VERSION, f"type {event_type} needs schema_version {TYPE_SINCE[event_type]}")
     user_id = _require_id(doc, "user_id", required=False)
     anonymous_id = _require_id(doc, "anonymous_id", required=False)
     if not user_id and not anonymous_id:

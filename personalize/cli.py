@@ -142,6 +142,13 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_package(args: argparse.Namespace, settings: Settings) -> int:
+    from personalize import package
+
+    print(package.build(Path(args.out).resolve()))
+    return EXIT_OK
+
+
 def cmd_savepoint(args: argparse.Namespace, settings: Settings) -> int:
     from personalize import cluster
 
@@ -233,6 +240,15 @@ def _define_evaluate(evaluate: argparse.ArgumentParser) -> None:
         target.set_defaults(handler=cmd_evaluate, evaluate=module.run)
 
 
+def _define_experiments(experiments: argparse.ArgumentParser) -> None:
+    from personalize import experiments_report
+
+    actions = experiments.add_subparsers(dest="action", required=True, metavar="ACTION")
+    report = actions.add_parser("report", help=experiments_report.HELP, description=experiments_report.__doc__)
+    experiments_report.add_arguments(report)
+    report.set_defaults(handler=lambda args, settings: experiments_report.run(args, settings))
+
+
 def _define_bench(bench: argparse.ArgumentParser) -> None:
     from benchmarks import suite
 
@@ -307,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--parallelism", type=int, help="job parallelism (default: job.parallelism)")
     submit.set_defaults(handler=cmd_submit)
 
+    package_parser = commands.add_parser(
+        "package", help="build a job archive (code, config, requirements, jars, submit.sh) for any Flink cluster")
+    package_parser.add_argument("--out", default="dist", help="directory for the archive (default: dist)")
+    package_parser.set_defaults(handler=cmd_package)
+
     savepoint = commands.add_parser("savepoint", help="take a savepoint of a running job; prints its path")
     savepoint.add_argument("job_id")
     savepoint.add_argument("--stop", action="store_true", help="stop the job gracefully after the savepoint")
@@ -317,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(handler=cmd_cancel)
 
     commands.add_parser("evaluate", help="offline quality evaluations of the job's pure logic", define=_define_evaluate)
+    commands.add_parser("experiments", help="experiments: a per-arm report of the offline check with a planted lift "
+                        "(docs/experiments.md)", define=_define_experiments)
     commands.add_parser("bench", help="throughput, latency and state-size benchmarks of the job (JSON + PNG; see "
                         "docs/performance.md)", define=_define_bench)
 

@@ -31,11 +31,13 @@ import pyflink
 import yaml
 
 from personalize import paths
+from personalize.package import JOB_FILE, JOB_PACKAGES
 from personalize.settings import ClusterSettings, Settings
 
-#: Project packages shipped with the job (``-pyfs``): what a worker without the project installed needs.
-PROJECT_PACKAGES = ("jobs", "operators", "state", "connectors", "personalize", "config")
-JOB_FILE = "jobs/personalize_job.py"
+#: Project packages shipped with the job (``-pyfs``; an installed wheel has config/ inside personalize/).
+#: The workers run this venv's interpreter; ``personalize package`` makes an archive that also carries
+#: the dependencies, for a cluster that holds nothing of ours.
+PROJECT_PACKAGES = (*JOB_PACKAGES, "config") if paths.SOURCE_CHECKOUT else JOB_PACKAGES
 TERMINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELED"})
 #: Heartbeats between the JobManager and the TaskManagers (Flink's defaults: 10 s and 50 s).
 HEARTBEAT_INTERVAL = "1 s"
@@ -227,7 +229,8 @@ def submit(settings: Settings, job_args: Sequence[str], savepoint: str | None = 
                  or str(ClusterPaths.of(settings.cluster).checkpoints)}
     if parallelism:
         extra_env["PERSONALIZE__JOB__PARALLELISM"] = str(parallelism)
-    command += ["-py", str(paths.ROOT / JOB_FILE), "-pyfs", ",".join(str(paths.ROOT / p) for p in PROJECT_PACKAGES),
+    shipped = ",".join(str(paths.PACKAGE_ROOT / p) for p in PROJECT_PACKAGES)
+    command += ["-py", str(paths.PACKAGE_ROOT / JOB_FILE), "-pyfs", shipped,
                 "-pyexec", sys.executable, "-pyclientexec", sys.executable, *job_args]
     output = _script(settings.cluster, "flink", *command, timeout_s=300, extra_env=extra_env)
     match = re.search(r"JobID ([0-9a-f]{32})", output)

@@ -17,11 +17,11 @@ import math
 import random
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from operators.events import CONSENT_TYPES, PROFILE_TYPES, SCHEMA_VERSION
+from operators.events import CONSENT_TYPES, PROFILE_TYPES, SCHEMA_VERSION, user_key_of
 from personalize.settings import GeneratorSettings
 
 SECOND_MS = 1_000
@@ -68,6 +68,8 @@ YEAR_2200_MS = 7_258_118_400_000
 MALFORMATIONS = ("invalid_json", "not_utf8", "missing_event_id", "unknown_type", "wrong_price",
                  "absurd_ts", "missing_user")
 
+BuyerShare = Callable[[str], float]
+"""A planted experiment effect: the probability that a user buys at all, by the key the user is first seen under."""
 Row = tuple[int, int, dict[str, Any]]
 """(event time, user index, payload without its event id): merge-sortable, unique per user and time."""
 
@@ -236,7 +238,8 @@ class _Visitor:
     Event times strictly increase, so (ts, user index) orders a user's rows uniquely for the merge.
     """
 
-    def __init__(self, user: _User, catalogue: _Catalogue, settings: GeneratorSettings) -> None:
+    def __init__(self, user: _User, catalogue: _Catalogue, settings: GeneratorSettings,
+                 buyers: BuyerShare | None = None) -> None:
         rng = self.rng = random.Random(f"{settings.seed}/user/{user.index}")
         persona = self.persona = user.persona
         self.user = user
@@ -247,6 +250,9 @@ class _Visitor:
         self.device = rng.choices(DEVICES, DEVICE_WEIGHTS)[0]
         self.plan = rng.choices(PLANS, persona.plan_weights)[0]
         self.anonymous_id = f"anon-{rng.getrandbits(48):012x}" if rng.random() < ANONYMOUS_SHARE else None
+        # Drawn from a stream of its own, so a buyer's events are the same whatever the other users' shares.
+        self.buyer = buyers is None or random.Random(f"{settings.seed}/buyer/{user.index}").random() < buyers(
+            user_key_of("" if self.anonymous_id else user.user_id, self.anonymous_id or ""))
         first_window = 0.95 if persona.single_session else 0.3
         self.t = settings.start_ms + int(rng.random() * first_window * HORIZON_MS)
         self.end_ms = settings.start_ms + HORIZON_MS
@@ -372,7 +378,7 @@ class _Visitor:
                                 price=item.price)
                 cheapness = catalogue.medians[item.category] / item.price
                 appeal = min(3.0, cheapness ** persona.price_sensitivity)
-                if rng.random() < persona.cart * appeal:
+                if rng.random() < persona.cart * appeal and self.buyer:
                     self._advance(rng.lognormvariate(math.log(8 * SECOND_MS), 0.6))
                     quantity = 1 if rng.random() < 0.75 else rng.randint(1, persona.max_quantity)
                     cart[item.item_id] = (item, quantity)
@@ -416,9 +422,15 @@ class EventGenerator:
     so very sparse streams reach a lower out-of-order share than configured.
     """
 
-    def __init__(self, settings: GeneratorSettings,
-                 persona_weights: Mapping[str, float] | None = None) -> None:
+    def __init__(self, settings: GeneratorSettings, persona_weights: Mapping[str, float] | None = None,
+                 buyers: BuyerShare | None = None) -> None:
+        """``buyers`` plants an experiment's effect with a known answer (docs/experiments.md): it is called with
+        each user's first key (``user_key_of``: ``anon:<id>`` for a visitor who signs up later, else the user
+        id) and gives the probability that the user ever adds to a cart; the others browse the same way but
+        never buy. Arms with shares 1 and 1/f then differ in converted users and revenue by exactly the
+        factor f in expectation, whatever the personas do. ``None`` (the default) changes no byte."""
         self.settings = settings
+        self.buyers = buyers
         self.persona_weights = dict(DEFAULT_PERSONA_WEIGHTS if persona_weights is None else persona_weights)
         unknown = set(self.persona_weights) - set(PERSONAS)
         if unknown:
@@ -462,7 +474,7 @@ class EventGenerator:
     def _valid_rows(self) -> Iterator[Row]:
         """All users' events merged by event time: exactly ``valid_count`` rows."""
         return heapq.merge(*(
-            itertools.islice(_Visitor(user, self._catalogue, self.settings).rows(), user.budget)
+            itertools.islice(_Visitor(user, self._catalogue, self.settings, self.buyers).rows(), user.budget)
             for user in self._users if user.budget))
 
     def records(self) -> Iterator[GeneratedRecord]:

@@ -305,6 +305,19 @@ class DashboardSettings:
 
 
 @dataclass(frozen=True)
+class ExperimentSettings:
+    """Experiments (docs/experiments.md): the configured definitions and the per-user bounds."""
+
+    definitions: tuple[dict[str, Any], ...]
+    """Raw definitions; ``operators.experiments.config.parse_experiments`` checks them."""
+    confidence: float
+    """Level of every interval (and 1 - the test's significance level)."""
+    max_exposures: int
+    max_items: int
+    lateness_ms: int
+
+
+@dataclass(frozen=True)
 class Settings:
     stack: StackSettings
     kafka: KafkaSettings
@@ -319,6 +332,7 @@ class Settings:
     recommendations: RecommendationSettings
     privacy: PrivacySettings
     dashboard: DashboardSettings
+    experiments: ExperimentSettings
 
 
 def iso_to_ms(text: str, field: str = "timestamp") -> int:
@@ -416,6 +430,8 @@ def from_mapping(raw: Mapping[str, Any]) -> Settings:
                                                   "pinned_items": tuple(raw["recommendations"]["pinned_items"])}),
         privacy=PrivacySettings(**raw["privacy"]),
         dashboard=DashboardSettings(**{**raw["dashboard"], "allowed_hosts": tuple(raw["dashboard"]["allowed_hosts"])}),
+        experiments=ExperimentSettings(**{**raw["experiments"],
+                                          "definitions": tuple(raw["experiments"]["definitions"])}),
         generator=GeneratorSettings(
             seed=generator["seed"], users=generator["users"], events=generator["events"],
             items=generator["items"], categories=tuple(generator["categories"]),

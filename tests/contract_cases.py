@@ -39,6 +39,7 @@ MINIMAL: dict[str, dict[str, Any]] = {
     "profile_update": {"traits": {"plan": "plus"}},
     "identify": {"anonymous_id": "a-1"},
     "consent_change": {"consent": {"personalization": True}},
+    "recommendation_view": {"schema_version": 2, "properties": {"items": ["item-00001", "item-00002"]}},
 }
 """Type-specific fields of the smallest valid document of every event type."""
 
@@ -70,6 +71,7 @@ class Good:
     """Expected ``Event.ts``."""
 
 
+_VIEW = "recommendation_view"
 GOOD: list[Good] = [
     *(Good(f"minimal-{event_type}", doc(event_type)) for event_type in MINIMAL),
     Good("version-absent", doc(schema_version=DROP)),
@@ -96,18 +98,23 @@ GOOD: list[Good] = [
                                                                 "marketing": False})),
     Good("unknown-top-level-field", doc(referrer={"any": ["thing"]})),
     Good("traits-on-page-view", doc(traits={})),
+    Good("version-2-of-a-v1-type", doc(schema_version=2)),
+    Good("view-with-list-and-experiment", doc(_VIEW, properties={"items": ["i-1"] * 50, "list_id": "l-1",
+                                                                "experiment_id": "recs-v1", "widget": "home"})),
+    Good("view-anonymous", doc(_VIEW, user_id=DROP, anonymous_id="a-9")),
 ]
 
 _TYPE = "page_view"
+_VIEW_ITEMS = {"items": ["item-00001"]}
 BAD: list[Bad] = [
     Bad("top-level-array", [doc()], "not_an_object", "list"),
     Bad("top-level-string", "page_view", "not_an_object", "str"),
     Bad("top-level-number", 42, "not_an_object", "int"),
     Bad("top-level-null", None, "not_an_object", "NoneType"),
-    Bad("version-2", doc(schema_version=2), "unsupported_version", "schema_version is not 1"),
-    Bad("version-string-1", doc(schema_version="1"), "unsupported_version", "schema_version is not 1"),
-    Bad("version-true", doc(schema_version=True), "unsupported_version", "schema_version is not 1"),
-    Bad("version-null", doc(schema_version=None), "unsupported_version", "schema_version is not 1"),
+    Bad("version-3", doc(schema_version=3), "unsupported_version", "schema_version is not one of [1, 2]"),
+    Bad("version-string-1", doc(schema_version="1"), "unsupported_version", "schema_version is not one of"),
+    Bad("version-true", doc(schema_version=True), "unsupported_version", "schema_version is not one of"),
+    Bad("version-null", doc(schema_version=None), "unsupported_version", "schema_version is not one of"),
     Bad("event-id-missing", doc(event_id=DROP), "missing_field", "event_id"),
     Bad("event-id-null", doc(event_id=None), "missing_field", "event_id"),
     Bad("event-id-int", doc(event_id=7), "invalid_field", "event_id"),
@@ -186,4 +193,19 @@ BAD: list[Bad] = [
     Bad("context-geo-int-value", doc(context={"geo": {"zip": 10115}}), "invalid_field", "context.geo"),
     Bad("properties-list", doc(properties=[{"path": "/"}]), "invalid_field", "properties must be an object"),
     Bad("order-id-number", doc("purchase", order_id=12345), "invalid_field", "order_id"),
+    Bad("view-version-1", doc(_VIEW, schema_version=1), "unsupported_version", "needs schema_version 2"),
+    Bad("view-version-absent", doc(_VIEW, schema_version=DROP), "unsupported_version", "needs schema_version 2"),
+    Bad("view-without-properties", doc(_VIEW, properties=DROP), "missing_field", "properties.items"),
+    Bad("view-properties-null", doc(_VIEW, properties=None), "missing_field", "properties.items"),
+    Bad("view-without-items", doc(_VIEW, properties={"list_id": "l-1"}), "missing_field", "properties.items"),
+    Bad("view-items-empty", doc(_VIEW, properties={"items": []}), "invalid_field", "properties.items"),
+    Bad("view-items-string", doc(_VIEW, properties={"items": "item-00001"}), "invalid_field", "properties.items"),
+    Bad("view-items-51", doc(_VIEW, properties={"items": ["i"] * 51}), "invalid_field", "1..50"),
+    Bad("view-item-int", doc(_VIEW, properties={"items": ["i", 7]}), "invalid_field", "properties.items[]"),
+    Bad("view-item-null", doc(_VIEW, properties={"items": [None]}), "missing_field", "properties.items[]"),
+    Bad("view-item-control-char", doc(_VIEW, properties={"items": ["i\x07"]}), "invalid_field", "printable"),
+    Bad("view-list-id-int", doc(_VIEW, properties={**_VIEW_ITEMS, "list_id": 3}), "invalid_field",
+        "properties.list_id"),
+    Bad("view-experiment-id-empty", doc(_VIEW, properties={**_VIEW_ITEMS, "experiment_id": ""}), "invalid_field",
+        "properties.experiment_id"),
 ]

@@ -17,7 +17,7 @@ from personalize.settings import Settings
 from tests.conftest import free_ports
 
 SUBCOMMANDS = ["stack", "produce", "replay", "run", "demo", "cluster", "submit", "savepoint", "cancel",
-               "evaluate", "bench", "dashboard", "status"]
+               "evaluate", "experiments", "bench", "dashboard", "status"]
 
 
 def dead_services(monkeypatch: pytest.MonkeyPatch) -> None:

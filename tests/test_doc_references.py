@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Where references are looked for; tests/ and benchmarks/ are tools for developers, not readers.
-SOURCES = ("config", "personalize", "jobs", "operators", "state", "connectors", "docs", "README.md")
+SOURCES = ("config", "personalize", "jobs", "operators", "state", "connectors", "docs", "deploy", "docker", "README.md")
 SUFFIXES = {".py", ".md", ".yaml", ".yml", ".json", ".txt", ".html", ".js"}
 DOC_PATH = re.compile(r"\bdocs/[\w./-]+?\.md\b")
 #: A relative Markdown link to a page: ``[text](page.md)`` or ``(../docs/page.md#anchor)``.

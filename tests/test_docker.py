@@ -18,6 +18,7 @@ import yaml
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from operators.privacy.pii import MIN_SECRET_BYTES
 from personalize import bootstrap, cluster, paths
 from personalize import settings as settings_module
 from personalize.settings import Settings
@@ -57,7 +58,7 @@ def flattened(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def test_compose_has_kraft_kafka_flink_redis_topic_init_and_submission(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"kafka", "redis", "topic-init", "jobmanager", "taskmanager", "submit"}
+    assert set(services) == {"kafka", "redis", "topic-init", "jobmanager", "taskmanager", "submit", "dashboard"}
     kafka = services["kafka"]["environment"]
     assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}  # KRaft: no ZooKeeper
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
@@ -65,7 +66,8 @@ def test_compose_has_kraft_kafka_flink_redis_topic_init_and_submission(compose: 
     submit = services["submit"]["depends_on"]
     assert submit["topic-init"] == {"condition": "service_completed_successfully"}
     assert submit["jobmanager"] == {"condition": "service_healthy"}
-    for name in ("topic-init", "jobmanager", "taskmanager", "submit"):
+    assert services["topic-init"]["command"] == ["python", "-m", "personalize.topics"]  # topics from the settings
+    for name in ("topic-init", "jobmanager", "taskmanager", "submit", "dashboard"):
         assert services[name]["image"] == "personalize-flink:latest"
         assert services[name]["build"]["dockerfile"] == "docker/Dockerfile"
 
@@ -81,10 +83,65 @@ def test_flink_configuration_matches_the_local_cluster(compose: dict[str, Any], 
                     "heartbeat.rpc-failure-threshold"):
             assert yaml.safe_load(properties[key]) == local[key], (name, key)
         assert properties["execution.checkpointing.dir"].startswith("file:///flink-data/")
+        # The job overrides the directory with job.checkpoint_dir (jobs/pipeline.py): the same one.
+        job_dir = compose["x-job-environment"]["PERSONALIZE__JOB__CHECKPOINT_DIR"]
+        assert Path(job_dir).as_uri() == properties["execution.checkpointing.dir"]
         assert properties["python.executable"] == properties["python.client.executable"] == "/opt/python/bin/python3.11"
     assert services["taskmanager"]["deploy"]["replicas"] == DEFAULTS.cluster.taskmanagers
     for name in ("jobmanager", "taskmanager"):
         assert "flink-data:/flink-data" in " ".join(services[name]["volumes"])  # checkpoints shared by all
+
+
+def test_kafka_keeps_its_log_on_the_volume(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    mounts = dict(volume.split(":", 1) for volume in kafka["volumes"])
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == mounts["kafka-data"]  # not the image's /tmp default
+
+
+def test_topic_init_applies_what_docs_privacy_requires() -> None:
+    """topic-init creates the topics the job's settings list, with their configs; the settings carry the
+    cleanup policy and bounded retention docs/privacy.md asks of each topic it names."""
+    privacy = (paths.ROOT / "docs" / "privacy.md").read_text()
+    paragraph = re.search(r"Topic settings for real Kafka: (.+?)\n\n", privacy, flags=re.DOTALL)
+    assert paragraph is not None
+    compacted, bounded = paragraph.group(1).split(";", 1)
+    by_name = {topic.name: topic for topic in DEFAULTS.kafka.topics.all()}
+    compact_names = [name for name in re.findall(r"`([a-z.]+)`", compacted) if name in by_name]
+    assert len(compact_names) == 3
+    for name in compact_names:
+        assert by_name[name].config["cleanup.policy"] == "compact,delete", name
+    named = [name for name in re.findall(r"`([a-z.]+)`", bounded) if name != "retention.ms"]
+    assert "every input topic" in bounded and len(named) == 4 and set(named) <= by_name.keys()
+    bounded_names = named + [topic.name for topic in DEFAULTS.kafka.topics.inputs()]
+    for name in bounded_names:
+        assert 0 < int(by_name[name].config["retention.ms"]) <= 30 * 86_400_000, name
+
+
+def test_compose_commands_work_without_the_secret_and_submission_refuses_it(compose: dict[str, Any],
+                                                                            tmp_path: Path) -> None:
+    """No `${VAR:?}` (which fails even `docker compose down`); the submit step checks the PII secret."""
+    assert ":?" not in (DOCKER / "docker-compose.yml").read_text()
+    assert compose["x-job-environment"]["PERSONALIZE_PII_SECRET"] == "${PERSONALIZE_PII_SECRET:-}"
+    script = (DOCKER / "submit.sh").read_text()
+    assert f"(( ${{#secret}} < {MIN_SECRET_BYTES} ))" in script
+    env = {"PATH": "/usr/bin:/bin", "PERSONALIZE_PII_SECRET": "x" * (MIN_SECRET_BYTES - 1)}
+    refused = subprocess.run(["bash", str(DOCKER / "submit.sh")], env=env, capture_output=True, text=True,
+                             cwd=tmp_path, timeout=30)
+    assert refused.returncode == 2 and "PERSONALIZE_PII_SECRET" in refused.stderr
+
+
+def test_the_dashboard_is_a_service_behind_basic_auth_on_loopback(compose: dict[str, Any]) -> None:
+    service = compose["services"]["dashboard"]
+    command = service["command"]
+    assert command[:2] == ["personalize", "dashboard"]
+    port = command[command.index("--port") + 1]
+    assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert service["depends_on"]["redis"] == {"condition": "service_healthy"}
+    environment = {k: str(v) for k, v in service["environment"].items()}
+    loaded = settings_module.load(environ=environment)
+    assert loaded.dashboard.auth == "basic" and loaded.redis.url == "redis://redis:6379/0"
+    assert set(loaded.dashboard.allowed_hosts) == {"localhost", "127.0.0.1"}
+    assert environment[loaded.dashboard.secret_env] == f"${{{loaded.dashboard.secret_env}:-}}"
 
 
 def test_job_environment_names_real_settings(compose: dict[str, Any]) -> None:

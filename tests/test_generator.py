@@ -78,7 +78,8 @@ def test_valid_records_pass_the_validator_and_the_schema(records: list[Generated
         if checked_per_type[event.type] < 150:  # the full schema check is slow; every shape is covered
             checked_per_type[event.type] += 1
             validator.validate(doc)
-    assert len(checked_per_type) == len(schema["properties"]["type"]["enum"])
+    # A recommendation_view reports a list the job emitted; the generator plays users, not the job.
+    assert set(checked_per_type) == set(schema["properties"]["type"]["enum"]) - {"recommendation_view"}
 
 
 def test_malformed_records_are_rejected_for_varied_reasons(records: list[GeneratedRecord]) -> None:

@@ -124,9 +124,13 @@ def test_every_instance_scores_with_the_same_model_and_a_restore_keeps_it(stack_
             users = [client.hgetall(key) for key in client.scan_iter(user_model_key(prefix, "*"))]
             return any(u.get("intent") not in (None, "") and u.get("cluster") != "" for u in users)
         wait_for("users scored by the model", scored)
-        changes = distinct_records(settings, settings.kafka.topics.segments, idle_timeout_s=2).values()
-        clusters = [c for c in changes if c["segment"].startswith("cluster:")]
-        assert clusters and all(c["cause"]["kind"] in ("model", "drift") and c["cause"]["model_version"] >= 1
+
+        def cluster_changes() -> list[dict[str, Any]]:
+            """Committed ``cluster:`` changes: Redis shows a score at once, Kafka only after a checkpoint."""
+            changes = distinct_records(settings, settings.kafka.topics.segments, idle_timeout_s=2).values()
+            return [c for c in changes if c["segment"].startswith("cluster:")]
+        clusters = wait_for("cluster changes committed to Kafka", cluster_changes)
+        assert all(c["cause"]["kind"] in ("model", "drift") and c["cause"]["model_version"] >= 1
                                 for c in clusters)
         used = min(int(v.split(":")[1]) for v in client.hgetall(models_instances_key(prefix)).values())
         savepoint = stop_with_savepoint(job, (tmp_path / "savepoints").as_uri())
