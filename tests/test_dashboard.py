@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -583,7 +584,10 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
 def hover(page: Any, panel: str, fraction: float) -> tuple[int, str]:
     """Move the mouse over a chart panel at ``fraction`` of its width: the index and text of its readout."""
     box = page.locator(f"{panel} .u-over").bounding_box()
-    page.mouse.move(box["x"] + 1 + fraction * (box["width"] - 2), box["y"] + box["height"] / 2)
+    # Mouse events carry whole-pixel coordinates: stay on the pixels wholly inside the panel.
+    inside = (math.ceil(box["x"]), math.ceil(box["x"] + box["width"]) - 1)
+    x = min(max(box["x"] + fraction * box["width"], inside[0]), inside[1])
+    page.mouse.move(x, box["y"] + box["height"] / 2)
     readout = page.locator(f"{panel} .readout")
     return int(readout.get_attribute("data-index") or "-1"), readout.inner_text()
 

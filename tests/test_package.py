@@ -65,7 +65,8 @@ def test_the_wheel_carries_the_dashboard_and_its_charting_library(wheel: Path) -
     dashboard = "personalize/dashboard"
     assert {f"{dashboard}/templates/index.html", f"{dashboard}/static/dashboard.js",
             f"{dashboard}/static/dashboard.css"} <= names
-    vendored = {f"{dashboard}/static/vendor/uplot/{name}" for name in (*vendor.MEMBERS.values(), "VERSION", "sha256sums")}
+    pins = (*vendor.MEMBERS.values(), "VERSION", "sha256sums")
+    vendored = {f"{dashboard}/static/vendor/uplot/{name}" for name in pins}
     assert vendored <= names  # the page works offline from an installed wheel
 
 
