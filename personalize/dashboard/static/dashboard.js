@@ -237,8 +237,8 @@ function releaseCharts(box) {
 
 // Small multiples: one panel per segment with its own y axis, so a segment of 5 is as readable as one of
 // 5,000; all panels of a box share the time axis and the cursor (hovering one shows every segment's value
-// at that time). Drawn by uPlot (static/vendor/uplot), real ticks on both axes, the value under the mouse
-// in the caption.
+// at that time). Drawn by uPlot (static/vendor/uplot), real ticks on both axes, the time and value under
+// the mouse on the line under the caption.
 function historyPanel(box, segment, times, values) {
   const readout = el("span", { class: "readout muted", "data-segment": segment });
   const plot = el("div", { class: "plot", role: "img", "aria-label": `${segmentName(segment)} over event time` });
