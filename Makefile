@@ -13,7 +13,7 @@ IS_PY311 := import sys; sys.exit(sys.version_info[:2] != (3, 11))
 PYTEST_ARGS ?=
 BOOTSTRAP_ARGS ?=
 
-.PHONY: venv bootstrap test test-faults demo lint clean-stack
+.PHONY: venv bootstrap test test-faults demo lint clean-stack vendor-uplot
 
 venv:
 	@if ! $(PY) -c '$(IS_PY311)' 2>/dev/null; then \
@@ -61,3 +61,9 @@ lint: venv
 
 clean-stack: venv
 	$(VENV)/bin/personalize stack down
+
+# The dashboard's charting library, committed under personalize/dashboard/static/vendor/uplot/ (the page works
+# offline): re-fetch the pinned version with npm and check it and the committed files against sha256sums.
+# `make vendor-uplot UPLOT=1.6.33` moves the pin instead (review the diff).
+vendor-uplot: venv
+	$(PY) -m personalize.dashboard.vendor $(if $(UPLOT),--update $(UPLOT))

@@ -75,13 +75,7 @@ class MavenSet:
         return MAVEN_DIR / self.name / "pom.xml"
 
     def pins(self) -> dict[str, str]:
-        """File name -> sha256, as ``sha256sum`` writes them (``sha256sum -c`` checks them too)."""
-        pins = {}
-        for line in (MAVEN_DIR / self.name / "sha256sums").read_text().splitlines():
-            digest, _, name = line.partition("  ")
-            if digest and name:
-                pins[name.strip()] = digest.strip()
-        return pins
+        return read_sha256sums(MAVEN_DIR / self.name / "sha256sums")
 
     def jar(self, name: str) -> Path:
         return self.dest / name
@@ -118,6 +112,16 @@ Report = Callable[[str], None]
 
 def _quiet(_: str) -> None:
     """Report sink for library callers (the stack manager) that only want the paths."""
+
+
+def read_sha256sums(path: Path) -> dict[str, str]:
+    """File name -> sha256, as ``sha256sum`` writes them (``sha256sum -c`` checks them too)."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if digest and name:
+            pins[name.strip()] = digest.strip()
+    return pins
 
 
 def sha256_of(path: Path) -> str:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import shutil
+import tarfile
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -36,8 +38,8 @@ from connectors.redis_keys import (
     users_hll_key,
 )
 from personalize import settings as settings_module
-from personalize.bootstrap import CHROMIUM
-from personalize.dashboard import create_app, make_server
+from personalize.bootstrap import CHROMIUM, read_sha256sums
+from personalize.dashboard import create_app, make_server, vendor
 from personalize.dashboard.app import AccessError, access_warning, allowed_hosts
 from personalize.dashboard.data import (
     FEED_SIZE,
@@ -250,6 +252,46 @@ def test_csv_cells_never_start_a_formula() -> None:
     assert [csv_cell(v) for v in ("=1+1", "@x", "user-1", "anon:a")] == ["'=1+1", "'@x", "user-1", "anon:a"]
 
 
+def test_the_charting_library_is_vendored_pinned_and_served_from_the_package() -> None:
+    pins = read_sha256sums(vendor.VENDOR_DIR / "sha256sums")
+    assert set(pins) == set(vendor.MEMBERS.values()) and vendor.mismatches(vendor.committed(), pins) == []
+    script = (vendor.VENDOR_DIR / "uPlot.iife.min.js").read_text()
+    assert script.startswith(f"/*! https://github.com/leeoniya/uPlot (v{vendor.pinned_version()}) */")
+    assert "MIT License" in (vendor.VENDOR_DIR / "LICENSE").read_text()
+    # The page loads it from the dashboard itself, never from a CDN: it works offline.
+    client = create_app(down_settings()).test_client()
+    page = client.get("/").get_data(as_text=True)
+    assert not re.search(r"""(src|href)=["'](https?:)?//""", page)
+    for name in ("uPlot.iife.min.js", "uPlot.min.css"):
+        assert f"/static/vendor/uplot/{name}" in page
+        served = client.get(f"/static/vendor/uplot/{name}")
+        assert served.status_code == 200 and served.data == (vendor.VENDOR_DIR / name).read_bytes()
+        served.close()
+
+
+def npm_tarball(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_a_fetched_package_is_read_by_member_and_checked_against_the_pins(tmp_path: Path) -> None:
+    files = {member: f"content of {name}".encode() for member, name in vendor.MEMBERS.items()}
+    unpacked = vendor.unpack(npm_tarball(tmp_path / "ok.tgz", {**files, "package/../../evil": b"x"}))
+    assert unpacked == {name: f"content of {name}".encode() for name in vendor.MEMBERS.values()}
+    pins = vendor.digests(unpacked)
+    assert vendor.mismatches(unpacked, pins) == []
+    assert vendor.mismatches({**unpacked, "LICENSE": b"changed"}, pins) == ["LICENSE"]
+    assert vendor.mismatches({"extra": b""}, {}) == ["extra"]
+    with pytest.raises(vendor.VendorError, match="has no package/LICENSE"):
+        vendor.unpack(npm_tarball(tmp_path / "short.tgz", {m: b"" for m in files if m != "package/LICENSE"}))
+    with pytest.raises(vendor.VendorError, match="not an exact version"):
+        vendor.fetch("^1.6")
+
+
 def test_healthz_is_503_when_redis_is_down() -> None:
     response = create_app(down_settings()).test_client().get("/healthz")
     assert response.status_code == 503 and response.json["ok"] is False and response.json["redis"]["error"]
@@ -420,8 +462,7 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         page.goto(served.url)
-        # "attached", not "visible": a segment that stayed at 0 is a flat line with no height.
-        page.wait_for_selector("#history-chart polyline", state="attached", timeout=20_000)
+        page.wait_for_selector("#history-chart figure .uplot", timeout=20_000)
         page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
 
         counts = {segment: int(n) for segment, n in client.hgetall(segment_counts_key(prefix)).items()}
@@ -439,8 +480,8 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
         assert number(page.inner_text("#users-seen")) == client.pfcount(users_hll_key(prefix))
         assert "Redis up" in page.inner_text("#redis-status") and page.is_hidden("#banner")
 
-        # The chart draws one line per segment and ends at the counts now.
-        assert {segment for segment, _ in texts(page, "#history-chart polyline", "segment")} == set(counts)
+        # The chart draws one panel per segment and ends at the counts now.
+        assert {segment for segment, _ in texts(page, "#history-chart figure:has(.uplot)", "segment")} == set(counts)
         history = page.evaluate("fetch('api/history').then(r => r.json())")
         assert {segment: series[-1] for segment, series in history["series"].items()} == counts
 
@@ -540,6 +581,17 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
         served.stop()
 
 
+def hover(page: Any, panel: str, fraction: float) -> tuple[int, str]:
+    """Move the mouse over a chart panel at ``fraction`` of its width: the index and text of its readout."""
+    box = page.locator(f"{panel} .u-over").bounding_box()
+    # Mouse events carry whole-pixel coordinates: stay on the pixels wholly inside the panel.
+    inside = (math.ceil(box["x"]), math.ceil(box["x"] + box["width"]) - 1)
+    x = min(max(box["x"] + fraction * box["width"], inside[0]), inside[1])
+    page.mouse.move(x, box["y"] + box["height"] / 2)
+    readout = page.locator(f"{panel} .readout")
+    return int(readout.get_attribute("data-index") or "-1"), readout.inner_text()
+
+
 def shown_time(ms: int) -> str:
     """An event time as the page writes it (UTC, to the second)."""
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -574,10 +626,13 @@ def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(de
                       for day, text in texts(page, "#segment-daily tbody tr", "day")}
         assert expected and shown_days == expected
         assert_causes_shown(page, inside, largest)  # top causes of entry and exit: the same changes
-        # Its size over event time: the overview's panel for this segment, over the range's history.
+        # Its size over event time: the overview's panel for this segment, over the range's history, from its
+        # first point to its last.
         in_range = page.evaluate(f"fetch('{served.url}api/history?{query}').then(r => r.json())")
-        points = page.get_attribute(f"#segment-size polyline[data-segment='{largest}']", "points") or ""
-        assert len(points.split()) == len(in_range["times"]) == len(in_range["series"][largest])
+        panel = f"#segment-size figure[data-segment='{largest}']"
+        assert [hover(page, panel, at) for at in (0.0, 1.0)] == [
+            (index, f"{shown_time(in_range['times'][index])} · {in_range['series'][largest][index]:,}")
+            for index in (0, len(in_range["times"]) - 1)]
         assert page.input_value("#range-from") == iso[start][:10] and page.input_value("#range-to") == iso[end][:10]
 
         # The overview keeps the range: the feed holds the newest changes inside it, the chart spans it.
@@ -590,18 +645,19 @@ def test_a_range_in_the_url_filters_the_views_and_panels_show_values_on_hover(de
         history = page.evaluate(f"fetch('api/history?{query}').then(r => r.json())")
         assert history["changes"] == len(inside) and start <= history["times"][0] <= history["times"][-1] <= end
 
-        # Hover: the panel's readout gives the time and value of the point under the mouse.
-        page.wait_for_selector(f"#history-chart figure[data-segment='{largest}'] svg", state="attached")
-        box = page.locator(f"#history-chart figure[data-segment='{largest}'] svg").bounding_box()
-        readout = page.locator(f"#history-chart .readout[data-segment='{largest}']")
+        # Hover: the panel's readout gives the time and value of the point under the mouse, and the panels
+        # share the cursor: every other segment's readout names the same point.
+        panel = f"#history-chart figure[data-segment='{largest}']"
+        page.wait_for_selector(f"{panel} .uplot", timeout=10_000)
         indexes = []
-        for fraction in (0.3, 0.99):
-            page.mouse.move(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
-            index = int(readout.get_attribute("data-index") or "-1")
-            value = history["series"][largest][index]
-            assert readout.inner_text() == f"{shown_time(history['times'][index])} · {value:,}"
+        for fraction in (0.3, 1.0):
+            index, text = hover(page, panel, fraction)
+            assert text == f"{shown_time(history['times'][index])} · {history['series'][largest][index]:,}"
             indexes.append(index)
         assert 0 < indexes[0] < indexes[1] == len(history["times"]) - 1
+        last = shown_time(history["times"][-1])
+        assert dict(texts(page, "#history-chart .readout", "segment")) == {
+            segment: f"{last} · {series[-1]:,}" for segment, series in history["series"].items()}
         page.screenshot(path=str(tmp_path / "range-hover.png"))
 
         # The presets rewrite the URL; Back restores the range.

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from personalize import bootstrap, package, paths
+from personalize.dashboard import vendor
 
 CONFIG_FILES = ("defaults.yaml", "settings.schema.json", "rules.yaml", "rules.schema.json", "event.schema.json")
 
@@ -57,6 +58,16 @@ def test_the_wheel_carries_the_configuration_and_the_maven_pins(wheel: Path) -> 
     assert schemas and schemas <= names
     assert {f"personalize/maven/{bootstrap.KAFKA_CONNECTOR.name}/{name}" for name in ("pom.xml", "sha256sums")} <= names
     assert not any(name.startswith(("config/", "tests/")) for name in names)
+
+
+def test_the_wheel_carries_the_dashboard_and_its_charting_library(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    dashboard = "personalize/dashboard"
+    assert {f"{dashboard}/templates/index.html", f"{dashboard}/static/dashboard.js",
+            f"{dashboard}/static/dashboard.css"} <= names
+    pins = (*vendor.MEMBERS.values(), "VERSION", "sha256sums")
+    vendored = {f"{dashboard}/static/vendor/uplot/{name}" for name in pins}
+    assert vendored <= names  # the page works offline from an installed wheel
 
 
 def test_the_installed_wheel_runs_outside_the_source_tree(installed: Path, tmp_path: Path) -> None:

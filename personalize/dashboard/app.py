@@ -2,9 +2,9 @@
 JSON endpoints the page polls, a CSV export and ``/healthz``; access control; the WSGI server.
 
 Flask because the dashboard is a handful of synchronous Redis reads: no async framework, no
-build step, and the page's script and chart are plain files served from ``static/`` (the machines
-reach no CDN). Waitress serves it (a production WSGI server); werkzeug's development server only with
-``--debug``.
+build step, and the page's script and its vendored charting library (uPlot, ``vendor.py``) are plain
+files served from ``static/`` (the machines reach no CDN). Waitress serves it (a production WSGI
+server); werkzeug's development server only with ``--debug``.
 """
 
 from __future__ import annotations

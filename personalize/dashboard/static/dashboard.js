@@ -204,92 +204,80 @@ function renderDeadletters(counts) {
     el("tr", {}, el("th", {}, "total"), el("th", { class: "num", id: "deadletters-total" }, fmt(total))))));
 }
 
-// A "nice" axis: steps of 1, 2 or 5 times a power of ten, from 0 to the first tick at or above max.
-function valueTicks(max, wanted) {
-  const raw = Math.max(1, max) / wanted;
-  const power = 10 ** Math.floor(Math.log10(raw));
-  const step = Math.max(1, [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw));
-  const top = Math.max(step, Math.ceil(max / step) * step);
-  return Array.from({ length: Math.round(top / step) + 1 }, (_, i) => i * step);
+const DAY = 86_400_000;
+// Count ticks: 1, 2 or 5 times a power of ten, never a fraction of a member.
+const COUNT_STEPS = Array.from({ length: 10 }, (_, power) => [1, 2, 5].map((m) => m * 10 ** power)).flat();
+const AXIS = { stroke: "#6b7385", font: "11px system-ui, sans-serif", grid: { stroke: "#eee", width: 1 },
+  ticks: { stroke: "#bbb", width: 1, size: 4 } };
+
+// From 0 to a round top at or above max, in at most 4 steps, so the top line is a tick.
+function countRange(u, min, max) {
+  const step = COUNT_STEPS.find((s) => Math.max(1, max) / s <= 4);
+  return [0, Math.max(step, Math.ceil(max / step) * step)];
 }
 
-const MINUTE = 60_000, HOUR = 60 * MINUTE, DAY = 24 * HOUR;
-const TIME_STEPS = [MINUTE, 5 * MINUTE, 15 * MINUTE, HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY, 7 * DAY,
-  14 * DAY, 30 * DAY, 90 * DAY];
+// Wide enough for the longest count label (11px digits are about 7px wide), plus the tick and a gap.
+const countAxisWidth = (u, labels) => 16 + 7 * Math.max(1, ...(labels ?? []).map((label) => label.length));
 
-// Round UTC instants between t0 and t1 (at most about `wanted`), labelled at the step's precision.
-function timeTicks(t0, t1, wanted) {
-  const step = TIME_STEPS.find((s) => (t1 - t0) / s <= wanted) || TIME_STEPS[TIME_STEPS.length - 1];
-  const ticks = [];
-  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) ticks.push(t);
-  const label = (t) => {
-    const iso = new Date(t).toISOString();
-    return step >= DAY ? iso.slice(5, 10) : `${iso.slice(5, 10)} ${iso.slice(11, 16)}`;
-  };
-  return ticks.map((t) => [t, label(t)]);
+// UTC tick labels: hours and minutes, with the date under the first tick of each day; dates alone for
+// ticks a day or more apart.
+function timeLabels(u, ticks, axis, space, step) {
+  const day = (t) => new Date(t).toISOString().slice(5, 10);
+  return ticks.map((t, i) => (step >= DAY ? day(t) : new Date(t).toISOString().slice(11, 16)
+    + (i === 0 || day(ticks[i - 1]) !== day(t) ? `\n${day(t)}` : "")));
 }
 
-// Small multiples: one panel per segment with its own y axis, so a segment of 5 is as readable as one
-// of 5,000; every panel shares the time axis. Ticks are real values; the line keeps its last level.
-// One segment's size over event time: its own scale, real ticks, and the value under the mouse.
-function historyPanel(segment, times, values) {
-  const t0 = times[0], t1 = times[times.length - 1];
-  const ticksX = timeTicks(t0, t1, 5);
-  const W = 340, H = 130, L = 40, R = 8, T = 8, B = 20;
-  const ns = "http://www.w3.org/2000/svg";
-  const x = (t) => L + (t1 === t0 ? (W - L - R) : ((t - t0) / (t1 - t0)) * (W - L - R));
-  const ticksY = valueTicks(Math.max(...values), 3);
-  const top = ticksY[ticksY.length - 1];
-  const y = (v) => T + (1 - v / top) * (H - T - B);
-  const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  svg.setAttribute("width", "100%");
-  svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", `${segmentName(segment)} over event time`);
-  const add = (tag, attrs, text) => {
-    const node = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-    if (text !== undefined) node.textContent = text;
-    svg.append(node);
-    return node;
-  };
-  for (const v of ticksY) {
-    add("line", { x1: L, y1: y(v), x2: W - R, y2: y(v), stroke: v === 0 ? "#bbb" : "#eee" });
-    add("text", { x: L - 4, y: y(v) + 4, "text-anchor": "end" }, fmt(v));
-  }
-  for (const [t, label] of ticksX) {
-    add("line", { x1: x(t), y1: y(0), x2: x(t), y2: y(0) + 4, stroke: "#bbb" });
-    const anchor = x(t) > W - R - 30 ? "end" : x(t) < L + 30 ? "start" : "middle";  // keep labels inside
-    add("text", { x: x(t), y: H - 5, "text-anchor": anchor }, label);
-  }
-  const points = times.map((t, i) => `${x(t).toFixed(1)},${y(values[i]).toFixed(1)}`).join(" ");
-  add("polyline", { points, fill: "none", stroke: colorOf(segment, segmentOrder), "stroke-width": 2,
-    "data-segment": segment });
+// uPlot charts by the box they are drawn in; a box's charts are released (observers, listeners, cursor sync)
+// before it redraws.
+const drawn = new Map();
+function releaseCharts(box) {
+  for (const release of drawn.get(box) ?? []) release();
+  drawn.set(box, []);
+}
+
+// Small multiples: one panel per segment with its own y axis, so a segment of 5 is as readable as one of
+// 5,000; all panels of a box share the time axis and the cursor (hovering one shows every segment's value
+// at that time). Drawn by uPlot (static/vendor/uplot), real ticks on both axes, the time and value under
+// the mouse on the line under the caption.
+function historyPanel(box, segment, times, values) {
   const readout = el("span", { class: "readout muted", "data-segment": segment });
-  const cursor = add("line", { y1: T, y2: y(0), stroke: "#999", "stroke-dasharray": "2 2", visibility: "hidden" });
-  const dot = add("circle", { r: 3, fill: colorOf(segment, segmentOrder), visibility: "hidden" });
-  // Hover: the point nearest the mouse in time, its date and value in the caption.
-  svg.addEventListener("mousemove", (event) => {
-    const rect = svg.getBoundingClientRect();
-    const at = t0 + ((((event.clientX - rect.left) / rect.width) * W - L) / (W - L - R)) * (t1 - t0);
-    let i = 0;
-    for (let j = 1; j < times.length; j += 1) if (Math.abs(times[j] - at) < Math.abs(times[i] - at)) i = j;
-    for (const [node, attrs] of [[cursor, { x1: x(times[i]), x2: x(times[i]) }],
-      [dot, { cx: x(times[i]), cy: y(values[i]) }]]) {
-      for (const [k, v] of Object.entries({ ...attrs, visibility: "visible" })) node.setAttribute(k, v);
+  const plot = el("div", { class: "plot", role: "img", "aria-label": `${segmentName(segment)} over event time` });
+  const chart = new uPlot({
+    width: 300, // until the observer below measures the panel (its size is the stylesheet's)
+    height: 150,
+    ms: 1,
+    tzDate: (ms) => uPlot.tzDate(new Date(ms), "Etc/UTC"),
+    legend: { show: false },
+    cursor: { sync: { key: box }, y: false, drag: { x: false, y: false } },
+    scales: { x: { time: true }, y: { range: countRange } },
+    axes: [{ ...AXIS, size: 36, space: 70, values: timeLabels },
+      { ...AXIS, size: countAxisWidth, space: 24, incrs: COUNT_STEPS, values: (u, ticks) => ticks.map(fmt) }],
+    series: [{}, { label: segmentName(segment), stroke: colorOf(segment, segmentOrder), width: 2 }],
+    hooks: { setCursor: [(u) => {
+      const i = u.cursor.idx;
+      if (i === null || i === undefined) {
+        readout.textContent = "";
+        delete readout.dataset.index;
+        return;
+      }
+      readout.dataset.index = String(i);
+      readout.textContent = `${when(times[i])} · ${fmt(values[i])}`;
+    }] },
+  }, [times, values], plot);
+  const resize = new ResizeObserver(() => {
+    const [width, height] = [plot.clientWidth, plot.clientHeight];
+    if (width > 0 && height > 0 && (width !== chart.width || height !== chart.height)) {
+      chart.setSize({ width, height });
     }
-    readout.dataset.index = String(i);
-    readout.textContent = `${when(times[i])} · ${fmt(values[i])}`;
   });
-  svg.addEventListener("mouseleave", () => {
-    cursor.setAttribute("visibility", "hidden");
-    dot.setAttribute("visibility", "hidden");
-    readout.textContent = "";
-    delete readout.dataset.index;
+  resize.observe(plot);
+  drawn.get(box).push(() => {
+    resize.disconnect();
+    chart.destroy();
   });
   return el("figure", { class: "multiple", "data-segment": segment },
     el("figcaption", {}, segmentLink(segment), " ", el("span", { class: "muted" },
-      `${rangeQuery() ? "at the range's end" : "now"} ${fmt(values[values.length - 1])}`), readout), svg);
+      `${rangeQuery() ? "at the range's end" : "now"} ${fmt(values[values.length - 1])}`)), readout, plot);
 }
 
 function renderHistory(history) {
@@ -299,6 +287,7 @@ function renderHistory(history) {
   dataExtent = history.last === null ? null : { first: history.first, last: history.last };
   const box = $("history");
   const segments = Object.keys(history.series || {});
+  releaseCharts("history");
   if (!history.times || history.times.length === 0) {
     box.replaceChildren(el("p", { class: "empty" }, rangeQuery() && dataExtent
       ? "No segment changes in this range." : "No segment changes yet: nothing to draw."));
@@ -310,10 +299,10 @@ function renderHistory(history) {
     ...segments.filter((s) => !(s in segmentNames))];
   const times = history.times;
   const t0 = times[0], t1 = times[times.length - 1];
-  const panels = ordered.map((segment) => historyPanel(segment, times, history.series[segment]));
+  const panels = ordered.map((segment) => historyPanel("history", segment, times, history.series[segment]));
   box.replaceChildren(el("div", { id: "history-chart", class: "multiples" }, panels));
   $("history-note").textContent = `Event time, UTC, ${when(t0)} to ${when(t1)}; each panel has its own scale; `
-    + "hover a panel for its values. "
+    + "hover a panel for every segment's value at that time. "
     + `Rebuilt from today's counts and the ${fmt(history.changes)} changes ${rangeQuery() ? "in the range " : ""}`
     + "of the capped change stream: exact for the window shown.";
 }
@@ -387,8 +376,9 @@ async function openSegment(id, page) {
   // Size over event time: the overview's panel for this segment, from the same history (and range).
   const history = await api("api/history");
   const sizes = history.series ? history.series[id] : undefined;
+  releaseCharts("segment-size");
   const size = sizes && history.times.length > 0
-    ? el("div", { id: "segment-size", class: "multiples" }, historyPanel(id, history.times, sizes))
+    ? el("div", { id: "segment-size", class: "multiples" }, historyPanel("segment-size", id, history.times, sizes))
     : el("p", { class: "empty", id: "segment-size-empty" }, "No size history in the change stream.");
   const pages = Math.max(1, Math.ceil(data.total / data.page_size));
   const pageLink = (n, text) => (n < 0 || n >= pages ? el("span", { class: "muted" }, text)
