@@ -21,6 +21,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from personalize.bootstrap import read_sha256sums
+
 PACKAGE = "uplot"
 VENDOR_DIR = Path(__file__).resolve().parent / "static" / "vendor" / "uplot"
 MEMBERS = {"package/dist/uPlot.iife.min.js": "uPlot.iife.min.js", "package/dist/uPlot.min.css": "uPlot.min.css",
@@ -35,12 +37,6 @@ class VendorError(RuntimeError):
 
 def pinned_version() -> str:
     return (VENDOR_DIR / "VERSION").read_text().strip()
-
-
-def pins() -> dict[str, str]:
-    """File name -> sha256 from ``sha256sums``, as ``sha256sum`` writes it (so ``sha256sum -c`` checks it too)."""
-    lines = (VENDOR_DIR / "sha256sums").read_text().splitlines()
-    return {name: digest for digest, _, name in (line.partition("  ") for line in lines) if digest and name}
 
 
 def digests(files: Mapping[str, bytes]) -> dict[str, str]:
@@ -95,7 +91,7 @@ def fetch(version: str) -> dict[str, bytes]:
 
 def verify() -> str:
     """Check the committed files and a fresh fetch of the pinned version against ``sha256sums``."""
-    version, pinned = pinned_version(), pins()
+    version, pinned = pinned_version(), read_sha256sums(VENDOR_DIR / "sha256sums")
     if wrong := mismatches(committed(), pinned):
         raise VendorError(f"the committed files differ from sha256sums: {', '.join(wrong)}")
     if wrong := mismatches(fetch(version), pinned):
