@@ -49,7 +49,7 @@ from personalize.paths import ROOT
 from personalize.publish import PublishResult, publish
 from personalize.settings import Settings
 
-STAGES = ("pure", "trivial", "full", "latency", "state")
+STAGES = ("pure", "trivial", "full", "per_record", "latency", "state")
 PARALLELISMS = (1, 2)
 #: The latency stage's first seconds of offered load, reported apart from the steady state: the job's
 #: Python workers set up on their first records (rules compiled, the population restored, the first
@@ -159,7 +159,7 @@ class Suite:
         self.step = 0
         chosen = set(stages)
         self.total_steps = (bool(chosen & {"pure", "state"}) + 2 * ("trivial" in chosen)
-                            + 3 * bool(chosen & {"full", "state"}) + ("latency" in chosen))
+                            + 3 * bool(chosen & {"full", "state"}) + ("per_record" in chosen) + ("latency" in chosen))
 
     def stage(self, title: str) -> None:
         self.step += 1
@@ -173,7 +173,7 @@ class Suite:
             "benchmark": "suite", "date": dt.date.today().isoformat(), "commit": git_commit(),
             "events": self.events, "users": generator.users,
             "machine": {**machine(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-            "settings": {"execution_mode": settings.job.execution_mode,
+            "settings": {"execution_mode": settings.job.execution_mode, "micro_batch_ms": settings.job.micro_batch_ms,
                          "checkpoint_interval_ms": settings.job.checkpoint_interval_ms,
                          "redis_flush_interval_ms": settings.redis.flush_interval_ms,
                          "features": settings.features.enabled, "rules": settings.rules.enabled,
@@ -195,6 +195,8 @@ class Suite:
         if "full" in self.stages or "state" in self.stages:
             result["full"] = {f"p{p}": self.full(p, keep_redis=p == PARALLELISMS[-1]) for p in PARALLELISMS}
             result.setdefault("state", {})["redis_bytes_per_user"] = self.redis_bytes(self.prefix("full", 2))
+        if "per_record" in self.stages:  # the same job called once per event, next to the micro-batched one
+            result["per_record"] = {"p1": self.full(1, keep_redis=False, micro_batch_ms=0)}
         if "latency" in self.stages:
             rate = self.rate or 0.5 * result["full"][f"p{self.base.job.parallelism}"]["events_per_s"]
             result["latency"] = self.latency(rate)
@@ -219,12 +221,16 @@ class Suite:
         spec = source_spec(settings, "earliest", self.fresh_input().end_offsets)
         return self.report(timed_job(lambda: start(settings, spec, self.prefix("trivial", parallelism))))
 
-    def full(self, parallelism: int, keep_redis: bool) -> dict[str, Any]:
+    def full(self, parallelism: int, keep_redis: bool, micro_batch_ms: int | None = None) -> dict[str, Any]:
+        """The personalization job; ``micro_batch_ms``: instead of the configured ``job.micro_batch_ms``."""
         from jobs.personalize_job import source_spec, start_job
 
-        self.stage(f"full job, parallelism {parallelism}")
-        name = self.prefix("full", parallelism)
-        settings = replace(self.base, job=replace(self.base.job, parallelism=parallelism),
+        batch_ms = self.base.job.micro_batch_ms if micro_batch_ms is None else micro_batch_ms
+        per_record = batch_ms == 0
+        calls = "per record" if per_record else f"micro-batches of {batch_ms} ms"
+        self.stage(f"full job, parallelism {parallelism}, {calls}")
+        name = self.prefix("per-record" if per_record else "full", parallelism)
+        settings = replace(self.base, job=replace(self.base.job, parallelism=parallelism, micro_batch_ms=batch_ms),
                            kafka=replace(self.base.kafka, transactional_id_prefix=name),
                            redis=replace(self.base.redis, key_prefix=f"{name}:"))
         clear_redis(settings)
@@ -476,7 +482,7 @@ def summary(result: dict[str, Any]) -> str:
     lines = [f"== personalize bench: {result['events']:,} events, {result['date']}, {result['commit']} =="]
     if "pure" in result:
         lines.append(f"pure logic (Python loop)        {result['pure']['events_per_s']:>8,} events/s")
-    for label in ("trivial", "full"):
+    for label in ("trivial", "full", "per_record"):
         for p, run_ in result.get(label, {}).items():
             lines.append(f"{label + ' job ' + p:<31} {run_['events_per_s']:>8,} events/s "
                          f"({run_['events_per_s_wall']:,} with start-up)")
@@ -521,7 +527,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     bars = []
     if "pure" in result:
         bars.append(("pure\nloop", result["pure"]["events_per_s"], None))
-    for label in ("trivial", "full"):
+    for label in ("trivial", "full", "per_record"):
         for p, run_ in result.get(label, {}).items():
             bars.append((f"{label}\n{p}", run_["events_per_s"], run_["events_per_s_wall"]))
     names = [name for name, _, _ in bars]

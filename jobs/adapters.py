@@ -11,6 +11,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag, TimeDomain, TimerService
 from pyflink.datastream.functions import (
@@ -19,6 +20,7 @@ from pyflink.datastream.functions import (
     ProcessFunction,
     RuntimeContext,
 )
+from pyflink.datastream.state import ValueStateDescriptor
 
 from connectors.kafka import OUTPUT_TYPE
 from connectors.pii_secret import SecretSource
@@ -99,6 +101,9 @@ EVENT_TYPE = Types.ROW_NAMED(
     [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING(), Types.LONG(),
      Types.STRING(), Types.STRING(), Types.DOUBLE(), Types.INT(), Types.STRING(), Types.STRING()],
 )
+#: With micro-batching, what parsing emits: the shard an event goes to, and its key and fields as a
+#: JSON array (lists of text reach Python intact; jobs/shards.py says why not lists of rows).
+KEYED_EVENT_TYPE = Types.ROW_NAMED(["shard", "record"], [Types.INT(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", OUTPUT_TYPE)
 LATE_EVENTS = OutputTag("late-events", OUTPUT_TYPE)
 #: Routes (``topic`` values) of the user operator's internal records: pickled training inputs for the
@@ -136,6 +141,14 @@ class SegmentInput:
     spec: SegmentSpec
 
 
+@dataclass(frozen=True)
+class Sharding:
+    """Micro-batching (``job.micro_batch_ms``): parsing keys each event, so lists form in Java."""
+
+    shards: int
+    key: Callable[[Row], str]
+
+
 class ParseEvents(ProcessFunction):
     """Validate raw Kafka rows (the Segment spec's topic through its mapper first); valid events go on
     (pseudonymized when configured), everything else to the dead-letter side output (redacted when
@@ -143,12 +156,13 @@ class ParseEvents(ProcessFunction):
 
     def __init__(self, limits: Limits, deadletter_topic: str,
                  counter: Callable[[], DeadLetterCounter] | None = None, privacy: IngestPrivacy | None = None,
-                 segment: SegmentInput | None = None) -> None:
+                 segment: SegmentInput | None = None, sharding: Sharding | None = None) -> None:
         self.limits = limits
         self.deadletter_topic = deadletter_topic
         self.counter_factory = counter
         self.privacy = privacy
         self.segment = segment
+        self.sharding = sharding
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.counter = self.counter_factory() if self.counter_factory is not None else None
@@ -162,7 +176,7 @@ class ParseEvents(ProcessFunction):
         result: Event | tuple[Event, ...] | Rejection
         if self.internal_signer is not None and self.privacy is not None and topic == self.privacy.internal_topic:
             try:
-                yield Row(*decode_internal(payload, self.internal_signer))
+                yield self._keyed(Row(*decode_internal(payload, self.internal_signer)))
                 return
             except InternalRecordError as exc:
                 result = Rejection(INVALID_INTERNAL, str(exc))
@@ -179,7 +193,15 @@ class ParseEvents(ProcessFunction):
             yield DEAD_LETTERS, Row(key, letter, self.deadletter_topic)
             return
         for event in (result,) if isinstance(result, Event) else result:
-            yield Row(*(pseudonymize_event(event, self.hasher) if self.hasher is not None else event))
+            yield self._keyed(Row(*(pseudonymize_event(event, self.hasher) if self.hasher is not None else event)))
+
+    def _keyed(self, event: Row) -> Row:
+        """The event, or with micro-batching its shard and its key and fields as JSON (:data:`KEYED_EVENT_TYPE`)."""
+        sharding = self.sharding
+        if sharding is None:
+            return event
+        key = sharding.key(event)
+        return Row(shard_of(key, sharding.shards), orjson.dumps((key, *event)).decode())
 
     def close(self) -> None:
         counter = getattr(self, "counter", None)
@@ -270,9 +292,14 @@ class UserOperators:
     """Redact the dead letters of control records too (rule commands, snapshots), as ingest does events'."""
 
 
+def shard_of(key: str, shards: int) -> int:
+    """The shard of a key (stable across runs, restarts and rescaling)."""
+    return zlib.crc32(key.encode("utf-8")) % shards
+
+
 def rec_shard(user_key: str, shards: int) -> str:
-    """The recommender instance a user's requests go to (stable across runs and restarts)."""
-    return str(zlib.crc32(user_key.encode("utf-8")) % shards)
+    """The recommender instance a user's requests go to."""
+    return str(shard_of(user_key, shards))
 
 
 class UserFunction(KeyedBroadcastProcessFunction):
@@ -290,11 +317,11 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         ops = self.operators
-        self.profile_state = runtime_context.get_state(profile_state(ops.state_ttl_ms))
-        self.feature_state = runtime_context.get_state(features_state(ops.state_ttl_ms))
-        self.rule_state = runtime_context.get_state(rules_state(ops.state_ttl_ms))
-        self.model_state = runtime_context.get_state(models_state(ops.state_ttl_ms))
-        self.rec_state = runtime_context.get_state(recs_state(ops.state_ttl_ms))
+        self.profile_state = self._user_state(runtime_context, profile_state(ops.state_ttl_ms))
+        self.feature_state = self._user_state(runtime_context, features_state(ops.state_ttl_ms))
+        self.rule_state = self._user_state(runtime_context, rules_state(ops.state_ttl_ms))
+        self.model_state = self._user_state(runtime_context, models_state(ops.state_ttl_ms))
+        self.rec_state = self._user_state(runtime_context, recs_state(ops.state_ttl_ms))
         self.user_models = UserModels(ops.models) if ops.models is not None and ops.features_enabled else None
         self.scorer = ModelScorer()
         self.snapshot_loaded = False
@@ -314,7 +341,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.engine: SegmentEngine | None = None
         privacy = ops.privacy
         if privacy is not None:
-            self.consent_state = runtime_context.get_state(consent_state(privacy.consent_state_ttl_ms))
+            self.consent_state = self._user_state(runtime_context, consent_state(privacy.consent_state_ttl_ms))
             self.erasure = ErasureSettings(privacy.key_prefix, privacy.tombstone_topics, privacy.confirmation_topic,
                                            PiiHasher(privacy.secret.resolve()))
             metrics = runtime_context.get_metrics_group()
@@ -322,8 +349,12 @@ class UserFunction(KeyedBroadcastProcessFunction):
             self.erasures = metrics.counter("erasures")
         self.identity = privacy.identity if privacy is not None else None
         if self.identity is not None and privacy is not None:
-            self.identity_state = runtime_context.get_state(identity_state(ops.state_ttl_ms))
+            self.identity_state = self._user_state(runtime_context, identity_state(ops.state_ttl_ms))
             self.internal_signer = internal_signer(privacy.secret.resolve())
+
+    def _user_state(self, runtime_context: RuntimeContext, descriptor: ValueStateDescriptor) -> Any:
+        """One of the user's values (``value``/``update``/``clear``): here a keyed ``ValueState``."""
+        return runtime_context.get_state(descriptor)
 
     def _engine(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> SegmentEngine | None:
         """The compiled rules; loaded once from the broadcast state (restored from a checkpoint)."""
@@ -628,7 +659,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         if deadline is not None and deadline != deadline_before:
             timers.register_event_time_timer(deadline)
         for training_input in inputs:
-            yield Row(TRAINER_KEY.encode("utf-8"), pickle.dumps(training_input), TRAINING_ROUTE)
+            yield from self._send(TRAINING_ROUTE, TRAINER_KEY, training_input)
         return rescored, state.intent
 
     @staticmethod
@@ -651,12 +682,16 @@ class UserFunction(KeyedBroadcastProcessFunction):
         user = decode_recs(stored) if stored else UserRecState()
         interaction = user.remember(event, config, "", self.segments_now)
         self.rec_state.update(encode_recs(user))
-        yield self._rec_request(RecRequest(event.user_key, event.event_id, event.ts, interaction, user,
+        yield from self._rec_request(RecRequest(event.user_key, event.event_id, event.ts, interaction, user,
                                            self.segments_now, seq_base=seq_base))
 
-    def _rec_request(self, request: RecRequest) -> Row:
-        shard = rec_shard(request.user_key, self.operators.rec_shards)
-        return Row(shard.encode("utf-8"), pickle.dumps(request), RECS_ROUTE)
+    def _rec_request(self, request: RecRequest) -> Iterator[Row]:
+        yield from self._send(RECS_ROUTE, rec_shard(request.user_key, self.operators.rec_shards), request)
+
+    def _send(self, route: str, receiver: str, message: Any) -> Iterator[Row]:
+        """An internal record for the trainer or a recommender shard (``receiver``): one per message here;
+        the micro-batched operator sends a list's messages to a receiver as one record."""
+        yield Row(receiver.encode("utf-8"), pickle.dumps(message), route)
 
     def _close_due_session(self, features: UserFeatures, user: str, now: int) -> Iterator[Row]:
         """Close the open session if its gap has passed by ``now``, exactly as its timer would."""
@@ -719,7 +754,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         if engine is not None and rules is not None:
             yield from self._emit_changes(engine.forget(rules, user, ts, cause))
         if self.operators.recs is not None and self.rec_state.value():
-            yield self._rec_request(RecRequest(user, "", ts, None, None, (), erase=erase))
+            yield from self._rec_request(RecRequest(user, "", ts, None, None, (), erase=erase))
         for state in self._user_states().values():
             state.clear()
 
@@ -827,16 +862,23 @@ class GlobalObject:
         self.dirty.discard(key)
 
 
+def messages(payload: bytes) -> list[Any]:
+    """The messages of an internal record: one (per-event user operator) or a list (micro-batched)."""
+    message = pickle.loads(payload)
+    return message if isinstance(message, list) else [message]
+
+
 def learn_interaction(config: RecConfig, model: ItemModel, entry: bytes) -> None:
-    """Replay a logged interaction into an item model."""
-    model.learn(pickle.loads(entry), config)
+    """Replay logged interactions into an item model."""
+    for interaction in messages(entry):
+        model.learn(interaction, config)
 
 
 def learn_training_input(trainer: ModelTrainer, entry: bytes) -> None:
-    """Replay a logged training input exactly as it was processed (a snapshot it triggers was published)."""
-    training_input: TrainingInput = pickle.loads(entry)
-    training_input.learn(trainer)
-    trainer.maybe_snapshot()
+    """Replay logged training inputs exactly as they were processed (a snapshot one triggers was published)."""
+    for training_input in messages(entry):
+        training_input.learn(trainer)
+        trainer.maybe_snapshot()
 
 
 @dataclass(frozen=True)
@@ -868,27 +910,34 @@ class RecommenderFunction(KeyedProcessFunction):
         self.flush_timer_set = False
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        """Learn every request's interaction in order; rank for a user once per record, at their last
+        request in it (a list of several: the micro-batched user operator's)."""
         settings = self.settings
         shard = ctx.get_current_key()
-        value: RecRequest = pickle.loads(row[1])
+        requests: list[RecRequest] = messages(row[1])
         server = RecommendationServer(settings.config, self.models.get(shard))
-        user = value.user_key
-        if value.user is None:
-            server.handle(value, None)
-            self.published.remove(user)
-            self.sink.stage_forget_recs(user)
-            if value.erase:  # after any list still in flight: compacted topics forget the user
-                yield Row(user.encode("utf-8"), None, settings.topic)
-        else:
-            stored = self.published.get(user)
-            recs = server.handle(value, Published(*stored) if stored else None)
-            if recs is not None:
-                self.published.put(user, (recs.seq, tuple(recs.ranking.item_ids())))
-                record = recs.to_json(int(time.time() * 1000))
-                self.sink.stage_recs(recs, settings.redis_ttl_s)
-                yield Row(user.encode("utf-8"), record, settings.topic)
-        if value.interaction is not None:
-            self.models.changed(shard, ctx.timer_service(), pickle.dumps(value.interaction))
+        last = {request.user_key: index for index, request in enumerate(requests)}
+        for index, value in enumerate(requests):
+            user = value.user_key
+            if value.user is None:
+                server.handle(value, None)
+                self.published.remove(user)
+                self.sink.stage_forget_recs(user)
+                if value.erase:  # after any list still in flight: compacted topics forget the user
+                    yield Row(user.encode("utf-8"), None, settings.topic)
+            elif last[user] != index:  # a later request of the user in this record ranks for both
+                server.learn(value)
+            else:
+                stored = self.published.get(user)
+                recs = server.handle(value, Published(*stored) if stored else None)
+                if recs is not None:
+                    self.published.put(user, (recs.seq, tuple(recs.ranking.item_ids())))
+                    record = recs.to_json(int(time.time() * 1000))
+                    self.sink.stage_recs(recs, settings.redis_ttl_s)
+                    yield Row(user.encode("utf-8"), record, settings.topic)
+        interactions = [request.interaction for request in requests if request.interaction is not None]
+        if interactions:
+            self.models.changed(shard, ctx.timer_service(), pickle.dumps(interactions))
         flush_later(self, ctx.timer_service(), settings.flush_interval_ms)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
@@ -936,17 +985,20 @@ class ModelTrainerFunction(KeyedProcessFunction):
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         topics = self.settings.topics
-        value: TrainingInput = pickle.loads(row[1])
         trainer: ModelTrainer = self.trainers.get(TRAINER_KEY)
-        drift = value.learn(trainer)
-        if drift is not None:
-            self.sink.write_drift(drift)
-            yield Row(drift.model.encode("utf-8"), drift.to_json(), topics["drift"])
-        snapshot = trainer.maybe_snapshot()
-        if snapshot is not None:
-            yield self._publish(trainer, snapshot)
+        published = False
+        value: TrainingInput
+        for value in messages(row[1]):
+            drift = value.learn(trainer)
+            if drift is not None:
+                self.sink.write_drift(drift)
+                yield Row(drift.model.encode("utf-8"), drift.to_json(), topics["drift"])
+            snapshot = trainer.maybe_snapshot()
+            if snapshot is not None:
+                published = True
+                yield self._publish(trainer, snapshot)
         # A published version is in state before any later checkpoint: a restore never re-issues it.
-        self.trainers.changed(TRAINER_KEY, ctx.timer_service(), bytes(row[1]), force=snapshot is not None)
+        self.trainers.changed(TRAINER_KEY, ctx.timer_service(), bytes(row[1]), force=published)
         if not self.end_timer_set:  # deduplicated by Flink, and kept in state across a restore
             ctx.timer_service().register_event_time_timer(END_OF_INPUT_WATERMARK)
             self.end_timer_set = True

@@ -28,6 +28,7 @@ from jobs.adapters import (
     DEAD_LETTERS,
     EVENT_TYPE,
     INTERNAL_ROUTES,
+    KEYED_EVENT_TYPE,
     LATE_EVENTS,
     RECS_ROUTE,
     TRAINING_ROUTE,
@@ -39,12 +40,14 @@ from jobs.adapters import (
     RecommenderFunction,
     RecommenderSettings,
     SegmentInput,
+    Sharding,
     TrainerSettings,
     UserFunction,
     UserOperators,
     identity_key,
     user_key,
 )
+from jobs.shards import ShardFunction, micro_batched
 from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.operator import DECISION_FIELDS
 from operators.features.rfm import RFM_METRICS, PopulationScorer
@@ -315,11 +318,13 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     stitching = io.reads_back and stitches_identities(settings)
     ingest = IngestPrivacy(settings.privacy.hash_identifiers, settings.privacy.redact_deadletters, secret,
                            topics.handover.name if stitching else "")
+    key = identity_key if stitching else user_key
+    sharding = Sharding(job.shards, key) if job.micro_batch_ms > 0 else None
     parsed = (
         io.source(env, t_env)
         .process(ParseEvents(limits, topics.deadletter.name, io.deadletters, ingest,
-                             SegmentInput(topics.tracking.name, segment_spec(settings))),
-                 output_type=EVENT_TYPE)
+                             SegmentInput(topics.tracking.name, segment_spec(settings)), sharding),
+                 output_type=EVENT_TYPE if sharding is None else KEYED_EVENT_TYPE)
         .name("parse-validate").uid("parse-validate")
     )
     models, recs = model_config(settings), recommendation_config(settings)
@@ -341,10 +346,14 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     control = io.rules(env, t_env)
     if models is not None:
         control = control.union(io.snapshots(env, t_env))
+    if sharding is None:
+        keyed, function = parsed.key_by(key, key_type=Types.STRING()), UserFunction(operators)
+    else:
+        keyed = micro_batched(parsed, job.micro_batch_ms, job.micro_batch_max_records)
+        function = ShardFunction(operators)
     users = (
-        parsed.key_by(identity_key if stitching else user_key, key_type=Types.STRING())
-        .connect(control.broadcast(RULE_CATALOG, MODEL_SNAPSHOT))
-        .process(UserFunction(operators), output_type=OUTPUT_TYPE)
+        keyed.connect(control.broadcast(RULE_CATALOG, MODEL_SNAPSHOT))
+        .process(function, output_type=OUTPUT_TYPE)
         .name("user-state").uid("user-state")
     )
     # The user operator's main output also carries internal records (INTERNAL_ROUTES): the sink skips them.

@@ -45,6 +45,10 @@ class RecentIds:
             horizon = max(newest_ts, ts) - window_ms
             for expired in [k for k, seen_ts in self.seen.items() if seen_ts < horizon]:
                 del self.seen[expired]
-            for oldest in sorted(self.seen, key=self.seen.__getitem__)[: max(0, len(self.seen) - max_ids)]:
-                del self.seen[oldest]
+            excess = len(self.seen) - max_ids
+            if excess == 1:  # the usual case: min finds the same entry as a stable sort, without sorting
+                del self.seen[min(self.seen, key=self.seen.__getitem__)]
+            elif excess > 1:
+                for oldest in sorted(self.seen, key=self.seen.__getitem__)[:excess]:
+                    del self.seen[oldest]
         return False

@@ -153,6 +153,12 @@ def _check_context(context: dict[str, Any]) -> None:
         raise _Invalid(INVALID_FIELD, "context.geo must be an object of strings")
 
 
+#: The field each of these event types must carry (built once, not per event).
+_REQUIRED_BY_TYPE = {"search": "query", "profile_update": "traits", "consent_change": "consent"}
+#: Values of a structured field that state nothing (``{}`` compares equal to any empty object).
+_EMPTY: tuple[Any, ...] = (None, {}, "")
+
+
 def _check_structured(doc: dict[str, Any], event_type: str) -> None:
     """Objects and type-specific fields; anything present is checked whatever the event type."""
     for name in ("context", "properties", "traits", "consent"):
@@ -172,7 +178,7 @@ def _check_structured(doc: dict[str, Any], event_type: str) -> None:
         raise _Invalid(INVALID_FIELD, "properties.erase must be true or false")  # "true" must not be ignored
     if event_type == "recommendation_view":
         _check_view(doc.get("properties") or {})
-    required = {"search": "query", "profile_update": "traits", "consent_change": "consent"}.get(event_type)
+    required = _REQUIRED_BY_TYPE.get(event_type)
     if required and not doc.get(required) and doc.get(required) != "":
         raise _Invalid(MISSING_FIELD, required)
 
@@ -219,7 +225,7 @@ def _validate(doc: Any, record_ts_ms: int, limits: Limits) -> Event:
     category = _require_id(doc, "category", required=False)
     session_id = _require_id(doc, "session_id", required=False)
     _check_structured(doc, event_type)
-    attributes = {name: doc[name] for name in ATTRIBUTE_FIELDS if doc.get(name) not in (None, {}, "")}
+    attributes = {name: doc[name] for name in ATTRIBUTE_FIELDS if doc.get(name) not in _EMPTY}
     return Event(
         event_id=event_id, type=event_type, user_key=user_key_of(user_id, anonymous_id), user_id=user_id,
         anonymous_id=anonymous_id, ts=ts, item_id=item_id, category=category, price=_price(doc),

@@ -29,6 +29,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ WHEELS_DIR = CACHE_DIR / "wheels"
 MANIFEST = CACHE_DIR / "manifest.json"
 LOCK = CACHE_DIR / "bootstrap.lock"
 MAVEN_DIR = Path(__file__).resolve().parent / "maven"
+#: The job's own Flink operators in Java (``jobs/java``), compiled by :func:`ensure_connector_jars`.
+JAVA_SOURCES = Path(__file__).resolve().parents[1] / "jobs" / "java"
 MIN_JAVA = 17
 CHROMIUM = Path("/usr/bin/chromium")
 KCAT = Path("/usr/bin/kcat")
@@ -318,10 +321,80 @@ def _system_redis() -> tuple[Path, Path] | None:
 
 
 def ensure_connector_jars() -> list[Path]:
-    """The Kafka connector's jars, for ``pipeline.jars`` (all a job submission needs: no broker, no Redis)."""
+    """The Kafka connector's jars and the job's own operators, for ``pipeline.jars`` (all a job
+    submission needs: no broker, no Redis)."""
+    ensure_embedded_preload()
     with _locked():
         _resolve(KAFKA_CONNECTOR, _read_manifest())
-    return [KAFKA_CONNECTOR.jar("flink-connector-kafka.jar"), KAFKA_CONNECTOR.jar("kafka-clients.jar")]
+        job_jar = _ensure_job_jar()
+    return [KAFKA_CONNECTOR.jar("flink-connector-kafka.jar"), KAFKA_CONNECTOR.jar("kafka-clients.jar"), job_jar]
+
+
+#: Imported when the interpreter starts inside a JVM (PyFlink's thread mode, through PemJa). SciPy's
+#: pybind11 modules (River's linear models and metrics import scipy.stats) take the GIL through
+#: ``PyGILState_Ensure`` while they initialise; imported later from an operator's thread running on the
+#: interpreter's main thread state, they wait for the GIL that thread already holds, and the job hangs
+#: at start (seen with py-spy: one thread in ``_distance_pybind``'s init, the others waiting for its
+#: import lock). During interpreter start-up the thread is the real main thread, and later imports find
+#: the modules loaded.
+EMBEDDED_PRELOAD = (
+    "import os; exec('try:\\n import scipy.stats\\nexcept Exception:\\n pass') "
+    "if os.path.basename(os.path.realpath('/proc/self/exe')).startswith('java') else None\n"
+)
+EMBEDDED_PRELOAD_FILE = "personalize-embedded-preload.pth"
+
+
+def ensure_embedded_preload() -> Path | None:
+    """Write :data:`EMBEDDED_PRELOAD` as a ``.pth`` file into this interpreter's site-packages (the
+    environment the job's workers run), once; None when that directory is not writable."""
+    target = Path(sysconfig.get_paths()["purelib"]) / EMBEDDED_PRELOAD_FILE
+    try:
+        if not target.exists() or target.read_text() != EMBEDDED_PRELOAD:
+            target.write_text(EMBEDDED_PRELOAD)
+    except OSError:
+        return None
+    return target
+
+
+def _java_sources() -> list[Path]:
+    return sorted(JAVA_SOURCES.rglob("*.java"))
+
+
+def job_jar_path() -> Path:
+    """Where the job's Java operators are compiled to: named by their sources' digest, so a changed
+    source builds a new jar and a packaged job (which ships the jar, not a compiler) finds its own."""
+    digest = hashlib.sha256()
+    for source in _java_sources():
+        digest.update(source.relative_to(JAVA_SOURCES).as_posix().encode() + b"\0" + source.read_bytes())
+    return JARS_DIR / f"personalize-flink-{digest.hexdigest()[:12]}.jar"
+
+
+def _ensure_job_jar() -> Path:
+    """Compile ``jobs/java`` against the installed PyFlink's Flink jars with ``javac`` (a JDK comes with
+    ``mvn``), once per source version."""
+    jar = job_jar_path()
+    if jar.exists():
+        return jar
+    javac = shutil.which("javac")
+    if javac is None:
+        raise BootstrapError(f"`javac` not found on PATH: the job's Java operators ({JAVA_SOURCES}) are compiled "
+                             f"with it; install a JDK {MIN_JAVA}+ (Debian: openjdk-{MIN_JAVA}-jdk-headless)")
+    flink_lib = flink_python_jar().parent.parent / "lib"
+    jar.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=jar.parent, prefix=".job-jar.") as tmp:
+        classes = Path(tmp) / "classes"
+        result = subprocess.run(
+            [javac, "--release", str(MIN_JAVA), "-nowarn", "-d", str(classes), "-cp", f"{flink_lib}/*",
+             *map(str, _java_sources())], capture_output=True, text=True, check=False, timeout=300)
+        if result.returncode != 0:
+            first = next((line for line in (result.stderr + result.stdout).splitlines() if line.strip()), "")
+            raise BootstrapError(f"javac could not compile the job's Java operators: {first}")
+        staged = Path(tmp) / jar.name
+        with zipfile.ZipFile(staged, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(classes.rglob("*.class")):
+                archive.write(path, path.relative_to(classes).as_posix())
+        staged.replace(jar)
+    return jar
 
 
 def ensure_operator_api() -> Path:

@@ -6,8 +6,10 @@ before, the user's top-k among items they have not interacted with is computed B
 interaction is learned: HitRate@k is the share of such interactions whose item is in that list,
 NDCG@k weighs a hit at rank r by 1 / log2(r + 1), coverage is the share of the log's items ever
 recommended. Every interaction is then learned: a positive one as a purchase, any other as a
-product view (without ratings, every interaction is a product view). A global popularity baseline
-(all interactions counted, no decay) is measured on the same replay.
+product view (without ratings, every interaction is a product view). Two baselines are measured on
+the same replay: global popularity (all interactions counted, no decay) and an incremental item-kNN
+(:class:`ItemKnnScorer`). Positives that are the user's first interaction (cold start) are also
+reported apart.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
+import heapq
 import math
 import sys
 import time
@@ -28,9 +30,10 @@ from operators.events import Event
 from operators.recs.config import rec_config
 from operators.recs.recommender import Recommender
 from operators.recs.user import UserRecState
+from personalize.paths import write_json_report
 from personalize.settings import Settings
 
-HELP = "replay interactions in time order: recommender vs popularity HitRate@10, NDCG@10, coverage"
+HELP = "replay interactions in time order: recommender vs popularity and item-kNN HitRate@10, NDCG@10, coverage"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 FORMATS = ("movielens100k", "csv")
 #: Epoch values below this are seconds, from it on milliseconds (1e11 s is the year 5138, 1e11 ms 1973).
@@ -117,31 +120,89 @@ class PopularityScorer:
         first.setdefault(old + 1, head)
 
 
+class ItemKnnScorer:
+    """The strong simple baseline: incremental item-kNN on all-time counts, cosine similarity.
+
+    A new interaction pairs its item with the user's previous ``window`` items, a pair ``d`` steps
+    apart counting ``1 / d``; the user's last ``query_items`` distinct items query their neighbours,
+    the n-th newest weighted ``decay ** n``. Unbounded rows (every co-occurring item): a baseline for
+    the evaluation, not a streaming design.
+    """
+
+    def __init__(self, window: int = 20, query_items: int = 10, decay: float = 0.8) -> None:
+        self.window, self.query_items, self.decay = window, query_items, decay
+        self.history: dict[str, list[str]] = {}
+        self.count: dict[str, float] = {}
+        self.pairs: dict[str, dict[str, float]] = {}
+
+    def recommend(self, entry: LogEntry, seen: Collection[str], k: int) -> list[str]:
+        pairs, count = self.pairs, self.count
+        scores: dict[str, float] = {}
+        for age, query in enumerate(self._newest(entry.user)):
+            weight = self.decay ** age / math.sqrt(count[query])
+            for other, together in pairs[query].items():
+                scores[other] = scores.get(other, 0.0) + weight * together / math.sqrt(count[other])
+        candidates = (item for item in scores if item not in seen)
+        return heapq.nlargest(k, candidates, key=scores.__getitem__)
+
+    def learn(self, entry: LogEntry, positive: bool) -> None:
+        item, pairs = entry.item, self.pairs
+        history = self.history.setdefault(entry.user, [])
+        row = pairs.setdefault(item, {})
+        for distance, other in enumerate(reversed(history[-self.window:]), 1):
+            if other != item:
+                row[other] = row.get(other, 0.0) + 1.0 / distance
+                other_row = pairs[other]
+                other_row[item] = other_row.get(item, 0.0) + 1.0 / distance
+        self.count[item] = self.count.get(item, 0.0) + 1.0
+        history.append(item)
+
+    def _newest(self, user: str) -> list[str]:
+        newest: dict[str, None] = {}
+        for item in reversed(self.history.get(user, ())):
+            newest.setdefault(item)
+            if len(newest) == self.query_items:
+                break
+        return list(newest)
+
+
 @dataclasses.dataclass
 class Metrics:
     k: int
     scored: int = 0
     hits: int = 0
     ndcg: float = 0.0
+    cold_scored: int = 0
+    """Scored positives that were the user's first interaction (cold start: nothing to personalise on)."""
+    cold_hits: int = 0
     seconds: float = 0.0
     recommended: set[str] = dataclasses.field(default_factory=set)
 
-    def record(self, top: list[str], item: str) -> None:
+    def record(self, top: list[str], item: str, cold: bool = False) -> None:
         self.scored += 1
+        self.cold_scored += cold
         self.recommended.update(top)
         if item in top:
             self.hits += 1
+            self.cold_hits += cold
             self.ndcg += 1.0 / math.log2(top.index(item) + 2)
 
     def report(self, interactions: int, catalogue: int) -> dict[str, Any]:
+        warm = self.scored - self.cold_scored
         return {
-            f"hit_rate@{self.k}": round(self.hits / self.scored, 4) if self.scored else 0.0,
-            f"ndcg@{self.k}": round(self.ndcg / self.scored, 4) if self.scored else 0.0,
-            "coverage": round(len(self.recommended) / catalogue, 4) if catalogue else 0.0,
+            f"hit_rate@{self.k}": _share(self.hits, self.scored),
+            f"ndcg@{self.k}": _share(self.ndcg, self.scored),
+            "coverage": _share(len(self.recommended), catalogue),
+            f"hit_rate@{self.k}_warm": _share(self.hits - self.cold_hits, warm),
+            f"hit_rate@{self.k}_cold": _share(self.cold_hits, self.cold_scored),
             "hits": self.hits,
             "events_per_s": round(interactions / self.seconds) if self.seconds else None,
             "seconds": round(self.seconds, 2),
         }
+
+
+def _share(part: float, whole: int) -> float:
+    return round(part / whole, 4) if whole else 0.0
 
 
 def evaluate(log: Iterable[LogEntry], scorers: Mapping[str, Scorer], k: int,
@@ -149,7 +210,7 @@ def evaluate(log: Iterable[LogEntry], scorers: Mapping[str, Scorer], k: int,
     """The prequential loop: score each new positive interaction with every scorer, then let all learn it."""
     metrics = {name: Metrics(k) for name in scorers}
     seen: dict[str, set[str]] = {}
-    counts = {"interactions": 0, "positives": 0, "repeats": 0}
+    counts = {"interactions": 0, "positives": 0, "repeats": 0, "cold_start": 0}
     items: set[str] = set()
     clock = time.perf_counter
     for entry in log:
@@ -161,9 +222,11 @@ def evaluate(log: Iterable[LogEntry], scorers: Mapping[str, Scorer], k: int,
             counts["repeats"] += 1  # not a prediction of something new: not scored
         elif positive:
             counts["positives"] += 1
+            cold = not user_seen
+            counts["cold_start"] += cold
             for name, scorer in scorers.items():
                 started = clock()
-                metrics[name].record(scorer.recommend(entry, user_seen, k), entry.item)
+                metrics[name].record(scorer.recommend(entry, user_seen, k), entry.item, cold)
                 metrics[name].seconds += clock() - started
         for name, scorer in scorers.items():
             started = clock()
@@ -226,17 +289,44 @@ def _movielens_genres(directory: Path) -> dict[str, str]:
     return categories
 
 
-def load_csv(path: Path, user_col: str, item_col: str, time_col: str, rating_col: str | None,
-             category_col: str | None, delimiter: str) -> list[LogEntry]:
-    """A CSV file with a header row; the named columns (ratings and categories optional)."""
+#: Column names tried, in order, when the command line names none (MovieLens' own first among the others).
+COLUMN_NAMES = {
+    "user": ("user", "userId", "user_id"),
+    "item": ("item", "movieId", "itemId", "item_id"),
+    "time": ("timestamp", "ts", "time"),
+    "rating": ("rating",),
+}
+
+
+def load_csv(path: Path, user_col: str | None, item_col: str | None, time_col: str | None, rating_col: str | None,
+             category_col: str | None, delimiter: str, implicit: bool = False) -> list[LogEntry]:
+    """A CSV file with a header row; the named columns, or the first of :data:`COLUMN_NAMES` present.
+
+    Ratings decide the positives, so a log without a rating column is refused unless ``implicit``
+    says every interaction is positive (otherwise a ratings log read without its ratings would
+    silently count every low rating as a success).
+    """
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
+        header = list(reader.fieldnames or [])
+
+        def column(given: str | None, role: str) -> str | None:
+            if given is not None:
+                return given
+            return next((name for name in COLUMN_NAMES[role] if name in header), COLUMN_NAMES[role][0])
+
+        user_col, item_col, time_col = column(user_col, "user"), column(item_col, "item"), column(time_col, "time")
+        rating_col = None if implicit else column(rating_col, "rating")
         wanted = [c for c in (user_col, item_col, time_col, rating_col, category_col) if c]
-        missing = [column for column in wanted if column not in (reader.fieldnames or [])]
+        missing = [name for name in wanted if name not in header]
+        if missing == [rating_col]:
+            raise UsageError(f"{path}: no rating column {rating_col!r}: name it with --rating-col, or pass "
+                             f"--implicit to count every interaction as positive (columns: {', '.join(header)})")
         if missing:
-            raise UsageError(f"{path}: no column {', '.join(missing)} (columns: {', '.join(reader.fieldnames or [])})")
+            raise UsageError(f"{path}: no column {', '.join(missing)} (columns: {', '.join(header)})")
+        assert user_col and item_col and time_col  # resolved above
         entries = []
         for line_number, row in enumerate(reader, 2):
             try:
@@ -257,11 +347,13 @@ def in_time_order(entries: list[LogEntry], limit: int | None) -> list[LogEntry]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interactions", required=True, help="u.data (or its directory) or a CSV file")
     parser.add_argument("--format", choices=FORMATS, default="csv", help="input format (default: csv)")
-    parser.add_argument("--user-col", default="user", help="CSV column of the user id (default: user)")
-    parser.add_argument("--item-col", default="item", help="CSV column of the item id (default: item)")
-    parser.add_argument("--time-col", default="timestamp",
-                        help="CSV column of the time: epoch s or ms, or ISO-8601 (default: timestamp)")
-    parser.add_argument("--rating-col", help="CSV column of a rating (default: none, every interaction is positive)")
+    parser.add_argument("--user-col", help="CSV column of the user id (default: user, userId or user_id)")
+    parser.add_argument("--item-col", help="CSV column of the item id (default: item, movieId, itemId or item_id)")
+    parser.add_argument("--time-col",
+                        help="CSV column of the time: epoch s or ms, or ISO-8601 (default: timestamp, ts or time)")
+    parser.add_argument("--rating-col", help="CSV column of the rating (default: rating); required unless --implicit")
+    parser.add_argument("--implicit", action="store_true",
+                        help="the log has no ratings: every interaction is positive")
     parser.add_argument("--category-col", help="CSV column of the item's category (default: none)")
     parser.add_argument("--delimiter", default=",", help="CSV delimiter (default: ,)")
     parser.add_argument("--positive-rating", type=float, default=4.0,
@@ -281,14 +373,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             entries = load_movielens100k(path)
         else:
             entries = load_csv(path, args.user_col, args.item_col, args.time_col, args.rating_col,
-                               args.category_col, args.delimiter)
+                               args.category_col, args.delimiter, args.implicit)
     except UsageError as exc:
         print(f"personalize evaluate recs: {exc}", file=sys.stderr)
         return EXIT_USAGE
     log = in_time_order(entries, args.limit)
     config = rec_config(dataclasses.asdict(settings.recommendations))
     scorers: dict[str, Scorer] = {"recommender": RecommenderScorer(Recommender(config)),
-                                  "popularity": PopularityScorer()}
+                                  "popularity": PopularityScorer(), "item-knn": ItemKnnScorer()}
     started = time.perf_counter()
     metrics, counts = evaluate(log, scorers, args.k, args.positive_rating)
     report = {
@@ -298,21 +390,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "config": dataclasses.asdict(config),
     }
     print(format_table(report))
-    if args.json:
-        try:
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        except OSError as exc:
-            print(f"personalize evaluate recs: cannot write {args.json}: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
+    if args.json and not write_json_report(args.json, report, "evaluate recs"):
+        return EXIT_FAILURE
     return EXIT_OK
 
 
 def format_table(report: Mapping[str, Any]) -> str:
-    k = report["k"]
-    lines = [f"{report['input']}: {report['positives']:,} positives scored of {report['interactions']:,} interactions, "
-             f"{report['catalogue']:,} items, {report['seconds']:.1f} s"]
-    lines.append(f"{'method':<12} {'HitRate@' + str(k):>11} {'NDCG@' + str(k):>9} {'coverage':>9} {'events/s':>9}")
+    k, positives = report["k"], report["positives"]
+    cold = report["cold_start"] / positives if positives else 0.0
+    lines = [f"{report['input']}: {positives:,} positives scored of {report['interactions']:,} interactions "
+             f"({cold:.1%} cold start: the user's first interaction), {report['catalogue']:,} items, "
+             f"{report['seconds']:.1f} s"]
+    lines.append(f"{'method':<12} {'HitRate@' + str(k):>11} {'NDCG@' + str(k):>9} {'coverage':>9} "
+                 f"{'HR warm':>8} {'HR cold':>8} {'events/s':>9}")
     for name, values in report["methods"].items():
         lines.append(f"{name:<12} {values[f'hit_rate@{k}']:>11.4f} {values[f'ndcg@{k}']:>9.4f} "
-                     f"{values['coverage']:>9.4f} {values['events_per_s'] or 0:>9,}")
+                     f"{values['coverage']:>9.4f} {values[f'hit_rate@{k}_warm']:>8.4f} "
+                     f"{values[f'hit_rate@{k}_cold']:>8.4f} {values['events_per_s'] or 0:>9,}")
     return "\n".join(lines)

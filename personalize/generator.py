@@ -138,6 +138,38 @@ DEFAULT_PERSONA_WEIGHTS: dict[str, float] = {
     "window_shopper": 0.3, "bargain_hunter": 0.2, "loyal_buyer": 0.15, "cart_abandoner": 0.15,
     "one_time_visitor": 0.2,
 }
+HELD_OUT_PERSONAS: dict[str, Persona] = {p.name: p for p in (
+    Persona("daily_glancer", activity=3.0, session_steps=2, search=0.02, cart=0.02, remove=0.2,
+            checkout=0.3, purchase=0.3, email_open=0.02, email_click=0.1, favourites=1,
+            favourite_share=0.8, price_sensitivity=0.0, max_quantity=1, comeback=0.0,
+            plan_weights=(0.5, 0.3, 0.2)),
+    Persona("big_ticket_planner", activity=0.35, session_steps=16, search=0.35, cart=0.1, remove=0.25,
+            checkout=0.8, purchase=0.75, email_open=0.05, email_click=0.2, favourites=1,
+            favourite_share=0.9, price_sensitivity=-1.0, max_quantity=1, comeback=0.3,
+            plan_weights=(0.3, 0.3, 0.4)),
+    Persona("email_responder", activity=0.8, session_steps=4, search=0.05, cart=0.2, remove=0.05,
+            checkout=0.6, purchase=0.7, email_open=0.95, email_click=0.85, favourites=2,
+            favourite_share=0.5, price_sensitivity=0.8, max_quantity=2, comeback=0.1,
+            plan_weights=(0.6, 0.3, 0.1)),
+    Persona("hesitant_carter", activity=1.4, session_steps=10, search=0.1, cart=0.4, remove=0.45,
+            checkout=0.25, purchase=0.25, email_open=0.2, email_click=0.2, favourites=3,
+            favourite_share=0.4, price_sensitivity=0.5, max_quantity=3, comeback=0.05,
+            plan_weights=(0.7, 0.2, 0.1)),
+    Persona("rare_bulk_buyer", activity=0.15, session_steps=5, search=0.15, cart=0.5, remove=0.02,
+            checkout=0.95, purchase=0.95, email_open=0.3, email_click=0.1, favourites=2,
+            favourite_share=0.7, price_sensitivity=0.6, max_quantity=8, comeback=0.0,
+            plan_weights=(0.4, 0.4, 0.2)),
+)}
+"""Personas of kinds the default mix lacks (cadences from daily glances to a few visits a month,
+deep research sessions, email-led visits, heavy cart churn): a held-out check that the segment
+models were never tuned on (docs/models.md)."""
+ALL_PERSONAS: dict[str, Persona] = {**PERSONAS, **HELD_OUT_PERSONAS}
+PERSONA_MIXES: dict[str, dict[str, float]] = {
+    "default": DEFAULT_PERSONA_WEIGHTS,
+    "heldout": {"daily_glancer": 0.3, "big_ticket_planner": 0.15, "email_responder": 0.2,
+                "hesitant_carter": 0.2, "rare_bulk_buyer": 0.15},
+}
+"""Named persona mixes (``personalize evaluate segments --personas``)."""
 
 
 def topic_role(event_type: str) -> str:
@@ -197,7 +229,7 @@ def _apportion(total: int, weights: Sequence[float]) -> list[int]:
 class _Catalogue:
     """Items with log-normal prices per category and Zipf popularity, sampled per persona."""
 
-    def __init__(self, settings: GeneratorSettings) -> None:
+    def __init__(self, settings: GeneratorSettings, personas: Sequence[Persona]) -> None:
         rng = random.Random(f"{settings.seed}/catalogue")
         medians = self.medians = {
             c: CATEGORY_MEDIAN_PRICE.get(c) or math.exp(rng.uniform(math.log(5), math.log(200)))
@@ -220,7 +252,7 @@ class _Catalogue:
             (persona.name, c): list(itertools.accumulate(
                 weight * (item.price / medians[c]) ** -persona.price_sensitivity
                 for item, weight in by_category[c]))
-            for persona in PERSONAS.values() for c in self.categories
+            for persona in personas for c in self.categories
         }
 
     def category(self, rng: random.Random) -> str:
@@ -432,10 +464,12 @@ class EventGenerator:
         self.settings = settings
         self.buyers = buyers
         self.persona_weights = dict(DEFAULT_PERSONA_WEIGHTS if persona_weights is None else persona_weights)
-        unknown = set(self.persona_weights) - set(PERSONAS)
+        unknown = set(self.persona_weights) - set(ALL_PERSONAS)
         if unknown:
-            raise ValueError(f"unknown personas {sorted(unknown)}; known: {sorted(PERSONAS)}")
-        weights = [self.persona_weights.get(name, 0.0) for name in PERSONAS]
+            raise ValueError(f"unknown personas {sorted(unknown)}; known: {sorted(ALL_PERSONAS)}")
+        # The default personas always take part (weight 0 if unnamed), so a default mix plants as it always did.
+        self._personas = [p for p in ALL_PERSONAS.values() if p.name in PERSONAS or p.name in self.persona_weights]
+        weights = [self.persona_weights.get(p.name, 0.0) for p in self._personas]
         if min(weights) < 0 or sum(weights) <= 0:
             raise ValueError("persona weights must be non-negative with a positive sum")
         self.malformed_count = round(settings.events * settings.malformed_share)
@@ -443,13 +477,13 @@ class EventGenerator:
         self.valid_count = settings.events - self.malformed_count - self.duplicate_count
         if self.valid_count < 1:
             raise ValueError("malformed_share + duplicate_share leave no valid events")
-        self._catalogue = _Catalogue(settings)
+        self._catalogue = _Catalogue(settings, self._personas)
         self._users = self._plant_users(weights)
 
     def _plant_users(self, weights: list[float]) -> list[_User]:
         rng = random.Random(f"{self.settings.seed}/users")
         counts = _apportion(self.settings.users, weights)
-        personas = [p for p, count in zip(PERSONAS.values(), counts, strict=True) for _ in range(count)]
+        personas = [p for p, count in zip(self._personas, counts, strict=True) for _ in range(count)]
         rng.shuffle(personas)
         noise = [rng.uniform(0.5, 1.5) if p.single_session else p.activity * rng.lognormvariate(0.0, 0.5)
                  for p in personas]

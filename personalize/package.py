@@ -75,12 +75,14 @@ def build(out_dir: Path) -> Path:
     # The configuration where the wheel puts it, from a checkout or an installation alike.
     shutil.copytree(paths.CONFIG_DIR, site / "personalize" / "config", ignore=skip, dirs_exist_ok=True)
     (root / "requirements.txt").write_text("\n".join(requirements()) + "\n")
-    bootstrap.ensure_connector_jars()
+    job_jars = bootstrap.ensure_connector_jars()
     connector = bootstrap.KAFKA_CONNECTOR
     jars = root / connector.dest.relative_to(paths.ROOT)
     jars.mkdir(parents=True)
     for jar in connector.pins():
         shutil.copy2(connector.jar(jar), jars / jar)
+    operators = job_jars[-1]  # compiled here: the cluster's client need not have a JDK
+    shutil.copy2(operators, jars / operators.name)
     pyfs = ",".join(f"$here/site/{package}" for package in JOB_PACKAGES)
     submit = root / "submit.sh"
     submit.write_text(SUBMIT_SH.format(job_file=JOB_FILE, pyfs=pyfs))

@@ -8,7 +8,9 @@ current directory: site-packages is neither writable nor per-deployment.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -35,3 +37,13 @@ def resolve(path: str | Path) -> Path:
     if candidate.parts[:1] == ("config",) and not (ROOT / candidate).exists():
         return CONFIG_DIR.joinpath(*candidate.parts[1:])
     return ROOT / candidate
+
+
+def write_json_report(path: str, report: object, command: str) -> bool:
+    """Write a command's ``--json`` report; on failure say so in one line on stderr and return False."""
+    try:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as exc:
+        print(f"personalize {command}: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True

@@ -139,6 +139,13 @@ class JobSettings:
     dedup_max_ids_per_user: int
     state_ttl_ms: int
     model_state_write_ms: int
+    micro_batch_ms: int
+    """0: the user operator is called per record; else per list of a shard's records, emitted at most
+    this long after its first record (and at every watermark and checkpoint)."""
+    micro_batch_max_records: int
+    shards: int
+    """Key space of the micro-batched user operator (each shard's users share one list); the upper
+    bound of its parallelism, so rescaling works."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +211,7 @@ class ModelSettings:
     n_clusters: int
     seed: int
     train_sample_share: float
+    train_vectors_per_user: int
     intent_horizon_ms: int
     intent_max_pending: int
     intent_learning_rate: float
@@ -232,8 +240,9 @@ class RecommendationSettings:
     max_neighbours: int
     scored_neighbours: int
     max_items: int
-    covisit_half_life_ms: int
-    trending_half_life_ms: int
+    pair_decay: float
+    covisit_half_life: int
+    trending_half_life: int
     trending_pool: int
     category_pool: int
     max_segments: int

@@ -44,11 +44,13 @@ class CodecError(ValueError):
 
 
 def encode_profile(profile: UserProfile) -> bytes:
-    ids = list(profile.recent.seen.items())
-    header = compact_json({"c": profile.counts, "f": profile.first_seen, "l": profile.last_seen,
-                           "s": profile.seq, "n": len(ids)})
-    ages = [min(max(profile.last_seen - ts, 0) // 1000, _MAX_AGE_S) for _, ts in ids]
-    packed = struct.pack(f"<{len(ids)}I{len(ids)}I", *(fp for fp, _ in ids), *ages)
+    seen, last_seen = profile.recent.seen, profile.last_seen
+    header = compact_json({"c": profile.counts, "f": profile.first_seen, "l": last_seen,
+                           "s": profile.seq, "n": len(seen)})
+    ages = [(last_seen - ts) // 1000 for ts in seen.values()]
+    if ages and (min(ages) < 0 or max(ages) > _MAX_AGE_S):  # clamped only when needed: rare
+        ages = [min(max(age, 0), _MAX_AGE_S) for age in ages]
+    packed = struct.pack(f"<{len(seen)}I{len(seen)}I", *seen, *ages)
     return bytes([PROFILE_CODEC_VERSION]) + struct.pack("<I", len(header)) + header + packed
 
 
@@ -60,12 +62,12 @@ def decode_profile(data: bytes) -> UserProfile:
     count = header["n"]
     values = struct.unpack_from(f"<{count}I{count}I", data, 5 + header_length)
     last_seen = header["l"]
-    seen = {values[i]: last_seen - values[count + i] * 1000 for i in range(count)}
+    seen = dict(zip(values[:count], [last_seen - age * 1000 for age in values[count:]], strict=True))
     return UserProfile(counts=header["c"], first_seen=header["f"], last_seen=last_seen, seq=header["s"],
                        recent=RecentIds(seen=seen))
 
 
-FEATURES_CODEC_VERSION = 2
+FEATURES_CODEC_VERSION = 3
 
 
 def _pairs(counter: SlidingCount) -> list[float]:
@@ -115,25 +117,45 @@ def encode_features(features: UserFeatures) -> bytes:
     return _compressed(document, FEATURES_CODEC_VERSION)
 
 
-def _compressed(document: dict[str, Any], version: int) -> bytes:
-    """Byte 0 the codec version, then the JSON document compressed with zlib level 1 (the fastest).
+#: Documents up to this many bytes are stored as bare JSON, larger ones zlib-compressed (codec version 3).
+RAW_JSON_MAX_BYTES = 512
+#: zlib window of the compressed documents: 4 KB (2**12), more than a document needs; the output is the same
+#: size as with zlib's default 32 KB window, which costs more to set up per compress.
+ZLIB_WBITS = 12
+#: Feature and rule codec version 2 (still read): the document always zlib-compressed.
+_ALWAYS_COMPRESSED = 2
 
-    The feature and rule documents repeat keys, window names and digits: compressed they take about
-    half (726 -> 314 and 588 -> 311 bytes for a mean user of a 30,000-event run) for ~10 µs per
-    encode and decode, and a user's keyed state stays under 2 KB (docs/performance.md).
+
+def _compressed(document: dict[str, Any], version: int) -> bytes:
+    """Byte 0 the codec version, then the JSON document: bare up to ``RAW_JSON_MAX_BYTES``, else
+    compressed with zlib level 1 (the fastest) and a 4 KB window.
+
+    The feature and rule documents repeat keys, window names and digits: compressed a long one takes
+    about half. A short one is not worth the ~20 µs per encode and ~7 µs per decode (in the pure loop),
+    and a user's keyed state stays under 2 KB (docs/performance.md, "Per-event work").
     """
-    return bytes([version]) + zlib.compress(compact_json(document), 1)
+    data = compact_json(document)
+    if len(data) > RAW_JSON_MAX_BYTES:
+        data = zlib.compress(data, 1, ZLIB_WBITS)
+    return bytes([version]) + data
 
 
 def _compressed_document(data: bytes, kind: str, version: int) -> dict[str, Any]:
-    """A document :func:`_compressed` wrote, or one of version 1 (bare JSON, still read), or a loud
-    :class:`CodecError`."""
+    """A document :func:`_compressed` wrote, or one of an older version, or a loud :class:`CodecError`.
+
+    Version 1 was bare JSON (no version byte), version 2 always zlib-compressed (32 KB window, which
+    :func:`zlib.decompress` reads as any other), version 3 is bare JSON (``{``) or zlib after its byte.
+    """
     if data[:1] == b"{":
         return _json_document(data, kind, 1)
-    if data[:1] != bytes([version]):
+    stored = data[0] if data else None
+    if stored not in (_ALWAYS_COMPRESSED, version):
         raise CodecError(f"unknown {kind} codec version {data[:1]!r}; expected {version}")
+    body = data[1:]
+    if stored == version and body[:1] == b"{":
+        return _json_document(body, kind, version)
     try:
-        return _json_document(zlib.decompress(data[1:]), kind, version)
+        return _json_document(zlib.decompress(body), kind, stored)
     except zlib.error as exc:
         raise CodecError(f"{kind} state is not readable: {exc}") from exc
 
@@ -175,7 +197,7 @@ def decode_features(data: bytes) -> UserFeatures:
     )
 
 
-RULES_CODEC_VERSION = 2
+RULES_CODEC_VERSION = 3
 
 
 def encode_rules(state: RuleState) -> bytes:
@@ -252,8 +274,10 @@ def encode_models(state: UserModelState) -> bytes:
     header = compact_json({"d": state.pending.dropped,
                            "m": [membership.cluster, membership.candidate, membership.streak],
                            "i": state.intent, "s": state.version})
-    packed = b"".join(_EXAMPLE.pack(ts, *(min(example[name], HALF_MAX) for name in INTENT_FEATURES))
-                      for ts, example in examples)
+    try:  # capping every value costs more than trying first: values past HALF_MAX are rare
+        packed = b"".join([_EXAMPLE.pack(ts, *values) for ts, values in examples])
+    except OverflowError:
+        packed = b"".join([_EXAMPLE.pack(ts, *(min(value, HALF_MAX) for value in values)) for ts, values in examples])
     return bytes([MODELS_CODEC_VERSION]) + struct.pack("<I", len(header)) + header + packed
 
 
@@ -265,8 +289,7 @@ def decode_models(data: bytes) -> UserModelState:
     try:
         (header_length,) = struct.unpack_from("<I", data, 1)
         header = orjson.loads(data[5:5 + header_length])
-        examples = [(ts, dict(zip(INTENT_FEATURES, values, strict=True)))
-                    for ts, *values in _EXAMPLE.iter_unpack(data[5 + header_length:])]
+        examples = [(row[0], row[1:]) for row in _EXAMPLE.iter_unpack(data[5 + header_length:])]
     except (struct.error, ValueError) as exc:
         raise CodecError(f"model state is not readable: {exc}") from exc
     return _model_state(examples, header)
@@ -274,13 +297,15 @@ def decode_models(data: bytes) -> UserModelState:
 
 def _decode_models_v1(data: bytes) -> UserModelState:
     document = _json_document(data, "model", 1)
-    examples = [(ts, dict(zip(INTENT_FEATURES, values, strict=True))) for ts, values in document["p"]]
+    if any(len(values) != len(INTENT_FEATURES) for _, values in document["p"]):
+        raise CodecError("model state is not readable: an example has the wrong number of values")
+    examples = [(ts, tuple(values)) for ts, values in document["p"]]
     return _model_state(examples, document)
 
 
-def _model_state(examples: list[tuple[int, dict[str, float]]], document: dict[str, Any]) -> UserModelState:
+def _model_state(examples: list[tuple[int, tuple[float, ...]]], document: dict[str, Any]) -> UserModelState:
     cluster, candidate, streak = document["m"]
-    return UserModelState(pending=PendingExamples(examples, document["d"]),  # type: ignore[arg-type]
+    return UserModelState(pending=PendingExamples(examples, document["d"]),
                           membership=ClusterMembership(cluster, candidate, streak),
                           intent=document["i"], version=document["s"])
 

@@ -87,6 +87,22 @@ def identity_state(ttl_ms: int) -> ValueStateDescriptor:
     return _bytes_state(IDENTITY_STATE, ttl_ms)
 
 
+#: Micro-batched user operator (``job.micro_batch_ms``), keyed by shard: wake-up time -> its users (JSON).
+USER_WAKEUPS = MapStateDescriptor("user-wakeups-v1", Types.LONG(), Types.PICKLED_BYTE_ARRAY())
+
+
+def by_user(descriptor: ValueStateDescriptor) -> MapStateDescriptor:
+    """A user value's state when users share a shard key: user -> bytes, with the value's TTL per entry.
+
+    Named apart from the per-user value, so a savepoint of one mode never restores into the other.
+    """
+    shared = MapStateDescriptor(f"{descriptor.get_name()}-by-user", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+    ttl = descriptor._ttl_config  # PyFlink keeps it there and has no getter
+    if ttl is not None:
+        shared.enable_time_to_live(ttl)
+    return shared
+
+
 def global_object_state(name: str) -> ValueStateDescriptor:
     """A global model (item model, trainer) as one pickled object under a constant key.
 
@@ -105,7 +121,7 @@ def global_object_log(name: str) -> ListStateDescriptor:
     return ListStateDescriptor(f"{name}-log", Types.PICKLED_BYTE_ARRAY())
 
 
-ITEM_MODEL_STATE = "item-model-v1"
+ITEM_MODEL_STATE = "item-model-v2"  # v2: counts on the interaction clock
 TRAINER_STATE = "model-trainer-v1"
 PUBLISHED_RECS_STATE = "published-recs-v1"
 

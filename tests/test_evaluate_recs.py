@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 from collections.abc import Collection
@@ -11,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from operators.recs.config import RecConfig
+from operators.recs.config import RecConfig, rec_config
 from operators.recs.recommender import Recommender
 from personalize import evaluate_recs
 from personalize.evaluate_recs import (
     EXIT_OK,
     EXIT_USAGE,
+    ItemKnnScorer,
     LogEntry,
     PopularityScorer,
     RecommenderScorer,
@@ -66,7 +68,7 @@ def test_every_positive_is_scored_before_it_is_learned() -> None:
     metrics, counts = evaluate(log, {"spy": Spy(calls)}, 10, 4.0)
     assert calls == [("recommend", 1, "a"), ("learn", 1, "a"), ("learn", 2, "b"),
                      ("recommend", 3, "a"), ("learn", 3, "a"), ("learn", 4, "a")]
-    assert counts == {"interactions": 4, "positives": 2, "repeats": 1, "catalogue": 2}
+    assert counts == {"interactions": 4, "positives": 2, "repeats": 1, "cold_start": 2, "catalogue": 2}
     assert metrics["spy"].hits == 2  # the oracle is right, yet it only ever saw the past
 
 
@@ -74,19 +76,34 @@ def test_items_never_seen_before_cannot_be_hits() -> None:
     """Every interaction is a new item: only a scorer that learned the future could hit."""
     log = [LogEntry(ts, f"user{ts % 3}", f"item{ts}", None, "cat") for ts in range(60)]
     scorers: dict[str, Scorer] = {"recommender": RecommenderScorer(Recommender(RecConfig())),
-                                  "popularity": PopularityScorer()}
+                                  "popularity": PopularityScorer(), "item-knn": ItemKnnScorer()}
     metrics, counts = evaluate(log, scorers, 10, 4.0)
     assert counts["positives"] == 60
     assert all(m.hits == 0 for m in metrics.values())
 
 
-def test_recommender_hits_a_pattern_it_has_learned() -> None:
+def test_recommender_and_item_knn_hit_a_pattern_they_have_learned() -> None:
     log = []
     for index in range(20):  # everybody who takes the tent takes the stove next
         log += [LogEntry(2 * index, f"u{index}", "tent", None, "camping"),
                 LogEntry(2 * index + 1, f"u{index}", "stove", None, "camping")]
-    metrics, _ = evaluate(log, {"r": RecommenderScorer(Recommender(RecConfig()))}, 1, 4.0)
-    assert metrics["r"].hits >= 18
+    metrics, counts = evaluate(log, {"r": RecommenderScorer(Recommender(RecConfig())), "knn": ItemKnnScorer()}, 1, 4.0)
+    assert metrics["r"].hits >= 18 and metrics["knn"].hits >= 18
+    assert counts["cold_start"] == 20 and metrics["r"].cold_hits == 0  # the tent is every user's first
+
+
+def test_item_knn_weighs_pairs_by_distance_and_queries_newest_first() -> None:
+    knn = ItemKnnScorer(window=3)
+    for ts, item in enumerate(["a", "b", "c", "d"]):
+        knn.learn(LogEntry(ts, "u", item, None, ""), True)
+    assert knn.pairs["d"] == {"c": 1.0, "b": 0.5, "a": pytest.approx(1 / 3)}
+    assert "a" not in knn.pairs["a"]
+    for ts, item in enumerate(["e", "x", "a"]):  # e is 2 steps before a here, as b is for u's d
+        knn.learn(LogEntry(10 + ts, "v", item, None, ""), True)
+    assert knn.recommend(LogEntry(20, "w", "?", None, ""), (), 3) == []  # nothing known of w
+    knn.learn(LogEntry(21, "w", "a", None, ""), True)
+    knn.learn(LogEntry(22, "w", "d", None, ""), True)  # the newest: its neighbours weigh most
+    assert knn.recommend(LogEntry(23, "w", "?", None, ""), {"a", "d", "x"}, 3) == ["c", "b", "e"]
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -138,14 +155,26 @@ def test_csv_without_ratings_counts_every_interaction(tmp_path: Path, settings: 
     data = tmp_path / "log.csv"
     data.write_text("user,item,timestamp\na,x,1\nb,x,2\nb,y,3\n")
     out = tmp_path / "report.json"
-    assert run_cli(settings, "--interactions", str(data), "--json", str(out)) == EXIT_OK
+    assert run_cli(settings, "--interactions", str(data), "--implicit", "--json", str(out)) == EXIT_OK
     assert json.loads(out.read_text())["positives"] == 3
+
+
+def test_movielens_csv_column_names_work_without_flags(tmp_path: Path, settings: Settings) -> None:
+    data = tmp_path / "ratings.csv"
+    data.write_text("userId,movieId,rating,timestamp\n1,10,5.0,964982703\n2,10,1.0,964982704\n2,11,4.5,964982705\n")
+    out = tmp_path / "report.json"
+    assert run_cli(settings, "--interactions", str(data), "--json", str(out)) == EXIT_OK
+    report = json.loads(out.read_text())
+    assert (report["interactions"], report["positives"], report["cold_start"]) == (3, 2, 1)  # 1.0 is no positive
+    assert set(report["methods"]) == {"recommender", "popularity", "item-knn"}
 
 
 @pytest.mark.parametrize(("content", "argv", "message"), [
     (None, [], "no such file"),
-    ("user,item,timestamp\n", ["--rating-col", "stars"], "no column stars"),
-    ("user,item,timestamp\na,x,yesterday\n", [], "log.csv:2"),
+    ("user,item,timestamp\n", ["--rating-col", "stars"], "no rating column 'stars'"),
+    ("user,item,timestamp,stars\na,x,1,5\n", [], "no rating column 'rating': name it with --rating-col"),
+    ("user,item,timestamp\n", ["--implicit", "--item-col", "sku"], "no column sku"),
+    ("user,item,timestamp\na,x,yesterday\n", ["--implicit"], "log.csv:2"),
     ("user,item,timestamp,rating\na,x,1,good\n", ["--rating-col", "rating"], "log.csv:2"),
 ])
 def test_usage_errors_exit_2(tmp_path: Path, settings: Settings, capsys: pytest.CaptureFixture[str],
@@ -154,7 +183,8 @@ def test_usage_errors_exit_2(tmp_path: Path, settings: Settings, capsys: pytest.
     if content is not None:
         data.write_text(content)
     assert run_cli(settings, "--interactions", str(data), *argv) == EXIT_USAGE
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1  # one line
 
 
 def test_movielens_loader_takes_the_first_genre(tmp_path: Path) -> None:
@@ -165,16 +195,40 @@ def test_movielens_loader_takes_the_first_genre(tmp_path: Path) -> None:
     assert entries == [LogEntry(100_000, "2", "11", 3.0, "Action"), LogEntry(200_000, "1", "10", 5.0, "Comedy")]
 
 
-def test_movielens_100k_meets_the_target(tmp_path: Path, settings: Settings) -> None:
+def needs_movielens() -> Path:
     if not (MOVIELENS / "u.data").is_file():
         pytest.skip(f"MovieLens-100K is not at {MOVIELENS} (download ml-100k from grouplens.org and unpack it there)")
-    out = tmp_path / "ml.json"
-    code = run_cli(settings, "--interactions", str(MOVIELENS / "u.data"), "--format", "movielens100k",
+    return MOVIELENS
+
+
+@pytest.fixture(scope="module")
+def movielens_report(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("ml") / "ml.json"
+    code = run_cli(settings, "--interactions", str(needs_movielens() / "u.data"), "--format", "movielens100k",
                    "--json", str(out))
     assert code == EXIT_OK
-    report = json.loads(out.read_text())
-    recommender, popularity = report["methods"]["recommender"], report["methods"]["popularity"]
+    report: dict[str, Any] = json.loads(out.read_text())
+    return report
+
+
+def test_movielens_100k_meets_the_target(movielens_report: dict[str, Any]) -> None:
+    report = movielens_report
+    methods = report["methods"]
+    recommender, popularity, knn = methods["recommender"], methods["popularity"], methods["item-knn"]
     assert report["interactions"] == 100_000 and report["catalogue"] == 1682
     assert recommender["hit_rate@10"] >= 0.20
     assert recommender["hit_rate@10"] >= 2 * popularity["hit_rate@10"]
+    assert recommender["hit_rate@10"] >= knn["hit_rate@10"]
     assert recommender["coverage"] > popularity["coverage"]
+    assert 0 < report["cold_start"] < report["positives"]
+    assert knn["hit_rate@10_cold"] == 0.0 < recommender["hit_rate@10_cold"]  # trending serves the first visit
+
+
+def test_movielens_100k_does_not_depend_on_its_time_scale(movielens_report: dict[str, Any],
+                                                          settings: Settings) -> None:
+    """Every timestamp x40 (a log spanning decades instead of months) scores within 0.01 of the original."""
+    scaled = [entry._replace(ts=entry.ts * 40) for entry in load_movielens100k(needs_movielens())]
+    config = rec_config(dataclasses.asdict(settings.recommendations))
+    metrics, _ = evaluate(in_time_order(scaled, None), {"r": RecommenderScorer(Recommender(config))}, 10, 4.0)
+    unscaled = movielens_report["methods"]["recommender"]["hit_rate@10"]
+    assert abs(metrics["r"].report(100_000, 1682)["hit_rate@10"] - unscaled) <= 0.01

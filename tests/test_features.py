@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import zlib
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from operators.features.operator import FEATURES_SCHEMA, KEY_FIELDS, FeatureOper
 from operators.features.rfm import LocalPopulation
 from operators.features.windows import SlidingCount
 from state.codecs import CodecError, decode_features, encode_features
+from tests.test_state_codecs import older_versions
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a multiple of every bucket width
 MINUTE = 60_000
@@ -710,13 +710,17 @@ def test_codec_refuses_a_newer_version_of_real_state() -> None:
         decode_features(bytes([99]) + encoded[1:])
     with pytest.raises(CodecError, match="not readable"):
         decode_features(encoded[:1] + b"not zlib")
+    with pytest.raises(CodecError, match="not readable"):
+        decode_features(encoded[:1] + b"{not json")
 
 
-def test_codec_still_reads_version_1_state() -> None:
-    """Version 1 stored the same document as bare JSON; version 2 compresses it."""
-    encoded = encode_features(run(new_operator(), SCENARIO)[0])
-    version_1 = json.dumps({**json.loads(zlib.decompress(encoded[1:])), "v": 1}).encode()
-    assert encode_features(decode_features(version_1)) == encoded
+def test_codec_still_reads_versions_1_and_2() -> None:
+    """Version 1 stored the same document as bare JSON, version 2 always compressed; version 3 compresses only
+    long ones."""
+    for features in (run(new_operator(), SCENARIO)[0], busy_user(new_operator())):
+        encoded = encode_features(features)
+        for older in older_versions(encoded):
+            assert encode_features(decode_features(older)) == encoded
 
 
 def test_encoded_size_of_a_typical_user() -> None:

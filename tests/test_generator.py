@@ -13,7 +13,14 @@ import pytest
 
 from operators.validation import Rejection, parse_event
 from personalize import settings
-from personalize.generator import PERSONAS, EventGenerator, GeneratedRecord, topic_role
+from personalize.generator import (
+    HELD_OUT_PERSONAS,
+    PERSONA_MIXES,
+    PERSONAS,
+    EventGenerator,
+    GeneratedRecord,
+    topic_role,
+)
 from personalize.paths import CONFIG_DIR
 from personalize.publish import read_jsonl, write_jsonl, write_personas
 
@@ -181,6 +188,13 @@ def test_persona_weights_plant_the_mix() -> None:
     assert set(only_loyal.personas().values()) == {"loyal_buyer"}
     with pytest.raises(ValueError, match="unknown personas"):
         EventGenerator(SMALL, {"bot": 1.0})
+
+
+def test_the_held_out_mix_plants_only_held_out_personas() -> None:
+    held_out = EventGenerator(replace(SMALL, events=3_000), PERSONA_MIXES["heldout"])
+    assert set(held_out.personas().values()) == set(HELD_OUT_PERSONAS)
+    assert not set(HELD_OUT_PERSONAS) & set(PERSONAS)
+    assert sum(1 for r in held_out.records() if r.kind == "valid") == held_out.valid_count
 
 
 def test_jsonl_round_trip_is_byte_exact(records: list[GeneratedRecord], generator: EventGenerator,

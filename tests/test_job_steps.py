@@ -25,7 +25,7 @@ from operators.events import Event
 from operators.features.config import FeatureConfig
 from operators.features.operator import FeatureOperator, FeatureVector
 from operators.features.rfm import LocalPopulation
-from operators.models.inputs import INTENT_FEATURES, behaviour_input, intent_input
+from operators.models.inputs import INTENT_FEATURES, behaviour_input, intent_example, intent_input, intent_values
 from operators.models.training import ModelScorer, ModelTrainer
 from operators.models.user import TrainingInput, UserModels, UserModelState
 from operators.privacy.identity import Handover
@@ -120,8 +120,8 @@ def test_model_state_codec_round_trip_is_compact() -> None:
     assert restored.membership == state.membership and restored.intent == state.intent
     assert [ts for ts, _ in restored.pending.examples] == [ts for ts, _ in state.pending.examples]
     for (_, before), (_, after) in zip(state.pending.examples, restored.pending.examples, strict=True):
-        assert list(after) == list(INTENT_FEATURES)
-        assert all(after[name] == pytest.approx(before[name], rel=1e-3, abs=1e-4) for name in INTENT_FEATURES)
+        assert len(after) == len(before) == len(INTENT_FEATURES)
+        assert all(a == pytest.approx(b, rel=1e-3, abs=1e-4) for a, b in zip(after, before, strict=True))
     assert len(data) < 1_100, "16 pending examples must stay well under the 2 KB per-user budget"
     assert encode_models(restored) == data  # decoding is exact: a stored example is learned as stored
 
@@ -129,16 +129,16 @@ def test_model_state_codec_round_trip_is_compact() -> None:
 def test_a_pending_example_beyond_half_precision_is_capped_not_fatal() -> None:
     example = {name: 0.0 for name in INTENT_FEATURES} | {"email_open_rate": 100_000.0}
     state = UserModelState()
-    state.pending.examples.append((T0, example))  # type: ignore[arg-type]
+    state.pending.examples.append((T0, intent_values(example)))
     restored = decode_models(encode_models(state))
-    assert restored.pending.examples[0][1]["email_open_rate"] == HALF_MAX
+    assert intent_example(restored.pending.examples[0][1])["email_open_rate"] == HALF_MAX
 
 
 def test_model_state_of_the_previous_codec_version_is_still_read() -> None:
     values = list(range(len(INTENT_FEATURES)))
     v1 = json.dumps({"v": 1, "p": [[T0, values]], "d": 2, "m": [3, None, 0], "i": 0.25, "s": 7}).encode()
     state = decode_models(v1)
-    assert state.pending.examples == [(T0, dict(zip(INTENT_FEATURES, values, strict=True)))]
+    assert state.pending.examples == [(T0, tuple(values))]
     assert (state.pending.dropped, state.membership.cluster, state.intent, state.version) == (2, 3, 0.25, 7)
     with pytest.raises(CodecError):
         decode_models(b"\x09" + v1)

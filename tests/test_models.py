@@ -20,7 +20,7 @@ from river import base
 
 from operators.events import Event
 from operators.features.config import FeatureConfig
-from operators.features.operator import FeatureOperator
+from operators.features.operator import FeatureOperator, FeatureVector
 from operators.features.rfm import LocalPopulation
 from operators.models import clustering, intent, membership
 from operators.models.clustering import (
@@ -34,10 +34,17 @@ from operators.models.clustering import (
 )
 from operators.models.config import ModelConfig
 from operators.models.drift import DETECTORS, DriftEvent, DriftMonitor
-from operators.models.inputs import INTENT_FEATURES, ModelInput, behaviour_input, has_behaviour, intent_input
+from operators.models.inputs import (
+    INTENT_FEATURES,
+    ModelInput,
+    behaviour_input,
+    has_behaviour,
+    intent_input,
+    model_inputs,
+)
 from operators.models.intent import IntentClassifier, IntentLabeler, PendingExamples
 from operators.models.membership import Membership, MembershipPolicy, update_membership
-from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer, in_training_sample
+from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer, in_training_sample, learns_from
 from personalize.settings import ModelSettings
 
 T0 = 1_767_225_600_000
@@ -225,6 +232,15 @@ def test_inputs_are_finite_numbers_for_every_model_feature() -> None:
 def test_vectors_without_browsing_have_no_behaviour() -> None:
     assert not has_behaviour(feature_values("consent_change"))
     assert has_behaviour(feature_values("consent_change", "page_view"))
+
+
+def test_model_inputs_are_the_two_inputs_computed_once() -> None:
+    """What the user's step learns and scores from: the same as computing each input on its own."""
+    values = feature_values("page_view", "product_view", "add_to_cart")
+    behaviour, intent = model_inputs(values)
+    assert behaviour == behaviour_input(values)
+    assert list(intent.items()) == list(intent_input(values).items())
+    assert model_inputs(feature_values("consent_change"))[0] is None
 
 
 # --- pending intent labels ------------------------------------------------------------------------------------
@@ -436,6 +452,21 @@ def test_training_samples_are_chosen_by_vector_id() -> None:
     assert picked == [i for i in ids if in_training_sample(i, 0.25)]
     assert 0.2 < len(picked) / len(ids) < 0.3
     assert all(in_training_sample(i, 1.0) for i in ids)
+
+
+def test_a_busy_user_is_learned_from_about_train_vectors_per_user_times_in_30_days() -> None:
+    def vectors(sessions: int, carts: int) -> list[FeatureVector]:
+        values = {"sessions_30d": sessions, "add_to_cart_30d": carts}
+        return [FeatureVector(f"user-{i}", j, T0, values) for i in range(100) for j in range(20)]
+
+    config = ModelConfig(train_vectors_per_user=20)
+    assert all(learns_from(v, config) for v in vectors(15, 5))  # 20 a month: every one
+    busy = [learns_from(v, config) for v in vectors(150, 50)]  # 200 a month: about one in ten
+    assert 0.08 < sum(busy) / len(busy) < 0.12
+    assert busy == [learns_from(v, config) for v in vectors(150, 50)]  # a replay picks the same
+    halved = [learns_from(v, dataclasses.replace(config, train_sample_share=0.5)) for v in vectors(150, 50)]
+    assert 0.03 < sum(halved) / len(halved) < 0.07
+    assert all(learns_from(v, dataclasses.replace(config, train_vectors_per_user=0)) for v in vectors(150, 50))
 
 
 def test_model_settings_map_onto_the_model_config() -> None:

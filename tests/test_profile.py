@@ -250,6 +250,12 @@ def test_codec_refuses_unknown_versions(data: bytes) -> None:
         decode_profile(data)
 
 
+def test_codec_clamps_ages_it_cannot_store() -> None:
+    """An id newer than last_seen is stored at age 0, one older than 2**32 s at the largest age."""
+    profile = UserProfile(last_seen=T0, recent=RecentIds(seen={1: T0 + 5_000, 2: T0 - 2**33 * 1000, 3: T0 - 7_500}))
+    assert decode_profile(encode_profile(profile)).recent.seen == {1: T0, 2: T0 - (2**32 - 1) * 1000, 3: T0 - 7_000}
+
+
 def test_codec_writes_its_version_first() -> None:
     assert encode_profile(UserProfile())[0] == PROFILE_CODEC_VERSION
 

@@ -57,6 +57,11 @@ class World:
         for item in items:
             self.do(user, "product_view", item, category)
 
+    def background(self, interactions: int, item: str = "background") -> None:
+        """Advance the model's interaction clock: one-off users viewing one item pair with nothing."""
+        for index in range(interactions):
+            self.views(f"passer-by-{self.ts}-{index}", item)
+
     def rank(self, user: str, segments: tuple[str, ...] = (), **kwargs: Any) -> Ranking:
         return self.recommender.rank(self.user(user), segments, self.ts, **kwargs)
 
@@ -89,12 +94,26 @@ def test_config_rejects_unknown_sources_and_bad_values() -> None:
         RecConfig(position_decay=0.0)
     with pytest.raises(ValueError, match="similarity must be one of"):
         RecConfig(similarity="pearson")
+    with pytest.raises(ValueError, match="pair_decay"):
+        RecConfig(pair_decay=-1.0)
+    with pytest.raises(ValueError, match="half_life"):
+        RecConfig(covisit_half_life=0)
+
+
+def test_pairs_weigh_by_their_distance_in_the_users_sequence() -> None:
+    """``pair_decay`` 1: the item right before counts 1, two steps before 1/2, three 1/3."""
+    world = World(only("covisit", pair_decay=1.0))
+    world.views("u", "a", "b", "c", "d")
+    rows = {item: world.recommender.model.items[item].neighbours for item in "abcd"}
+    assert rows["d"] == pytest.approx({"c": 1.0, "b": 0.5, "a": 1 / 3}, rel=1e-4)  # decay over 4 interactions
+    assert rows["a"] == pytest.approx({"b": 1.0, "c": 0.5, "d": 1 / 3}, rel=1e-4)
+    assert RecConfig(pair_decay=0.0).pair_weights == (1.0,) * RecConfig().recent_items
 
 
 # --- co-visitation ---------------------------------------------------------------------------------
 
 def test_covisit_recommends_items_seen_together_with_jaccard_scores() -> None:
-    world = World(only("covisit"))
+    world = World(only("covisit", similarity="jaccard"))
     world.views("a", "dune", "foundation")
     world.views("b", "dune", "foundation")
     world.views("c", "dune", "hyperion")
@@ -139,10 +158,10 @@ def test_lift_favours_rare_neighbours_where_jaccard_does_not(similarity: str, fi
 
 
 def test_recent_covisits_outweigh_equal_old_ones() -> None:
-    world = World(only("covisit"))
+    world = World(only("covisit", covisit_half_life=10))
     for user in range(3):
         world.views(f"old-{user}", "phone", "old-case")
-    world.ts += 90 * DAY_MS  # three co-visitation half-lives later
+    world.background(30)  # three co-visitation half-lives later, counted in interactions
     for user in range(3):
         world.views(f"new-{user}", "phone", "new-case")
     world.views("shopper", "phone")
@@ -205,6 +224,19 @@ def test_trending_top_is_exact_against_brute_force(seed: int) -> None:
     assert len(trending.pool) < 10
 
 
+def test_trending_shares_are_rebuilt_after_two_percent_growth() -> None:
+    trending = Trending(size=3, capacity=6)
+    trending.add("a", 50.0)
+    trending.add("b", 50.0)
+    assert trending.shares() == [("a", 1.0), ("b", 1.0)]
+    trending.add("b", 1.0)  # 1% more weight: the cached view stands
+    assert trending.shares() == [("a", 1.0), ("b", 1.0)]
+    trending.add("b", 2.0)  # 3% since the view was built: rebuilt, exact again
+    assert trending.shares() == [("b", 1.0), ("a", pytest.approx(50 / 53))]
+    trending.rescale(0.5)
+    assert trending.shares() == [("b", 1.0), ("a", pytest.approx(50 / 53))]
+
+
 def test_trending_counts_are_bounded_and_dropped_tail_restarts() -> None:
     trending = Trending(size=2, capacity=4)
     for index in range(100):
@@ -214,26 +246,39 @@ def test_trending_counts_are_bounded_and_dropped_tail_restarts() -> None:
 
 
 def test_trending_decays_so_recent_interest_wins() -> None:
-    world = World(only("trending"))
+    world = World(only("trending", trending_half_life=10))
     for user in range(5):
         world.views(f"u{user}", "last-season")
-    world.ts += 30 * DAY_MS  # four trending half-lives
+    world.background(40)  # four trending half-lives
     for user in range(2):
         world.views(f"v{user}", "this-season")
     world.views("new", "something")
-    assert world.ids("new") == ["this-season", "last-season"]
+    assert world.ids("new") == ["background", "this-season", "last-season"]
+
+
+def test_decay_counts_interactions_so_the_time_scale_does_not_matter() -> None:
+    """The same log with every gap 40x longer (or a day instead of a minute) ranks identically."""
+    rankings = []
+    for gap in (MINUTE, 40 * MINUTE, DAY_MS):
+        world = World(RecConfig(covisit_half_life=20, trending_half_life=5, max_per_category=0))
+        rng = random.Random(7)
+        for _ in range(300):
+            world.ts += gap
+            world.views(f"u{rng.randrange(30)}", f"i{rng.randrange(40)}")
+        rankings.append([(c.item_id, c.score) for c in world.rank("u1").candidates])
+    assert rankings[0] and rankings[0] == rankings[1] == rankings[2]
 
 
 def test_rebase_keeps_counts_finite_and_rankings_unchanged() -> None:
-    config = RecConfig(covisit_half_life_ms=DAY_MS, trending_half_life_ms=DAY_MS, max_per_category=0)
+    config = RecConfig(covisit_half_life=1, trending_half_life=1, max_per_category=0)
     world = World(config)
     world.views("a", "p", "q")
-    world.ts += 3 * REBASE_HALF_LIVES * DAY_MS  # far beyond the rebase point
+    world.background(3 * REBASE_HALF_LIVES)  # far beyond the rebase point
     world.views("b", "p", "r")
     world.views("c", "p", "r")
     world.views("me", "p")
     model = world.recommender.model
-    assert model.covisit_origin is not None and model.covisit_origin > T0
+    assert model.covisit_origin > 0 and model.trending_origin > 0
     assert all(math.isfinite(entry.mass) and entry.mass < 2.0 ** REBASE_HALF_LIVES for entry in model.items.values())
     assert world.ids("me")[0] == "r"
 

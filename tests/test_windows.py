@@ -176,3 +176,16 @@ def test_state_stays_bounded_when_pruned_after_every_event(spec: WindowSpec, sta
         counter.add(spec, ts, reference)
         counter.prune(spec, reference)
         assert len(counter) <= spec.buckets
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([WINDOW_1H, WINDOW_24H, WINDOW_7D, WINDOW_30D]), st.integers(0, 2**42),
+       st.integers(-3000, 3000))
+def test_bounds_are_what_covers_total_and_prune_use(spec: WindowSpec, reference: int, offset: int) -> None:
+    oldest, newest = spec.bounds(reference)
+    bucket = spec.bucket_of(reference) + offset % (spec.buckets + 2) - spec.buckets
+    assert spec.covers(bucket, reference) == (oldest < bucket <= newest)
+    counter = SlidingCount({bucket: 2, newest: 1})
+    assert counter.total(spec, reference) == counter.total_within(oldest, newest)
+    counter.prune_to(oldest)
+    assert all(b > oldest for b in counter.buckets) and newest in counter.buckets

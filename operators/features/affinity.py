@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 
@@ -36,6 +37,5 @@ class CategoryAffinity:
         return decay(score, max(reference_ts - as_of, 0), half_life_ms)
 
     def top(self, reference_ts: int, half_life_ms: int, n: int) -> list[tuple[str, float]]:
-        ranked = sorted(((c, self.at(c, reference_ts, half_life_ms)) for c in self.scores),
-                        key=lambda item: (-item[1], item[0]))
-        return ranked[:n]
+        return heapq.nsmallest(n, ((c, self.at(c, reference_ts, half_life_ms)) for c in self.scores),
+                               key=lambda item: (-item[1], item[0]))

@@ -77,8 +77,9 @@ def _bounded_add(counters: dict[str, SlidingCount], key: str, limit: int, config
     if counter is None:
         counter = counters[key] = SlidingCount()
     counter.add(window, ts, reference_ts)
+    oldest = window.bounds(reference_ts)[0]
     for name, tracked in list(counters.items()):
-        tracked.prune(window, reference_ts)
+        tracked.prune_to(oldest)
         if not tracked.buckets:
             del counters[name]
     if len(counters) > limit:
@@ -95,6 +96,10 @@ class FeatureOperator:
         self.config = config
         self.population = population
         self.windows_by_name = {window.name: window for window in config.windows}
+        # Field names and weights computed once, not per event.
+        self._decision_counts = tuple((f"{t}_{w}", t, w) for t, w in DECISION_COUNTS)
+        self._vector_counts = tuple((f"{t}_{w.name}", t, w.name) for t in config.counted_types for w in config.windows)
+        self._engagement_weight_sum = sum(config.engagement_weights.values())
 
     def process(self, features: UserFeatures | None, event: Event) -> tuple[UserFeatures, FeatureVector | None]:
         config = self.config
@@ -103,7 +108,10 @@ class FeatureOperator:
         per_type = features.counts.setdefault(event.type, {}) if event.type in config.counted_types else None
         if per_type is not None:
             for window in config.windows:
-                per_type.setdefault(window.name, SlidingCount()).add(window, event.ts, reference)
+                counter = per_type.get(window.name)
+                if counter is None:
+                    counter = per_type[window.name] = SlidingCount()
+                counter.add(window, event.ts, reference)
         if event.type == "product_view":
             _bounded_add(features.items, event.item_id, config.max_items, config, event.ts, reference)
             if event.category:
@@ -149,37 +157,43 @@ class FeatureOperator:
 
     def prune(self, features: UserFeatures) -> None:
         reference = features.reference_ts
+        oldest = {window.name: window.bounds(reference)[0] for window in self.config.windows}
         for per_type in features.counts.values():
-            for window in self.config.windows:
-                if window.name in per_type:
-                    per_type[window.name].prune(window, reference)
+            for name, counter in per_type.items():
+                if name in oldest:
+                    counter.prune_to(oldest[name])
+        session_oldest = self.config.session_window.bounds(reference)[0]
         for counter in (features.session_starts, features.session_lengths, features.session_depths):
-            counter.prune(self.config.session_window, reference)
+            counter.prune_to(session_oldest)
         features.purchases.prune(self.config.rfm_window, reference)
+        item_oldest = self.config.item_window.bounds(reference)[0]
         for counters in (features.items, features.categories):  # items no longer viewed in the window go
             for key, counter in list(counters.items()):
-                counter.prune(self.config.item_window, reference)
+                counter.prune_to(item_oldest)
                 if not counter.buckets:
                     del counters[key]
 
-    def _count(self, features: UserFeatures, event_type: str, window_name: str) -> int:
-        counter = features.counts.get(event_type, {}).get(window_name)
-        if counter is None:
-            return 0
-        return int(counter.total(self.windows_by_name[window_name], features.reference_ts))
+    def _counts(self, features: UserFeatures, fields: tuple[tuple[str, str, str], ...]) -> dict[str, Any]:
+        """``{field: count}`` of ``(field, event type, window name)`` triples, each window's bounds computed once."""
+        reference = features.reference_ts
+        bounds = {name: window.bounds(reference) for name, window in self.windows_by_name.items()}
+        counts = features.counts
+        values: dict[str, Any] = {}
+        for key, event_type, window_name in fields:
+            per_type = counts.get(event_type)
+            counter = None if per_type is None else per_type.get(window_name)
+            values[key] = 0 if counter is None else int(counter.total_within(*bounds[window_name]))
+        return values
 
     def decision_values(self, features: UserFeatures) -> dict[str, Any]:
         """The fields the emission policy looks at, and what engagement needs: cheap, every event."""
         config, reference = self.config, features.reference_ts
-        values: dict[str, Any] = {
-            f"{event_type}_{window}": self._count(features, event_type, window)
-            for event_type, window in DECISION_COUNTS
-        }
-        item_window = config.item_window
-        values["max_item_views_24h"] = max((int(c.total(item_window, reference)) for c in features.items.values()),
+        values = self._counts(features, self._decision_counts)
+        oldest, newest = config.item_window.bounds(reference)
+        values["max_item_views_24h"] = max((int(c.total_within(oldest, newest)) for c in features.items.values()),
                                            default=0)
-        values.update(self._session_values(features))
-        values.update(self._rfm_values(rfm_of(features.purchases, config.rfm_window, reference, self.population)))
+        self._session_values(features, values)
+        self._rfm_values(rfm_of(features.purchases, config.rfm_window, reference, self.population), values)
         top = features.affinity.top(reference, config.affinity_half_life_ms, 1)
         values["top_category"] = top[0][0] if top else ""
         values["engagement"] = self._engagement(values)
@@ -188,48 +202,46 @@ class FeatureOperator:
     def vector(self, features: UserFeatures, decision: dict[str, Any] | None = None) -> dict[str, Any]:
         """The current feature values (see docs/features.md for every formula)."""
         config, reference = self.config, features.reference_ts
-        values: dict[str, Any] = {
-            f"{event_type}_{window.name}": self._count(features, event_type, window.name)
-            for event_type in config.counted_types for window in config.windows
-        }
+        values = self._counts(features, self._vector_counts)
         values.update(decision if decision is not None else self.decision_values(features))
-        item_window = config.item_window
-        item_counts = {k: int(c.total(item_window, reference)) for k, c in features.items.items()}
-        category_counts = {k: int(c.total(item_window, reference)) for k, c in features.categories.items()}
-        values["top_item_24h"] = max(sorted(item_counts), key=item_counts.__getitem__) if item_counts else ""
+        oldest, newest = config.item_window.bounds(reference)
+        item_counts = {k: int(c.total_within(oldest, newest)) for k, c in features.items.items()}
+        category_counts = {k: int(c.total_within(oldest, newest)) for k, c in features.categories.items()}
+        most = max(item_counts.values(), default=0)  # the most viewed item, the first by id on a tie: no sort
+        values["top_item_24h"] = min((k for k, n in item_counts.items() if n == most), default="")
         values["max_category_views_24h"] = max(category_counts.values(), default=0)
         top = features.affinity.top(reference, config.affinity_half_life_ms, config.top_categories)
         values["top_categories"] = [[category, round(score, 3)] for category, score in top]
         return values
 
-    def _session_values(self, features: UserFeatures) -> dict[str, Any]:
+    def _session_values(self, features: UserFeatures, values: dict[str, Any]) -> None:
         window, reference = self.config.session_window, features.reference_ts
         tracker = features.sessions
-        started = int(features.session_starts.total(window, reference))
-        depth_sum = features.session_depths.total(window, reference)
-        length_sum = features.session_lengths.total(window, reference)
+        oldest, newest = window.bounds(reference)
+        started = int(features.session_starts.total_within(oldest, newest))
+        depth_sum = features.session_depths.total_within(oldest, newest)
+        length_sum = features.session_lengths.total_within(oldest, newest)
         closed_count = max(started - (1 if tracker.current is not None else 0), 0)
         current = tracker.current
         gap_days = None
         if current is not None and tracker.previous_end is not None:
             gap_days = round((current.start - tracker.previous_end) / DAY_MS, 3)
-        return {
-            "sessions_30d": started,
-            "avg_session_minutes_30d": round(length_sum / closed_count / 60_000, 2) if closed_count else 0.0,
-            "avg_session_depth_30d": round(depth_sum / closed_count, 2) if closed_count else 0.0,
-            "session_depth": current.depth if current else 0,
-            "session_minutes": round(current.length_ms / 60_000, 2) if current else 0.0,
-            "days_since_previous_session": gap_days,
-            "cart_abandoned": tracker.abandoned_at is not None and tracker.returned_at is None,
-            "returned_after_abandon": tracker.returned_at is not None,
-        }
+        values["sessions_30d"] = started
+        values["avg_session_minutes_30d"] = round(length_sum / closed_count / 60_000, 2) if closed_count else 0.0
+        values["avg_session_depth_30d"] = round(depth_sum / closed_count, 2) if closed_count else 0.0
+        values["session_depth"] = current.depth if current else 0
+        values["session_minutes"] = round(current.length_ms / 60_000, 2) if current else 0.0
+        values["days_since_previous_session"] = gap_days
+        values["cart_abandoned"] = tracker.abandoned_at is not None and tracker.returned_at is None
+        values["returned_after_abandon"] = tracker.returned_at is not None
 
     @staticmethod
-    def _rfm_values(rfm: Rfm) -> dict[str, Any]:
-        return {
-            "recency_days": rfm.recency_days, "frequency_180d": rfm.frequency, "monetary_180d": rfm.monetary,
-            "aov_180d": round(rfm.average_order_value, 2), "r_score": rfm.r, "f_score": rfm.f, "m_score": rfm.m,
-        }
+    def _rfm_values(rfm: Rfm, values: dict[str, Any]) -> None:
+        values["recency_days"] = rfm.recency_days
+        values["frequency_180d"] = rfm.frequency
+        values["monetary_180d"] = rfm.monetary
+        values["aov_180d"] = round(rfm.average_order_value, 2)
+        values["r_score"], values["f_score"], values["m_score"] = rfm.r, rfm.f, rfm.m
 
     def _engagement(self, values: dict[str, Any]) -> float:
         """0..100 from recency of the previous visit, visit frequency, depth and explicit signals."""
@@ -242,7 +254,7 @@ class FeatureOperator:
                        / 6, 1.0)
         score = (weights["recency"] * recency + weights["frequency"] * frequency + weights["depth"] * depth
                  + weights["explicit"] * explicit)
-        return round(100 * score / sum(weights.values()), 1)
+        return round(100 * score / self._engagement_weight_sum, 1)
 
     def maybe_emit(self, features: UserFeatures, user_key: str) -> FeatureVector | None:
         """Emit when a key field changed, engagement moved enough, or the last vector is old.

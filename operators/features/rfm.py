@@ -79,8 +79,9 @@ def rfm_of(history: PurchaseHistory, window: WindowSpec, reference_ts: int, popu
     Recency is scored inversely (more recent = higher). The population holds each user's values
     as of their latest event, so recencies of quiet users are a little stale: an approximation.
     """
-    frequency = int(history.count.total(window, reference_ts))
-    monetary = round(history.spend.total(window, reference_ts), 2)
+    oldest, newest = window.bounds(reference_ts)
+    frequency = int(history.count.total_within(oldest, newest))
+    monetary = round(history.spend.total_within(oldest, newest), 2)
     recency = None
     if history.last_purchase_ts is not None:
         recency = round(max(reference_ts - history.last_purchase_ts, 0) / DAY_MS, 1)

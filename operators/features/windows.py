@@ -28,10 +28,16 @@ class WindowSpec:
     def bucket_of(self, ts: int) -> int:
         return ts // self.bucket_ms
 
+    def bounds(self, reference_ts: int) -> tuple[int, int]:
+        """``(oldest, newest)``: the window ending with ``reference_ts``'s bucket holds buckets in between
+        (``oldest`` excluded)."""
+        newest = reference_ts // self.bucket_ms
+        return newest - self.length_ms // self.bucket_ms, newest
+
     def covers(self, bucket: int, reference_ts: int) -> bool:
         """Whether ``bucket`` falls inside the window that ends with ``reference_ts``'s bucket."""
-        newest = self.bucket_of(reference_ts)
-        return newest - self.buckets < bucket <= newest
+        oldest, newest = self.bounds(reference_ts)
+        return oldest < bucket <= newest
 
 
 @dataclass
@@ -49,12 +55,22 @@ class SlidingCount:
         return True
 
     def total(self, spec: WindowSpec, reference_ts: int) -> float:
-        return sum(value for bucket, value in self.buckets.items() if spec.covers(bucket, reference_ts))
+        return self.total_within(*spec.bounds(reference_ts))
+
+    def total_within(self, oldest: int, newest: int) -> float:
+        """The count in buckets ``oldest < bucket <= newest`` (:meth:`WindowSpec.bounds`, computed once for many
+        counters of one window)."""
+        return sum(value for bucket, value in self.buckets.items() if oldest < bucket <= newest)
 
     def prune(self, spec: WindowSpec, reference_ts: int) -> None:
-        oldest = spec.bucket_of(reference_ts) - spec.buckets
-        for bucket in [b for b in self.buckets if b <= oldest]:
-            del self.buckets[bucket]
+        self.prune_to(spec.bounds(reference_ts)[0])
+
+    def prune_to(self, oldest: int) -> None:
+        """Drop the buckets at or before ``oldest`` (the first of :meth:`WindowSpec.bounds`)."""
+        buckets = self.buckets
+        if min(buckets, default=oldest + 1) <= oldest:
+            for bucket in [b for b in buckets if b <= oldest]:
+                del buckets[bucket]
 
     def __len__(self) -> int:
         return len(self.buckets)

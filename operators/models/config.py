@@ -15,6 +15,9 @@ class ModelConfig:
     seed: int = 42
     train_sample_share: float = 1.0
     """Share of emitted feature vectors the trainer learns from (chosen by a hash of the vector id)."""
+    train_vectors_per_user: int = 20
+    """At most about this many of one user's vectors per 30 days are learned (0: no cap), see
+    :func:`~operators.models.training.learns_from`."""
     intent_horizon_ms: int = 24 * HOUR_MS
     """An example is positive when the user purchases within this much event time after it."""
     intent_max_pending: int = 16

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
-from river import base, drift
+if TYPE_CHECKING:
+    from river import base
 
 DETECTORS = ("adwin", "page_hinkley")
 
 
 def make_detector(name: str) -> base.DriftDetector:
+    # Imported here, by the trainer only: river.drift imports SciPy (~0.9 s), and SciPy's pybind11
+    # modules can deadlock when several of PyFlink's operator threads import them at once.
+    from river import drift
+
     if name == "adwin":
         return drift.ADWIN(delta=1e-5)
     if name == "page_hinkley":
@@ -51,11 +57,12 @@ class DriftMonitor:
         self.detector = detector
         self.warmup = warmup
         self._detector = make_detector(detector)
+        self._adwin = detector == "adwin"
         self._seen = 0
 
     def update(self, value: float, ts: int, version: int) -> DriftEvent | None:
         detector = self._detector
-        adwin = detector if isinstance(detector, drift.ADWIN) else None
+        adwin: Any = detector if self._adwin else None
         before = adwin.estimation if adwin is not None else 0.0
         detector.update(value)
         self._seen += 1

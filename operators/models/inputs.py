@@ -10,6 +10,7 @@ field fails loudly rather than feeding zeros.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -29,6 +30,10 @@ OPEN_SESSION = ("open_session_depth", "open_session_minutes", "cart_abandoned", 
 INTENT_FEATURES = (*BEHAVIOUR_FEATURES, *RECENT_COUNTS, *OPEN_SESSION)
 """What the intent model sees, in order: pending examples can be stored as bare values in this order."""
 PURCHASE_RECENCY_HALF_LIFE_DAYS = 7.0
+IntentValues = tuple[float, ...]
+"""An intent input's values in ``INTENT_FEATURES`` order: how examples wait for their label (in keyed state and
+between events), without a dict per example."""
+_INTENT_VALUES = operator.itemgetter(*INTENT_FEATURES)
 
 
 def has_behaviour(values: Mapping[str, Any]) -> bool:
@@ -60,10 +65,11 @@ def behaviour_input(values: Mapping[str, Any]) -> ModelInput:
     }
 
 
-def intent_input(values: Mapping[str, Any]) -> ModelInput:
-    """The purchase-intent input: the habits above plus what the user is doing right now."""
+def intent_input(values: Mapping[str, Any], behaviour: ModelInput | None = None) -> ModelInput:
+    """The purchase-intent input: the habits above (``behaviour``, when already computed) plus what the user is
+    doing right now."""
     recency = values["recency_days"]
-    x = behaviour_input(values)
+    x = behaviour_input(values) if behaviour is None else dict(behaviour)
     x.update({name: math.log1p(values[name]) for name in RECENT_COUNTS})
     x.update({
         "open_session_depth": math.log1p(values["session_depth"]),
@@ -74,3 +80,20 @@ def intent_input(values: Mapping[str, Any]) -> ModelInput:
         "engagement": values["engagement"] / 100,
     })
     return x
+
+
+def model_inputs(values: Mapping[str, Any]) -> tuple[ModelInput | None, ModelInput]:
+    """Both inputs of one vector, the habits computed once: the behaviour input (None without behaviour) and
+    the intent input. The user's step learns and scores from the same vector."""
+    behaviour = behaviour_input(values)
+    return (behaviour if has_behaviour(values) else None), intent_input(values, behaviour)
+
+
+def intent_values(x: ModelInput) -> IntentValues:
+    """An intent input as it waits for its label (:data:`IntentValues`)."""
+    return _INTENT_VALUES(x)  # type: ignore[no-any-return]
+
+
+def intent_example(values: IntentValues) -> ModelInput:
+    """The intent input of waiting values, to learn from."""
+    return dict(zip(INTENT_FEATURES, values, strict=True))

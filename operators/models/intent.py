@@ -15,9 +15,9 @@ from typing import Any
 from river import base, linear_model, optim, preprocessing
 from river.base.typing import ClfTarget
 
-from operators.models.inputs import ModelInput
+from operators.models.inputs import IntentValues
 
-Labelled = tuple[ModelInput, bool]
+Labelled = tuple[IntentValues, bool]
 
 
 class IntentClassifier(base.Classifier):
@@ -52,9 +52,9 @@ class IntentClassifier(base.Classifier):
 
 @dataclass
 class PendingExamples:
-    """One user's examples awaiting a label, oldest first: ``(event time, example)``."""
+    """One user's examples awaiting a label, oldest first: ``(event time, intent values)``."""
 
-    examples: list[tuple[int, ModelInput]] = field(default_factory=list)
+    examples: list[tuple[int, IntentValues]] = field(default_factory=list)
     dropped: int = 0
     """Examples evicted unlabelled because ``max_pending`` newer ones were waiting."""
 
@@ -71,7 +71,7 @@ class IntentLabeler:
     horizon_ms: int
     max_pending: int
 
-    def add(self, pending: PendingExamples, ts: int, example: ModelInput) -> None:
+    def add(self, pending: PendingExamples, ts: int, example: IntentValues) -> None:
         pending.examples.append((ts, example))
         pending.examples.sort(key=lambda item: item[0])
         if len(pending.examples) > self.max_pending:

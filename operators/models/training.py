@@ -19,6 +19,7 @@ from typing import Any
 
 from river import metrics
 
+from operators.features.operator import FeatureVector
 from operators.models.clustering import (
     Assignment,
     BehaviourClusterer,
@@ -28,7 +29,7 @@ from operators.models.clustering import (
 )
 from operators.models.config import ModelConfig
 from operators.models.drift import DriftEvent, DriftMonitor
-from operators.models.inputs import ModelInput, behaviour_input, has_behaviour, intent_input
+from operators.models.inputs import ModelInput, behaviour_input, has_behaviour, model_inputs
 from operators.models.intent import IntentClassifier
 from operators.models.scoring import ScoringModel
 
@@ -40,6 +41,23 @@ PROBABILITY_FLOOR = 1e-15
 def in_training_sample(vector_id: str, share: float) -> bool:
     """Whether the trainer learns from this vector: a hash of its id, so a replay picks the same ones."""
     return share >= 1.0 or zlib.crc32(vector_id.encode("utf-8")) < share * 2**32
+
+
+def learns_from(vector: FeatureVector, config: ModelConfig) -> bool:
+    """Whether the trainer learns the clusters from ``vector``: ``train_sample_share`` of all vectors, and of
+    a busy user's at most about ``train_vectors_per_user`` per 30 days.
+
+    A user emits a vector per session and per cart change (docs/features.md), so ``sessions_30d +
+    add_to_cart_30d`` approximates their vectors in 30 days, read from the vector itself: no per-user
+    state. Without the cap a persona that visits daily pulls the centers to itself, and the clusters
+    describe vectors rather than users (docs/models.md).
+    """
+    share = config.train_sample_share
+    if config.train_vectors_per_user:
+        values = vector.values
+        emitted = values["sessions_30d"] + values["add_to_cart_30d"]
+        share *= min(1.0, config.train_vectors_per_user / max(emitted, 1))
+    return in_training_sample(vector.vector_id, share)
 
 
 @dataclass
@@ -198,10 +216,14 @@ class ModelScorer:
         self.version, self.lineage, self.cause = snapshot.version, snapshot.lineage, snapshot.cause
         return True
 
-    def score(self, values: Mapping[str, Any]) -> ModelScore | None:
-        """Cluster, distances and intent of a feature vector; None before the first snapshot."""
+    def score(self, values: Mapping[str, Any],
+              inputs: tuple[ModelInput | None, ModelInput] | None = None) -> ModelScore | None:
+        """Cluster, distances and intent of a feature vector; None before the first snapshot.
+
+        ``inputs`` are the vector's :func:`~operators.models.inputs.model_inputs` when the caller has them."""
         model = self._model
         if model is None:
             return None
-        assignment = model.assign(behaviour_input(values)) if has_behaviour(values) else None
-        return ModelScore(self.version, assignment, model.intent(intent_input(values)))
+        behaviour, intent = model_inputs(values) if inputs is None else inputs
+        assignment = model.assign(behaviour) if behaviour is not None else None
+        return ModelScore(self.version, assignment, model.intent(intent))

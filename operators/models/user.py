@@ -13,10 +13,10 @@ from typing import NamedTuple
 from operators.features.operator import FeatureVector
 from operators.models.config import ModelConfig
 from operators.models.drift import DriftEvent
-from operators.models.inputs import ModelInput, behaviour_input, has_behaviour, intent_input
+from operators.models.inputs import ModelInput, intent_example, intent_values, model_inputs
 from operators.models.intent import IntentLabeler, Labelled, PendingExamples
 from operators.models.membership import Membership, MembershipPolicy, update_membership
-from operators.models.training import ModelScore, ModelScorer, ModelTrainer, in_training_sample
+from operators.models.training import ModelScore, ModelScorer, ModelTrainer, learns_from
 
 MODEL_FIELDS = ("intent",)
 """What the models add to the fields rules may compare (``intent``: P(purchase within the horizon))."""
@@ -65,6 +65,18 @@ class UserModels:
         self.config = config
         self.labeler = IntentLabeler(config.intent_horizon_ms, config.intent_max_pending)
         self.policy = MembershipPolicy(config.hysteresis_margin, config.hysteresis_patience)
+        self._last_inputs: tuple[FeatureVector, tuple[ModelInput | None, ModelInput]] | None = None
+
+    def _inputs(self, vector: FeatureVector) -> tuple[ModelInput | None, ModelInput]:
+        """The vector's model inputs, computed once for learning (:meth:`vector`) and scoring (:meth:`score`).
+
+        Neither changes its inputs, so both may share them."""
+        last = self._last_inputs
+        if last is not None and last[0] is vector:
+            return last[1]
+        inputs = model_inputs(vector.values)
+        self._last_inputs = (vector, inputs)
+        return inputs
 
     def vector(self, state: UserModelState, vector: FeatureVector, by_purchase: bool) -> list[TrainingInput]:
         """A newly emitted vector: the trainer's sample of it, and an intent example waiting for its label.
@@ -73,11 +85,12 @@ class UserModels:
         milliseconds later (docs/models.md).
         """
         values = vector.values
+        behaviour, intent = self._inputs(vector)
         learned = []
-        if has_behaviour(values) and in_training_sample(vector.vector_id, self.config.train_sample_share):
-            learned.append(TrainingInput(vector.ts, behaviour_input(values), None, values["top_category"] or ""))
+        if behaviour is not None and learns_from(vector, self.config):
+            learned.append(TrainingInput(vector.ts, behaviour, None, values["top_category"] or ""))
         if not by_purchase:
-            self.labeler.add(state.pending, vector.ts, intent_input(values))
+            self.labeler.add(state.pending, vector.ts, intent_values(intent))
         return learned
 
     def purchase(self, state: UserModelState, ts: int) -> list[TrainingInput]:
@@ -93,11 +106,11 @@ class UserModels:
 
     @staticmethod
     def _settled(settled: list[Labelled], ts: int) -> list[TrainingInput]:
-        return [TrainingInput(ts, example, label) for example, label in settled]
+        return [TrainingInput(ts, intent_example(values), label) for values, label in settled]
 
     def score(self, state: UserModelState, vector: FeatureVector, scorer: ModelScorer) -> Rescored | None:
         """Score with the loaded snapshot; a :class:`Rescored` when the cluster membership changed."""
-        score = scorer.score(vector.values)
+        score = scorer.score(vector.values, self._inputs(vector))
         if score is None:
             return None
         state.intent, state.version = score.intent, score.version

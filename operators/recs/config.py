@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from typing import Any
 
 from operators.recs.similarity import SIMILARITIES
@@ -26,22 +27,26 @@ class RecConfig:
     k: int = 10
     weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     event_weights: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
-    recent_items: int = 20
+    recent_items: int = 50
     """Distinct items remembered per user; a new item is paired with all of them (co-visitation window)."""
     query_items: int = 10
     """The user's most recent items whose neighbours are scored."""
     position_decay: float = 0.8
     """The n-th most recent item counts ``position_decay ** n`` (n = 0 is the newest)."""
-    similarity: str = "jaccard"
+    similarity: str = "cosine"
     """How co-visitation weight is normalised: ``jaccard``, ``cosine`` or ``lift`` (docs/recommendations.md)."""
-    max_neighbours: int = 100
+    max_neighbours: int = 200
     """Co-visitation weights kept per item (up to 1.5x between prunings; the weakest go)."""
-    scored_neighbours: int = 50
+    scored_neighbours: int = 100
     """Strongest neighbours of a query item that are scored."""
     max_items: int = 20_000
     """Items in the global model; the least recently seen is forgotten first."""
-    covisit_half_life_ms: int = 30 * DAY_MS
-    trending_half_life_ms: int = 7 * DAY_MS
+    pair_decay: float = 0.3
+    """A pair of items ``d`` steps apart in a user's sequence (1: consecutive) counts ``d ** -pair_decay``."""
+    covisit_half_life: int = 1_000_000
+    """Co-visitation half-life in interactions learned by the model (the interaction clock)."""
+    trending_half_life: int = 5_000
+    """Trending half-life in interactions learned by the model."""
     trending_pool: int = 50
     """Top items kept per trending list (global and per segment)."""
     category_pool: int = 20
@@ -72,6 +77,15 @@ class RecConfig:
             raise ValueError("scored_neighbours must not exceed max_neighbours")
         if not 0.0 < self.position_decay <= 1.0:
             raise ValueError("position_decay must be in (0, 1]")
+        if self.pair_decay < 0.0:
+            raise ValueError("pair_decay must not be negative")
+        if self.covisit_half_life < 1 or self.trending_half_life < 1:
+            raise ValueError("covisit_half_life and trending_half_life must be at least 1 interaction")
+
+    @cached_property
+    def pair_weights(self) -> tuple[float, ...]:
+        """Weight of a pair by its distance in the user's sequence, for the ``recent_items`` previous items."""
+        return tuple((distance + 1) ** -self.pair_decay for distance in range(self.recent_items))
 
 
 def rec_config(section: Mapping[str, Any]) -> RecConfig:

@@ -7,9 +7,9 @@ user's previous items to pair it with. The model never sees user ids.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
 from operators.recs.config import RecConfig
@@ -58,8 +58,11 @@ class ItemModel:
 
     items: dict[str, ItemEntry] = field(default_factory=dict)
     """Catalogue in least-recently-seen-first order (a seen item moves to the end)."""
-    covisit_origin: int | None = None
-    trending_origin: int | None = None
+    learned: int = 0
+    """Interactions learned: the clock co-visitation and trending decay on (a half-life is a number of
+    interactions, so the model behaves the same whatever the data's time scale)."""
+    covisit_origin: int = 0
+    trending_origin: int = 0
     trending: Trending | None = None
     segments: dict[str, Trending] = field(default_factory=dict)
     """Trending list per segment name, least recently updated first."""
@@ -67,25 +70,26 @@ class ItemModel:
     """Trending list per category, feeding the affinity source."""
 
     def learn(self, interaction: Interaction, config: RecConfig) -> None:
-        item, ts = interaction.item_id, interaction.ts
+        item = interaction.item_id
         entry = self.touch(item, interaction.category, interaction.available, config)
-        covisit_unit = self._covisit_unit(ts, config)
-        weight = interaction.weight * covisit_unit
+        self.learned += 1
+        weight = interaction.weight * self._covisit_unit(config)
         entry.mass += weight
         limit = config.max_neighbours + config.max_neighbours // 2
-        for other in interaction.previous[: config.recent_items]:
-            if other == item:
-                continue
-            neighbour = self.items.get(other)
+        items = self.items
+        # the weight table has recent_items entries: zip pairs with the newest recent_items only
+        for other, closeness in zip(interaction.previous, config.pair_weights, strict=False):
+            neighbour = items.get(other) if other != item else None
             if neighbour is None:
                 continue
+            added = weight * closeness
             for owner, key in ((entry, other), (neighbour, item)):
                 row = owner.neighbours
-                row[key] = row.get(key, 0.0) + weight
-                owner.added += weight
+                row[key] = row.get(key, 0.0) + added
+                owner.added += added
                 if len(row) > limit:
                     _prune(row, config.max_neighbours)
-        trending_unit = interaction.weight * self._trending_unit(ts, config)
+        trending_unit = interaction.weight * self._trending_unit(config)
         self._global_trending(config).add(item, trending_unit)
         for segment in interaction.segments:
             self._segment_trending(segment, config).add(item, trending_unit)
@@ -118,12 +122,13 @@ class ItemModel:
     def covisit_scores(self, query: Sequence[tuple[str, float]], config: RecConfig) -> dict[str, float]:
         """``sum over query items q of weight(q) * similarity(q, j)`` over the scored neighbours j of each q."""
         items = self.items
-        scores: defaultdict[str, float] = defaultdict(float)
+        scores: dict[str, float] = {}
+        get = scores.get
         for item, weight in query:
             entry = items.get(item)
             if entry is not None:
                 for other, similarity in self._similar(entry, config):
-                    scores[other] += weight * similarity
+                    scores[other] = get(other, 0.0) + weight * similarity
         return scores
 
     def trending_scores(self, segments: Iterable[str], config: RecConfig) -> dict[str, float]:
@@ -131,13 +136,12 @@ class ItemModel:
         lists = [self.segments[s] for s in segments if s in self.segments]
         if self.trending is not None:
             lists.append(self.trending)
+        if len(lists) == 1:  # the usual case: the global list alone, no averaging
+            return dict(lists[0].shares())
         scores: dict[str, float] = {}
         for trending in lists:
-            top = trending.top(config.trending_pool)
-            if top and top[0][1] > 0.0:
-                best = top[0][1]
-                for item, count in top:
-                    scores[item] = scores.get(item, 0.0) + count / best / len(lists)
+            for item, share in trending.shares():
+                scores[item] = scores.get(item, 0.0) + share / len(lists)
         return scores
 
     def category_scores(self, affinities: Sequence[tuple[str, float]], config: RecConfig) -> dict[str, float]:
@@ -148,13 +152,12 @@ class ItemModel:
             return scores
         for category, affinity in affinities:
             trending = self.categories.get(category)
-            top = trending.top(config.category_pool) if trending is not None else []
-            if not top or top[0][1] <= 0.0:
+            if trending is None:
                 continue
-            scale = affinity / best_affinity / top[0][1]
-            for item, count in top:
-                if scale * count > scores.get(item, 0.0):
-                    scores[item] = scale * count
+            scale = affinity / best_affinity
+            for item, share in trending.shares():
+                if scale * share > scores.get(item, 0.0):
+                    scores[item] = scale * share
         return scores
 
     def _similar(self, entry: ItemEntry, config: RecConfig) -> list[tuple[str, float]]:
@@ -164,39 +167,36 @@ class ItemModel:
         and recomputing on every query would cost a sort per query item.
         """
         if entry.added > entry.top_added * (1.0 + RESORT_GROWTH):
-            items, mass, row = self.items, entry.mass, entry.neighbours
+            items, mass, measure = self.items, entry.mass, SIMILARITIES[config.similarity]
             top = []
-            measure = SIMILARITIES[config.similarity]
-            for other in sorted(row, key=row.__getitem__, reverse=True)[: config.scored_neighbours]:
-                neighbour = items.get(other)
-                if neighbour is not None and neighbour.mass > 0.0 and mass > 0.0:
-                    top.append((other, measure(row[other], mass, neighbour.mass)))
+            if mass > 0.0:  # sorted() in C beats heapq.nlargest's Python loop for 100 of 300
+                strongest = sorted(entry.neighbours.items(), key=itemgetter(1), reverse=True)
+                for other, together in strongest[: config.scored_neighbours]:
+                    neighbour = items.get(other)
+                    if neighbour is not None and neighbour.mass > 0.0:
+                        top.append((other, measure(together, mass, neighbour.mass)))
             entry.top = top
             entry.top_added = entry.added
         return entry.top
 
-    def _covisit_unit(self, ts: int, config: RecConfig) -> float:
-        if self.covisit_origin is None:
-            self.covisit_origin = ts
-        elif needs_rebase(ts, self.covisit_origin, config.covisit_half_life_ms):
-            factor = 1.0 / growth(ts, self.covisit_origin, config.covisit_half_life_ms)
+    def _covisit_unit(self, config: RecConfig) -> float:
+        if needs_rebase(self.learned, self.covisit_origin, config.covisit_half_life):
+            factor = 1.0 / growth(self.learned, self.covisit_origin, config.covisit_half_life)
             for entry in self.items.values():
                 entry.mass *= factor
                 entry.added *= factor
                 entry.top_added *= factor
                 entry.neighbours = {key: value * factor for key, value in entry.neighbours.items()}
-            self.covisit_origin = ts
-        return growth(ts, self.covisit_origin, config.covisit_half_life_ms)
+            self.covisit_origin = self.learned
+        return growth(self.learned, self.covisit_origin, config.covisit_half_life)
 
-    def _trending_unit(self, ts: int, config: RecConfig) -> float:
-        if self.trending_origin is None:
-            self.trending_origin = ts
-        elif needs_rebase(ts, self.trending_origin, config.trending_half_life_ms):
-            factor = 1.0 / growth(ts, self.trending_origin, config.trending_half_life_ms)
+    def _trending_unit(self, config: RecConfig) -> float:
+        if needs_rebase(self.learned, self.trending_origin, config.trending_half_life):
+            factor = 1.0 / growth(self.learned, self.trending_origin, config.trending_half_life)
             for trending in self._all_trending():
                 trending.rescale(factor)
-            self.trending_origin = ts
-        return growth(ts, self.trending_origin, config.trending_half_life_ms)
+            self.trending_origin = self.learned
+        return growth(self.learned, self.trending_origin, config.trending_half_life)
 
     def _all_trending(self) -> list[Trending]:
         lists = [*self.segments.values(), *self.categories.values()]

@@ -82,14 +82,18 @@ class RecommendationServer:
     def model(self) -> ItemModel:
         return self.recommender.model
 
+    def learn(self, request: RecRequest) -> None:
+        """Learn the request's interaction, if any, without ranking (a later request ranks)."""
+        if request.interaction is not None:
+            self.model.learn(request.interaction, self.recommender.config)
+
     def handle(self, request: RecRequest, published: Published | None) -> RecList | None:
         """The list to publish for this request, or None when it would not change meaningfully.
 
         Learning comes first: the user's own event counts for the neighbours of their next list.
         """
         config = self.recommender.config
-        if request.interaction is not None:
-            self.model.learn(request.interaction, config)
+        self.learn(request)
         if request.user is None:
             return None
         ranking = self.recommender.rank(request.user, request.segments, request.ts)

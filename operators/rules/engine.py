@@ -18,7 +18,7 @@ from operators.jsontext import sorted_json
 from operators.rules.catalog import RuleSet
 from operators.rules.conditions import FIRST_SEEN, Facts, earliest
 from operators.rules.language import Segment
-from operators.rules.signals import SignalLog
+from operators.rules.signals import Retention, Signal, SignalLog
 
 SEGMENTS_SCHEMA = "segments.v1"
 MAX_CATCH_UP = 1000
@@ -114,13 +114,20 @@ class SegmentEngine:
 
     def __init__(self, rules: RuleSet) -> None:
         self.rules = rules
+        # Per event type, the signals it may count (in rule-set order), and the order changes go out in:
+        # looked up per event instead of asking every signal and sorting by priority each time.
+        self._signals_by_type: dict[str, list[tuple[str, Signal, Retention]]] = {}
+        for key, (signal, retention) in rules.signals.items():
+            for event_type in dict.fromkeys(signal.types):
+                self._signals_by_type.setdefault(event_type, []).append((key, signal, retention))
+        self._order = {name: (-segment.priority, name) for name, segment in rules.segments.items()}
 
     def observe(self, state: RuleState, event: Event, first_seen: int,
                 features: Mapping[str, Any]) -> list[SegmentChange]:
         """Apply an accepted event; ``features`` are the user's current feature values (may be empty)."""
         rules = self.rules
         changes = self.advance(state, event.user_key, event.ts)
-        for key, (signal, retention) in rules.signals.items():
+        for key, signal, retention in self._signals_by_type.get(event.type, ()):
             entity = signal.entity(event)
             if entity is not None:
                 log = state.logs.setdefault(key, SignalLog())
@@ -283,8 +290,12 @@ class SegmentEngine:
 
     def _ordered(self, names: Iterable[str]) -> list[str]:
         """Highest priority first, then by id: the order changes are emitted in."""
-        segments = self.rules.segments
-        return sorted(names, key=lambda n: (-(segments[n].priority if n in segments else 0), n))
+        order = self._order
+        names = list(names)
+        try:
+            return sorted(names, key=order.__getitem__)
+        except KeyError:  # a segment no longer in the rules (paused, deleted) or a model segment: priority 0
+            return sorted(names, key=lambda n: order.get(n) or (0, n))
 
     @staticmethod
     def _change(state: RuleState, user_key: str, segment: str, action: str, cause: Mapping[str, Any],
