@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import redis
+from redis.commands.core import Script
 from redis.exceptions import BusyLoadingError, NoScriptError, OutOfMemoryError, ReadOnlyError
 
 from connectors.redis_keys import (
@@ -217,6 +218,11 @@ def feature_fields(vector: FeatureVector) -> list[Any]:
     return fields
 
 
+def run_script(pipe: Any, script: Script, keys: list[str], args: list[Any]) -> None:
+    """Queue ``EVALSHA`` of a script Redis already holds (the writer loads them before its first flush)."""
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+
 class RedisStateWriter:
     """Buffers per-user hashes and writes them in guarded, pipelined batches."""
 
@@ -233,6 +239,9 @@ class RedisStateWriter:
         self.apply_segment_change = self.client.register_script(APPLY_SEGMENT_CHANGE)
         self.apply_recs = self.client.register_script(APPLY_RECS)
         self.scrub_user_changes = self.client.register_script(SCRUB_USER_CHANGES)
+        self.scripts_loaded = False
+        """Whether Redis holds the scripts: a flush then calls them by digest alone, with no ``SCRIPT
+        EXISTS`` round trip first (what redis-py's pipelines do on every execute)."""
         self.pending: dict[str, tuple[int, list[Any]]] = {}
         self.rec_lists: dict[str, tuple[RecList, int]] = {}
         self.segment_changes: list[tuple[SegmentChange, bytes]] = []
@@ -388,19 +397,28 @@ class RedisStateWriter:
         self.last_flush = self.clock()
         if self.empty():
             return
+        if not self.scripts_loaded:
+            for script in (self.guarded_hset, self.apply_segment_change, self.apply_recs, self.scrub_user_changes):
+                self.client.script_load(script.script)
+            self.scripts_loaded = True
         pipe = self.client.pipeline(transaction=False)
         self._segment_changes(pipe)
         if self.erased:
-            self.scrub_user_changes(keys=[segment_changes_key(self.settings.key_prefix)], args=sorted(self.erased),
-                                    client=pipe)
+            run_script(pipe, self.scrub_user_changes, [segment_changes_key(self.settings.key_prefix)],
+                       sorted(self.erased))
         if self.forgotten:
             pipe.unlink(*self.forgotten)
+        ttl_s = self.settings.user_ttl_s
         for key, (version, fields) in self.pending.items():
-            self.guarded_hset(keys=[key], args=[self.settings.user_ttl_s, version, *fields], client=pipe)
+            run_script(pipe, self.guarded_hset, [key], [ttl_s, version, *fields])
         self._rec_lists(pipe)
         if self.new_users:
             pipe.pfadd(users_hll_key(self.settings.key_prefix), *self.new_users)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except NoScriptError:  # Redis restarted or flushed its scripts: load them again, then retry
+            self.scripts_loaded = False
+            raise
         self.pending.clear()
         self.forgotten.clear()
         self.erased.clear()
@@ -415,17 +433,17 @@ class RedisStateWriter:
             for candidate in recs.ranking.candidates:
                 members += [candidate.score, candidate.item_id]
             items = json.dumps(recs.items(), separators=(",", ":"))
-            self.apply_recs(keys=[user_recs_key(prefix, user), user_recs_info_key(prefix, user)],
-                            args=[recs.seq, ttl_s, recs.ts, recs.ranking.suppressed, items, *members], client=pipe)
+            run_script(pipe, self.apply_recs, [user_recs_key(prefix, user), user_recs_info_key(prefix, user)],
+                       [recs.seq, ttl_s, recs.ts, recs.ranking.suppressed, items, *members])
 
     def _segment_changes(self, pipe: Any) -> None:
         prefix, settings = self.settings.key_prefix, self.settings
         for change, record in self.segment_changes:
             keys = [user_segments_key(prefix, change.user_key), segment_members_key(prefix, change.segment),
                     segment_counts_key(prefix), segment_changes_key(prefix)]
-            self.apply_segment_change(keys=keys, args=[
+            run_script(pipe, self.apply_segment_change, keys, [
                 change.seq, change.action, change.segment, change.event_time, settings.user_ttl_s, record,
-                settings.changes_stream_maxlen, change.user_key, self.epoch], client=pipe)
+                settings.changes_stream_maxlen, change.user_key, self.epoch])
 
     def close(self) -> None:
         self.flush()

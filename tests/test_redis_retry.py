@@ -198,3 +198,20 @@ def test_a_restarted_writer_replaces_what_an_aborted_attempt_wrote(stack_setting
     change(aborted, 3, "dormant", "enter")  # a late flush of the aborted attempt changes nothing
     stored = replay.client.hgetall(user_segments_key(settings.key_prefix, "u1"))
     assert stored[b"_seq"] == b"2" and b"new_visitor" not in stored and b"dormant" not in stored
+
+
+def test_a_flush_after_redis_dropped_its_scripts_loads_them_again(stack_settings: Settings,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer calls its scripts by digest without asking Redis first; a Redis that lost them (a
+    restart, ``SCRIPT FLUSH``) answers NOSCRIPT, and the retry loads them again and writes."""
+    settings = replace(stack_settings.redis, key_prefix=f"t{uuid.uuid4().hex[:8]}:")
+    writer = RedisStateWriter(settings)
+    monkeypatch.setattr(redis_writer.time, "sleep", lambda _: None)
+    change = SegmentChange("u1", 1, "new_visitor", "enter", {}, (), (), 1_767_225_600_000)
+    writer.stage_segment_change(change, b"{}")
+    writer.flush()
+    writer.client.script_flush()
+    writer.stage_segment_change(replace(change, seq=2, segment="dormant"), b"{}")
+    writer.flush()
+    stored = writer.client.hgetall(user_segments_key(settings.key_prefix, "u1"))
+    assert stored[b"_seq"] == b"2" and b"new_visitor" in stored and b"dormant" in stored
