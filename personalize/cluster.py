@@ -212,6 +212,24 @@ def status(cluster: ClusterSettings) -> dict[str, Any]:
             "supervisor": supervisor_status(cluster)}
 
 
+def job_config(settings: Settings, path: Path) -> Path:
+    """The job reads its settings itself (``--config``): write the ones a caller changed from the defaults
+    (broker, topics, Redis, parallelism) as an override file; returns ``path``."""
+    topics = settings.kafka.topics
+    overrides = {
+        "kafka": {"bootstrap_servers": settings.kafka.bootstrap_servers, "group_id": settings.kafka.group_id,
+                  "transactional_id_prefix": settings.kafka.transactional_id_prefix,
+                  "topics": {name: {"name": getattr(topics, name).name, "partitions": getattr(topics, name).partitions}
+                             for name in topics.__dataclass_fields__}},
+        "redis": {"url": settings.redis.url, "key_prefix": settings.redis.key_prefix},
+        "job": {"parallelism": settings.job.parallelism},
+        "stack": {"run_dir": str(Path(settings.stack.run_dir).resolve())},  # where the privacy secret is
+        "privacy": {"enabled": settings.privacy.enabled},
+    }
+    path.write_text(yaml.safe_dump(overrides))
+    return path
+
+
 def submit(settings: Settings, job_args: Sequence[str], savepoint: str | None = None,
            parallelism: int | None = None) -> str:
     """Submit the job detached with ``flink run``; returns the job id.

@@ -197,6 +197,20 @@ def test_the_plot_shows_the_latency_distribution_and_timeline(tmp_path: Path) ->
     assert path.stat().st_size > 10_000
 
 
+def test_the_cluster_stage_is_checked_against_the_scale_out_target() -> None:
+    """Two TaskManagers must reach 1.7x one (the stage itself needs the standalone cluster and runs on demand)."""
+    from benchmarks.suite import summary, targets
+
+    runs = {"tm1": {"events_per_s": 400, "events_per_s_wall": 300},
+            "tm2": {"events_per_s": 700, "events_per_s_wall": 500}}
+    result = {"events": 1000, "date": "2026-12-05", "commit": "test", "cluster": runs}
+    result["targets"] = targets(result)
+    assert result["targets"] == {"cluster_2_vs_1": {"ratio": 1.75, "met": True}}
+    assert "cluster job tm2                      700 events/s" in summary(result)
+    runs["tm2"]["events_per_s"] = 600
+    assert not targets(result)["cluster_2_vs_1"]["met"]
+
+
 def test_live_event_time_follows_the_offer_and_keeps_order_and_duplicates() -> None:
     from benchmarks.suite import live
     from personalize.generator import EventGenerator

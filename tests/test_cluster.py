@@ -30,23 +30,6 @@ pytestmark = pytest.mark.integration
 UNSTABLE = (":population:", ":rules:instances", ":segments:changes")
 
 
-def job_config(settings: Settings, path: Path) -> Path:
-    """The job reads its settings itself: write this test's (isolated) ones as an override file."""
-    topics = settings.kafka.topics
-    overrides = {
-        "kafka": {"bootstrap_servers": settings.kafka.bootstrap_servers, "group_id": settings.kafka.group_id,
-                  "transactional_id_prefix": settings.kafka.transactional_id_prefix,
-                  "topics": {name: {"name": getattr(topics, name).name, "partitions": getattr(topics, name).partitions}
-                             for name in topics.__dataclass_fields__}},
-        "redis": {"url": settings.redis.url, "key_prefix": settings.redis.key_prefix},
-        "job": {"parallelism": settings.job.parallelism},
-        "stack": {"run_dir": str(Path(settings.stack.run_dir).resolve())},  # where the privacy secret is
-        "privacy": {"enabled": settings.privacy.enabled},
-    }
-    path.write_text(yaml.safe_dump(overrides))
-    return path
-
-
 def for_comparison(settings: Settings) -> Settings:
     """For runs compared record by record: no consent gating or identity stitching, whose outcome
     depends on the read order of different topics (docs/privacy.md), not on failures or parallelism."""
@@ -92,8 +75,8 @@ def run_bounded(settings: Settings, ends: dict[str, dict[int, int]], tmp_path: P
                 parallelism: int) -> str:
     ends_file = tmp_path / f"{name}-ends.json"
     ends_file.write_text(json.dumps(ends))
-    config = job_config(replace(settings, job=replace(settings.job, parallelism=parallelism)),
-                        tmp_path / f"{name}.yaml")
+    config = cluster.job_config(replace(settings, job=replace(settings.job, parallelism=parallelism)),
+                                tmp_path / f"{name}.yaml")
     return cluster.submit(settings, ["--config", str(config), "--start", "earliest", "--end-offsets", str(ends_file)])
 
 
@@ -129,8 +112,8 @@ def send_sentinels(settings: Settings, ts: int) -> None:
 
 def start_unbounded(settings: Settings, tmp_path: Path, name: str, parallelism: int,
                     savepoint: str | None = None) -> str:
-    config = job_config(replace(settings, job=replace(settings.job, parallelism=parallelism)),
-                        tmp_path / f"{name}.yaml")
+    config = cluster.job_config(replace(settings, job=replace(settings.job, parallelism=parallelism)),
+                                tmp_path / f"{name}.yaml")
     job_id = cluster.submit(settings, ["--config", str(config), "--start", "earliest"], savepoint=savepoint)
     cluster.wait_for_state(settings.cluster, job_id, {"RUNNING"})
     return job_id
