@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import IO, Any
 
 import redis
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from connectors.redis_keys import (
     layout_patterns,
@@ -24,7 +28,7 @@ from personalize import stack
 from personalize.generator import EventGenerator
 from personalize.kafka_tools import read_topic
 from personalize.paths import resolve
-from personalize.publish import publish, write_personas
+from personalize.publish import Progress, publish, write_personas
 from personalize.settings import Settings, Topic
 
 
@@ -168,6 +172,55 @@ def print_summary(summary: Summary, out: IO[str]) -> None:
     print(VARIANCE_NOTE, file=out)
 
 
+class JobProgress:
+    """A progress bar of the events a running job has read: its Kafka source's committed group offsets
+    against the published end offsets. The source commits at each checkpoint, so the bar moves every
+    ``job.checkpoint_interval_ms``; a broker that does not answer only leaves it where it was."""
+
+    def __init__(self, settings: Settings, end_offsets: dict[str, dict[int, int]], stream: IO[str] | None = None,
+                 interval_s: float = 1.0) -> None:
+        self.kafka = settings.kafka
+        self.end_offsets = end_offsets
+        self.total = sum(sum(partitions.values()) for partitions in end_offsets.values())
+        self.bar = Progress(self.total, "job", stream)
+        self.interval_s = interval_s
+        self.done = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._follow, name="job-progress", daemon=True)
+
+    def read(self, admin: KafkaAdminClient) -> int:
+        """Events up to the committed offsets, within the published ones."""
+        done = 0
+        group = self.kafka.group_id
+        for partition, committed in admin.list_group_offsets(group).get(group, {}).items():
+            end = self.end_offsets.get(partition.topic, {}).get(partition.partition)
+            if end is not None and committed.offset > 0:
+                done += min(committed.offset, end)
+        return done
+
+    def _follow(self) -> None:
+        admin: KafkaAdminClient | None = None
+        while not self.stopped.wait(self.interval_s):
+            try:
+                admin = admin or KafkaAdminClient(bootstrap_servers=self.kafka.bootstrap_servers)
+                self.done = self.read(admin)
+            except KafkaError:
+                continue
+            self.bar.update(self.done)
+        if admin is not None:
+            admin.close()
+
+    def __enter__(self) -> JobProgress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.bar.close(self.total if error is None else self.done)  # a bounded run that ended read them all
+
+
 def run_demo(settings: Settings, out: IO[str] = sys.stdout) -> Summary:
     stack.require_java()
     info = stack.up(settings)
@@ -183,7 +236,8 @@ def run_demo(settings: Settings, out: IO[str] = sys.stdout) -> Summary:
     summary = Summary(published=published.count, publish_seconds=published.seconds)
     print(f"running the job on a local MiniCluster (parallelism {settings.job.parallelism}); its log: "
           f"{flink_log_dir(settings)}", file=out)
-    summary.job_seconds = run_job(settings, source_spec(settings, "earliest", published.end_offsets)).seconds
+    with JobProgress(settings, published.end_offsets):
+        summary.job_seconds = run_job(settings, source_spec(settings, "earliest", published.end_offsets)).seconds
     read_back(settings, summary)
     print_summary(summary, out)
     return summary
