@@ -175,8 +175,29 @@ def redis_address(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or ''}"
 
 
+@dataclass
+class WriteStats:
+    """What a writer did, for the job's metrics (``jobs/metrics.py``): flushes that wrote something,
+    transient errors retried, errors that failed the task, and how long the latest and the slowest
+    successful flush took (one attempt, without the waits between retries)."""
+
+    flushes: int = 0
+    retries: int = 0
+    failures: int = 0
+    last_flush_ms: int = 0
+    max_flush_ms: int = 0
+
+    def flushed(self, started: float) -> None:
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        self.flushes += 1
+        self.last_flush_ms = elapsed_ms
+        self.max_flush_ms = max(self.max_flush_ms, elapsed_ms)
+
+
 class UserStateSink(Protocol):
     """What the keyed operator needs from a Redis writer (tests may pass their own)."""
+
+    stats: WriteStats
 
     def stage_profile(self, update: ProfileUpdate) -> None: ...
     def stage_features(self, vector: FeatureVector) -> None: ...
@@ -250,6 +271,7 @@ class RedisStateWriter:
         """Users whose entries leave the segment-change stream at the next flush (after their exits)."""
         self.new_users: set[str] = set()
         self.last_flush = clock()
+        self.stats = WriteStats()
 
     def _stage(self, key: str, version: int, fields: Callable[[], list[Any]]) -> None:
         current = self.pending.get(key)
@@ -384,12 +406,15 @@ class RedisStateWriter:
                 write()
                 return
             except redis.RedisError as exc:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    self.stats.failures += 1
                 if not is_transient(exc):
                     raise
                 if time.monotonic() + delay > deadline:
                     raise RedisUnavailable(f"Redis at {redis_address(self.settings.url)} refused writes for "
                                            f"{self.retry_deadline_s:g} s: {refusal(exc)}") from exc
                 log.warning("Redis write failed (%r); retrying in %.1f s", exc, delay)
+                self.stats.retries += 1
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_DELAY_S)
 
@@ -397,6 +422,7 @@ class RedisStateWriter:
         self.last_flush = self.clock()
         if self.empty():
             return
+        started = time.monotonic()
         if not self.scripts_loaded:
             for script in (self.guarded_hset, self.apply_segment_change, self.apply_recs, self.scrub_user_changes):
                 self.client.script_load(script.script)
@@ -419,6 +445,7 @@ class RedisStateWriter:
         except NoScriptError:  # Redis restarted or flushed its scripts: load them again, then retry
             self.scripts_loaded = False
             raise
+        self.stats.flushed(started)
         self.pending.clear()
         self.forgotten.clear()
         self.erased.clear()

@@ -25,6 +25,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 from connectors.kafka import OUTPUT_TYPE
 from connectors.pii_secret import SecretSource
 from connectors.redis_writer import DeadLetterCounter, UserStateSink
+from jobs.metrics import LabelledCounter, redis_gauges
 from operators.deadletter import dead_letter, late_record
 from operators.events import Event
 from operators.features.config import DAY_MS, FeatureConfig
@@ -166,6 +167,9 @@ class ParseEvents(ProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.counter = self.counter_factory() if self.counter_factory is not None else None
+        metrics = runtime_context.get_metrics_group()
+        self.events_in = LabelledCounter(metrics, "events_in", "event_type")
+        self.dead_letters = LabelledCounter(metrics, "dead_letters", "reason")
         privacy = self.privacy
         self.hasher = PiiHasher(privacy.secret.resolve()) if privacy and privacy.hash_identifiers else None
         self.redactor = Redactor(self.hasher) if privacy and privacy.redact_deadletters else None
@@ -186,6 +190,7 @@ class ParseEvents(ProcessFunction):
             result = parse_event(payload, record_ts, self.limits)
         if isinstance(result, Rejection):
             key, letter = dead_letter(result, payload, topic, partition, offset, record_ts)
+            self.dead_letters.inc(result.reason)
             if self.counter is not None:
                 self.counter.count(result.reason)
             if self.redactor is not None:
@@ -193,6 +198,7 @@ class ParseEvents(ProcessFunction):
             yield DEAD_LETTERS, Row(key, letter, self.deadletter_topic)
             return
         for event in (result,) if isinstance(result, Event) else result:
+            self.events_in.inc(event.type)
             yield self._keyed(Row(*(pseudonymize_event(event, self.hasher) if self.hasher is not None else event)))
 
     def _keyed(self, event: Row) -> Row:
@@ -333,6 +339,11 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.segments_now: tuple[str, ...] = ()
         """The user's segments after the latest rule step (what the recommender's trending lists use)."""
         self.sink = ops.redis()
+        metrics = runtime_context.get_metrics_group()
+        redis_gauges(metrics, self.sink)
+        self.dead_letters = LabelledCounter(metrics, "dead_letters", "reason")
+        self.segment_entries = LabelledCounter(metrics, "segment_entries", "segment")
+        self.segment_exits = LabelledCounter(metrics, "segment_exits", "segment")
         self.subtask = subtask_index(runtime_context)
         self.features = FeatureOperator(ops.features, ops.population(self.subtask))
         self.late_events = runtime_context.get_metrics_group().counter("late_events")
@@ -409,6 +420,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         """A control record (rule command, snapshot) this operator cannot use, as a dead letter."""
         payload, topic, partition, offset, record_ts = value
         key, letter = dead_letter(rejection, payload, topic, partition, offset, record_ts)
+        self.dead_letters.inc(rejection.reason)
         if self.redactor is not None:
             letter = self.redactor.dead_letter(letter)
         return Row(key, letter, self.operators.topics["deadletter"])
@@ -777,6 +789,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         processing_time = int(time.time() * 1000)
         for change in changes:
             record = change.to_json(processing_time)
+            (self.segment_entries if change.action == "enter" else self.segment_exits).inc(change.segment)
             self.sink.stage_segment_change(change, record)
             yield Row(change.user_key.encode("utf-8"), record, self.operators.topics["segments"])
 
@@ -908,6 +921,9 @@ class RecommenderFunction(KeyedProcessFunction):
         self.published = runtime_context.get_map_state(published_recs_state(self.settings.state_ttl_ms))
         self.sink = self.settings.redis()
         self.flush_timer_set = False
+        metrics = runtime_context.get_metrics_group()
+        redis_gauges(metrics, self.sink)
+        self.rec_lists = metrics.counter("rec_lists")
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         """Learn every request's interaction in order; rank for a user once per record, at their last
@@ -917,6 +933,7 @@ class RecommenderFunction(KeyedProcessFunction):
         requests: list[RecRequest] = messages(row[1])
         server = RecommendationServer(settings.config, self.models.get(shard))
         last = {request.user_key: index for index, request in enumerate(requests)}
+        lists = 0
         for index, value in enumerate(requests):
             user = value.user_key
             if value.user is None:
@@ -934,7 +951,10 @@ class RecommenderFunction(KeyedProcessFunction):
                     self.published.put(user, (recs.seq, tuple(recs.ranking.item_ids())))
                     record = recs.to_json(int(time.time() * 1000))
                     self.sink.stage_recs(recs, settings.redis_ttl_s)
+                    lists += 1
                     yield Row(user.encode("utf-8"), record, settings.topic)
+        if lists:
+            self.rec_lists.inc(lists)
         interactions = [request.interaction for request in requests if request.interaction is not None]
         if interactions:
             self.models.changed(shard, ctx.timer_service(), pickle.dumps(interactions))
@@ -979,6 +999,7 @@ class ModelTrainerFunction(KeyedProcessFunction):
         self.end_timer_set = False
         self.quality: dict[str, float] = {}
         metrics = runtime_context.get_metrics_group()
+        redis_gauges(metrics, self.sink)
         metrics.gauge("model_version", lambda: int(self.quality.get("version", 0)))
         metrics.gauge("intent_auc_permille", lambda: int(1000 * self.quality.get("intent_auc", 0.0)))
         metrics.gauge("intent_log_loss_permille", lambda: int(1000 * self.quality.get("intent_log_loss", 0.0)))

@@ -121,6 +121,7 @@ def cmd_cluster(args: argparse.Namespace, settings: Settings) -> int:
         overview = cluster.up(settings.cluster)
         print(f"Flink {overview['flink-version']}: {overview['taskmanagers']} TaskManagers, "
               f"{overview['slots-total']} slots; web UI http://localhost:{settings.cluster.rest_port}")
+        print("Prometheus: " + (" ".join(cluster.scrape_urls(settings.cluster)) or "no endpoint answers yet"))
     elif args.action == "down":
         cluster.down(settings.cluster)
         print("stopped the cluster's TaskManagers and JobManager")

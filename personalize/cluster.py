@@ -40,6 +40,9 @@ from personalize.settings import ClusterSettings, Settings
 PROJECT_PACKAGES = (*JOB_PACKAGES, "config") if paths.SOURCE_CHECKOUT else JOB_PACKAGES
 TERMINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELED"})
 #: Heartbeats between the JobManager and the TaskManagers (Flink's defaults: 10 s and 50 s).
+PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+#: The Prometheus ports of a local cluster: ``cluster.metrics_port`` and the ones after it.
+METRICS_PORTS = 16
 HEARTBEAT_INTERVAL = "1 s"
 HEARTBEAT_TIMEOUT = "20 s"
 #: What Flink reports as the watermark of a task that has none yet.
@@ -98,6 +101,8 @@ def cluster_config(cluster: ClusterSettings, where: ClusterPaths) -> dict[str, A
                         "numberOfTaskSlots": cluster.slots_per_taskmanager,
                         "memory": {"process": {"size": cluster.taskmanager_memory}}},
         "rest": {"address": "localhost", "bind-address": "localhost", "port": cluster.rest_port},
+        # Prometheus: each Flink process takes the next free port of the range (docs/operations.md, "Metrics").
+        "metrics": {"reporter": {"prom": {"factory": {"class": PROMETHEUS_REPORTER}, "port": metrics_ports(cluster)}}},
         # A crashed TaskManager must be noticed quickly: until it is, restarts are deployed to its slots,
         # fail at once and use up the job's restart attempts. Two failed heartbeat RPCs 1 s apart mark
         # it lost; the timeout covers a live but hung process.
@@ -182,6 +187,26 @@ def up(cluster: ClusterSettings) -> dict[str, Any]:
     if cluster.supervise and supervisor_pid(cluster) is None:
         _start_supervisor(cluster)
     return overview
+
+
+def metrics_ports(cluster: ClusterSettings) -> str:
+    """The port range of the cluster's Prometheus endpoints, as Flink's reporter takes it."""
+    return f"{cluster.metrics_port}-{cluster.metrics_port + METRICS_PORTS - 1}"
+
+
+def scrape_urls(cluster: ClusterSettings, timeout_s: float = 0.5) -> list[str]:
+    """The Prometheus endpoints of the cluster's processes that answer now (the JobManager's and each
+    TaskManager's, in port order)."""
+    urls = []
+    for port in range(cluster.metrics_port, cluster.metrics_port + METRICS_PORTS):
+        url = f"http://localhost:{port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                if response.status == 200:
+                    urls.append(url)
+        except OSError:
+            continue
+    return urls
 
 
 def wait_for_taskmanagers(cluster: ClusterSettings, count: int) -> dict[str, Any]:

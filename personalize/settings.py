@@ -266,6 +266,7 @@ class ClusterSettings:
     run_dir: str
     rest_port: int
     rpc_port: int
+    metrics_port: int
     taskmanagers: int
     slots_per_taskmanager: int
     jobmanager_memory: str

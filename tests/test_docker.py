@@ -3,6 +3,7 @@ consistent with the project (pinned versions, the local cluster's configuration,
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import pyflink
 import pytest
 import yaml
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
+from jobs.metrics import JOB_METRICS
 from operators.privacy.pii import MIN_SECRET_BYTES
 from personalize import bootstrap, cluster, paths
 from personalize import settings as settings_module
@@ -56,9 +59,10 @@ def flattened(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def test_compose_has_kraft_kafka_flink_redis_topic_init_and_submission(compose: dict[str, Any]) -> None:
+def test_compose_has_kraft_kafka_flink_redis_topic_init_submission_and_monitoring(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"kafka", "redis", "topic-init", "jobmanager", "taskmanager", "submit", "dashboard"}
+    assert set(services) == {"kafka", "redis", "topic-init", "jobmanager", "taskmanager", "submit", "dashboard",
+                             "prometheus", "grafana"}
     kafka = services["kafka"]["environment"]
     assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}  # KRaft: no ZooKeeper
     assert kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
@@ -217,3 +221,36 @@ def test_topic_init_creates_the_configured_topics_with_their_configs(stack_setti
     for topic in topics.values():
         assert {key: configs[topic["name"]][key]["value"] for key in topic["config"]} == topic["config"]
     assert topics["profiles"]["config"]["cleanup.policy"] == "compact,delete"  # tombstones erase (docs/privacy.md)
+
+
+def test_flink_reports_to_prometheus_as_the_local_cluster_does(compose: dict[str, Any]) -> None:
+    local = flattened(cluster.cluster_config(DEFAULTS.cluster, cluster.ClusterPaths.of(DEFAULTS.cluster)))
+    bundled = sorted(p.name for p in (Path(pyflink.__file__).parent / "plugins" / "metrics-prometheus").glob("*.jar"))
+    for name in ("jobmanager", "taskmanager"):
+        service = compose["services"][name]
+        properties = flink_properties(service)
+        assert properties["metrics.reporter.prom.factory.class"] == local["metrics.reporter.prom.factory.class"]
+        assert properties["metrics.reporter.prom.port"] == str(DEFAULTS.cluster.metrics_port)
+        assert [service["environment"]["ENABLE_BUILT_IN_PLUGINS"]] == bundled
+
+
+def test_prometheus_scrapes_every_flink_process_and_grafana_charts_every_job_metric(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    scrape = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    port = DEFAULTS.cluster.metrics_port
+    assert {"jobmanager:" + str(port)} == set(scrape[0]["static_configs"][0]["targets"])
+    assert scrape[1]["dns_sd_configs"][0] == {"names": ["taskmanager"], "type": "A", "port": port}
+    mounted = {volume.split(":")[1] for volume in services["prometheus"]["volumes"]}
+    assert "/etc/prometheus/prometheus.yml" in mounted
+    grafana = services["grafana"]
+    assert all(port_map.startswith("127.0.0.1:") for port_map in grafana["ports"] + services["prometheus"]["ports"])
+    source = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert source["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "dashboards" / "personalize.yml").read_text())
+    dashboards_dir = provider["providers"][0]["options"]["path"]
+    assert f"./grafana/dashboards:{dashboards_dir}:ro" in grafana["volumes"]
+    dashboard = json.loads((DOCKER / "grafana" / "dashboards" / "personalize.json").read_text())
+    queries = " ".join(target["expr"] for panel in dashboard["panels"] for target in panel["targets"])
+    assert {name for name in JOB_METRICS if f'.*{name}"' in queries} == set(JOB_METRICS)
+    labelled = {name: label for name, label in JOB_METRICS.items() if label}
+    assert all(f"by ({label})" in queries for label in labelled.values())

@@ -53,7 +53,7 @@ def test_a_flush_retries_transient_errors_with_growing_delays(monkeypatch: pytes
     monkeypatch.setattr(writer, "_flush_once", flush_once)
     monkeypatch.setattr(redis_writer.time, "sleep", delays.append)
     writer.flush()
-    assert len(calls) == 9
+    assert len(calls) == 9 and writer.stats.retries == 8 and writer.stats.failures == 0
     assert delays == sorted(delays) and delays[0] == redis_writer.RETRY_FIRST_DELAY_S
     assert max(delays) == RETRY_MAX_DELAY_S
 
@@ -67,6 +67,7 @@ def test_other_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(writer, "_flush_once", flush_once)
     with pytest.raises(redis.ResponseError):
         writer.flush()
+    assert (writer.stats.retries, writer.stats.failures) == (0, 1)
 
 
 def test_an_outage_longer_than_the_deadline_fails_the_flush() -> None:
@@ -213,5 +214,6 @@ def test_a_flush_after_redis_dropped_its_scripts_loads_them_again(stack_settings
     writer.client.script_flush()
     writer.stage_segment_change(replace(change, seq=2, segment="dormant"), b"{}")
     writer.flush()
+    assert (writer.stats.flushes, writer.stats.retries) == (2, 1)
     stored = writer.client.hgetall(user_segments_key(settings.key_prefix, "u1"))
     assert stored[b"_seq"] == b"2" and b"new_visitor" in stored and b"dormant" in stored
