@@ -30,6 +30,7 @@ from personalize.paths import ROOT
 from personalize.publish import read_jsonl
 from personalize.segment_format import TRACKING_ROLE, segment_records, segment_spec
 from tests.contract_cases import RECORD_TS
+from tests.test_metrics import FakeGroup
 
 FAST = settings(max_examples=200, deadline=None, database=None)
 SPEC = SegmentSpec()
@@ -403,10 +404,21 @@ def test_never_raises_near_the_recursion_limit() -> None:
 
 # --- the job's parse operator -----------------------------------------------------------------------------------
 
+class Runtime:
+    """The runtime context the parse operator's ``open`` uses: its metric group."""
+
+    def __init__(self, metrics: FakeGroup) -> None:
+        self.metrics = metrics
+
+    def get_metrics_group(self) -> FakeGroup:
+        return self.metrics
+
+
 def test_the_parse_operator_maps_the_tracking_topic_and_dead_letters_the_rest() -> None:
     privacy = IngestPrivacy(hash_identifiers=False, redact_deadletters=True, secret=SecretSource("", "", ""))
     parse_op = ParseEvents(Limits(), "dlq", privacy=privacy, segment=SegmentInput("events.tracking", SPEC))
-    parse_op.open(None)  # type: ignore[arg-type]
+    metrics = FakeGroup()
+    parse_op.open(Runtime(metrics))  # type: ignore[arg-type]
 
     def process(payload: bytes, topic: str, offset: int) -> list[Any]:
         return list(parse_op.process_element(Row(payload, topic, 0, offset, RECORD_TS), None))  # type: ignore[arg-type]
@@ -421,6 +433,9 @@ def test_the_parse_operator_maps_the_tracking_topic_and_dead_letters_the_rest() 
     assert (tag, letter[0], letter[2]) == (DEAD_LETTERS, b"events.tracking:0:9", "dlq")
     assert record["reason"] == UNMAPPED_SPEC_EVENT
     assert "peter@example.com" not in letter[1].decode() and "traits.email" in record["redacted"]
+    assert metrics.read() == {("reason", "missing_field", "dead_letters"): 1,
+                              ("reason", UNMAPPED_SPEC_EVENT, "dead_letters"): 1,
+                              ("event_type", "purchase", "events_in"): 2}
 
 
 # --- the demo's converter ---------------------------------------------------------------------------------------
