@@ -4,6 +4,7 @@ all on free ports."""
 from __future__ import annotations
 
 import io
+import random
 import socket
 import uuid
 from collections.abc import Iterator
@@ -26,6 +27,23 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive free ports (a cluster's Prometheus endpoints take a range)."""
+    for _ in range(100):
+        first = random.randrange(20_000, 60_000)
+        sockets = [socket.socket() for _ in range(count)]
+        try:
+            for offset, sock in enumerate(sockets):
+                sock.bind(("127.0.0.1", first + offset))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +92,8 @@ def cluster_settings(stack_settings: Settings, tmp_path_factory: pytest.TempPath
     rest_port, rpc_port = free_ports(2)
     run_dir = tmp_path_factory.mktemp("cluster")
     settings = replace(stack_settings, cluster=replace(stack_settings.cluster, run_dir=str(run_dir),
-                                                       rest_port=rest_port, rpc_port=rpc_port))
+                                                       rest_port=rest_port, rpc_port=rpc_port,
+                                                       metrics_port=free_port_range(cluster.METRICS_PORTS)))
     cluster.up(settings.cluster)
     yield settings
     cluster.down(settings.cluster)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import pytest
 
 from personalize import bootstrap, package, paths
 from personalize.dashboard import vendor
+from personalize.settings import Settings
 
 CONFIG_FILES = ("defaults.yaml", "settings.schema.json", "rules.yaml", "rules.schema.json", "event.schema.json")
 
@@ -110,3 +113,35 @@ def test_the_job_archive_holds_code_config_requirements_jars_and_the_submit_comm
                             env={**outside(root), "PYTHONPATH": str(site)}, timeout=60)
     source, jar = result.stdout.split()
     assert source == "False" and Path(jar).is_relative_to(root)
+
+
+@pytest.mark.integration
+def test_the_job_archive_submitted_from_a_fresh_venv_runs_on_the_standalone_cluster(
+        installed: Path, cluster_settings: Settings, tmp_path: Path) -> None:
+    """The path a platform team takes: the wheel in a fresh venv outside the checkout builds the
+    archive, and the archive's submit.sh (``flink run -py … -pyfs … -pyreq …``) runs the job on the
+    cluster; its workers install the requirements themselves."""
+    from personalize import cluster
+    from tests.test_cluster import redis_state, seeded_run
+
+    run, ends = seeded_run(cluster_settings, 1500)
+    env = outside(tmp_path)
+    subprocess.run([str(installed / "personalize"), "package", "--out", str(tmp_path / "dist")], cwd=tmp_path,
+                   env=env, check=True, capture_output=True, text=True, timeout=600)
+    archive = next((tmp_path / "dist").glob("personalize-job-*/submit.sh")).parent
+    ends_file = tmp_path / "ends.json"
+    ends_file.write_text(json.dumps(ends))
+    config = cluster.job_config(run, tmp_path / "job.yaml")
+    flink = cluster.environment(run.cluster)  # the cluster's configuration for the flink CLI
+    submit_env = {**env, "FLINK_CONF_DIR": flink["FLINK_CONF_DIR"], "FLINK_LIB_DIR": flink["FLINK_LIB_DIR"],
+                  "JOBMANAGER": f"localhost:{run.cluster.rest_port}", "PYTHON": str(installed / "python"),
+                  "FLINK": str(cluster.flink_home() / "bin" / "flink")}
+    submitted = subprocess.run([str(archive / "submit.sh"), "--config", str(config), "--start", "earliest",
+                                "--end-offsets", str(ends_file)], cwd=tmp_path, env=submit_env,
+                               capture_output=True, text=True, timeout=600)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    job_id = re.search(r"JobID ([0-9a-f]{32})", submitted.stdout)
+    assert job_id is not None, submitted.stdout[-3000:]
+    assert cluster.wait_for_state(run.cluster, job_id.group(1), cluster.TERMINAL_STATES, timeout_s=600) == "FINISHED"
+    profiles = [value for key, value in redis_state(run).items() if key.endswith(":profile")]
+    assert len(profiles) > 100 and sum(int(p["total"]) for p in profiles) > 1200
