@@ -406,11 +406,13 @@ class RedisStateWriter:
                 write()
                 return
             except redis.RedisError as exc:
-                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                transient = is_transient(exc)
+                out_of_time = time.monotonic() + delay > deadline
+                if not transient or out_of_time:
                     self.stats.failures += 1
-                if not is_transient(exc):
+                if not transient:
                     raise
-                if time.monotonic() + delay > deadline:
+                if out_of_time:
                     raise RedisUnavailable(f"Redis at {redis_address(self.settings.url)} refused writes for "
                                            f"{self.retry_deadline_s:g} s: {refusal(exc)}") from exc
                 log.warning("Redis write failed (%r); retrying in %.1f s", exc, delay)

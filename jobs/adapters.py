@@ -346,7 +346,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.segment_exits = LabelledCounter(metrics, "segment_exits", "segment")
         self.subtask = subtask_index(runtime_context)
         self.features = FeatureOperator(ops.features, ops.population(self.subtask))
-        self.late_events = runtime_context.get_metrics_group().counter("late_events")
+        self.late_events = metrics.counter("late_events")
         self.flush_timer_set = False
         self.catalog: RuleCatalog | None = None
         self.engine: SegmentEngine | None = None
