@@ -495,13 +495,13 @@ def drained(client: redis.Redis, stream: str, quiet_s: float = 3.0,
 
 
 def key_kind(key: str) -> str:
-    """``user:alice:recs:info`` -> ``user:{k}:recs:info``, ``segment:x:members`` -> ``segment:{s}:members``."""
+    """``user:{alice}:recs:info`` -> ``user:{k}:recs:info``, ``{segments}:members:x`` -> ``{segments}:members:{s}``."""
     if key.startswith("user:"):
         for kind in USER_KEY_KINDS:
             if key.endswith(f":{kind}"):
                 return f"user:{{k}}:{kind}"
-    if key.startswith("segment:") and key.endswith(":members"):
-        return "segment:{s}:members"
+    if key.startswith("{segments}:members:"):
+        return "{segments}:members:{s}"
     return key
 
 

@@ -1,10 +1,15 @@
-"""Redis key layout (docs/redis.md). Pure functions so every writer and reader agrees."""
+"""Redis key layout (docs/redis.md). Pure functions so every writer and reader agrees.
+
+Hash tags (the part in braces) choose a key's slot in a Redis Cluster: all keys of one user share the
+user's tag, all segment-wide keys share ``{segments}`` and the model summaries share ``{models}``, so
+each Lua script and transaction stays within one slot. A single server ignores them.
+"""
 
 from __future__ import annotations
 
 
 def user_profile_key(prefix: str, user_key: str) -> str:
-    return f"{prefix}user:{user_key}:profile"
+    return f"{prefix}user:{{{user_key}}}:profile"
 
 
 def users_hll_key(prefix: str) -> str:
@@ -16,7 +21,7 @@ def user_profile_pattern(prefix: str) -> str:
 
 
 def user_features_key(prefix: str, user_key: str) -> str:
-    return f"{prefix}user:{user_key}:features"
+    return f"{prefix}user:{{{user_key}}}:features"
 
 
 def user_features_pattern(prefix: str) -> str:
@@ -25,22 +30,22 @@ def user_features_pattern(prefix: str) -> str:
 
 def user_segments_key(prefix: str, user_key: str) -> str:
     """Hash: segment id -> entry time (ms), plus ``_seq``, the last applied change of the user."""
-    return f"{prefix}user:{user_key}:segments"
+    return f"{prefix}user:{{{user_key}}}:segments"
 
 
 def segment_members_key(prefix: str, segment: str) -> str:
     """Sorted set of user keys, scored by entry time."""
-    return f"{prefix}segment:{segment}:members"
+    return f"{prefix}{{segments}}:members:{segment}"
 
 
 def segment_counts_key(prefix: str) -> str:
     """Hash: segment id -> current member count."""
-    return f"{prefix}segments:counts"
+    return f"{prefix}{{segments}}:counts"
 
 
 def segment_changes_key(prefix: str) -> str:
     """Capped stream of recent segment changes (for dashboards)."""
-    return f"{prefix}segments:changes"
+    return f"{prefix}{{segments}}:changes"
 
 
 def rules_key(prefix: str) -> str:
@@ -55,33 +60,33 @@ def rule_instances_key(prefix: str) -> str:
 
 def user_recs_key(prefix: str, user_key: str) -> str:
     """Sorted set: recommended item -> blended score (the current list; TTL ``recommendations.redis_ttl_s``)."""
-    return f"{prefix}user:{user_key}:recs"
+    return f"{prefix}user:{{{user_key}}}:recs"
 
 
 def user_recs_info_key(prefix: str, user_key: str) -> str:
     """Hash: ``version``, ``ts``, ``suppressed`` and ``items`` (JSON list of {item, score, reasons})."""
-    return f"{prefix}user:{user_key}:recs:info"
+    return f"{prefix}user:{{{user_key}}}:recs:info"
 
 
 def user_model_key(prefix: str, user_key: str) -> str:
     """Hash: the user's latest model scores: ``version`` (guard), ``model_version``, ``cluster``, ``intent``, ``ts``."""
-    return f"{prefix}user:{user_key}:model"
+    return f"{prefix}user:{{{user_key}}}:model"
 
 
 def models_current_key(prefix: str) -> str:
     """Hash: the newest snapshot: ``version``, ``lineage``, ``ts``, ``cause``, ``bytes`` and progressive
     validation (``intent_auc``, ``intent_log_loss``, ``examples``)."""
-    return f"{prefix}models:current"
+    return f"{prefix}{{models}}:current"
 
 
 def models_clusters_key(prefix: str) -> str:
     """Hash: cluster id -> JSON {"description", "share"} of the newest snapshot."""
-    return f"{prefix}models:clusters"
+    return f"{prefix}{{models}}:clusters"
 
 
 def models_drift_key(prefix: str) -> str:
     """Capped stream of drift events, field ``drift`` = the drift event JSON."""
-    return f"{prefix}models:drift"
+    return f"{prefix}{{models}}:drift"
 
 
 def deadletter_counts_key(prefix: str) -> str:
@@ -91,7 +96,7 @@ def deadletter_counts_key(prefix: str) -> str:
 
 def models_instances_key(prefix: str) -> str:
     """Hash: parallel user-state instance index -> ``<lineage>:<version>`` of the snapshot it scores with."""
-    return f"{prefix}models:instances"
+    return f"{prefix}{{models}}:instances"
 
 
 def population_key(prefix: str, metric: str) -> str:

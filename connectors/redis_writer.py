@@ -19,8 +19,16 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import BusyLoadingError, NoScriptError, OutOfMemoryError, ReadOnlyError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+)
 
+from connectors.redis_client import connect
 from connectors.redis_keys import (
     deadletter_counts_key,
     models_clusters_key,
@@ -51,12 +59,13 @@ from personalize.settings import RedisSettings
 
 #: Errors a flush waits out: Redis is down, restarting (a restarted server has lost the loaded Lua
 #: scripts, or is still loading its data), not answering in time, full (``maxmemory`` with the
-#: ``noeviction`` policy: ``OOM command not allowed``) or a replica that cannot take writes yet.
+#: ``noeviction`` policy: ``OOM command not allowed``), a replica that cannot take writes yet, or a
+#: Redis Cluster failing over (``CLUSTERDOWN``, ``TRYAGAIN``).
 TRANSIENT_ERRORS = (redis.ConnectionError, redis.TimeoutError, NoScriptError, BusyLoadingError, OutOfMemoryError,
-                    ReadOnlyError)
+                    ReadOnlyError, ClusterDownError, TryAgainError)
 #: The same errors raised inside a Lua script or a pipeline arrive as a plain ``ResponseError`` whose
 #: message carries the server's error code.
-TRANSIENT_CODES = ("OOM command not allowed", "-LOADING", "-READONLY", "NOSCRIPT")
+TRANSIENT_CODES = ("OOM command not allowed", "-LOADING", "-READONLY", "NOSCRIPT", "CLUSTERDOWN", "TRYAGAIN")
 
 
 def refusal(exc: redis.RedisError) -> str:
@@ -101,30 +110,64 @@ return stored
 """
 
 
-# KEYS: user segments hash, segment members zset, counts hash, changes stream.
-# ARGV: seq, action, segment, event time, ttl, change JSON, stream cap, user, epoch. Applies a change
-# once per writer: a change re-sent by the same writer (seq not above the user's stored _seq) changes
-# nothing, not even the stream. A writer of a later epoch (a task restarted from a checkpoint) applies
-# its changes even at a seq already stored: they replace what an aborted attempt wrote, whose change
-# numbering may differ (model-driven changes depend on when snapshots arrived).
-APPLY_SEGMENT_CHANGE = """
+# Segment changes. ARGV of every script below: seq, action, segment, event time, ttl, change JSON, stream
+# cap, user, epoch. The user's part (KEYS[1]: the user's segments hash) applies a change once per
+# writer: a change re-sent by the same writer (seq not above the user's stored _seq) changes nothing. A
+# writer of a later epoch (a task restarted from a checkpoint) applies its changes even at a seq
+# already stored: they replace what an aborted attempt wrote, whose change numbering may differ
+# (model-driven changes depend on when snapshots arrived).
+_USER_SEGMENT_PART = """
 local stored = tonumber(redis.call('HGET', KEYS[1], '_seq') or '-1')
 local stored_epoch = tonumber(redis.call('HGET', KEYS[1], '_epoch') or '0')
 local epoch = tonumber(ARGV[9])
-if epoch < stored_epoch or (epoch == stored_epoch and tonumber(ARGV[1]) <= stored) then
+if epoch < stored_epoch then
   return 0
+end
+if epoch == stored_epoch and tonumber(ARGV[1]) <= stored then
+  return RESENT
 end
 redis.call('HSET', KEYS[1], '_seq', ARGV[1], '_epoch', ARGV[9])
 if ARGV[2] == 'enter' then
   redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
-  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[8])
 else
   redis.call('HDEL', KEYS[1], ARGV[3])
-  redis.call('ZREM', KEYS[2], ARGV[8])
 end
-redis.call('HSET', KEYS[3], ARGV[3], redis.call('ZCARD', KEYS[2]))
 redis.call('EXPIRE', KEYS[1], ARGV[5])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[7], '*', 'change', ARGV[6])
+"""
+# The segment-wide part (the {segments} slot: members sorted set, counts hash, changes stream at KEYS
+# offset FIRST): idempotent but for the stream entry, so it runs only after the user's part applied.
+_SEGMENT_WIDE_PART = """
+if ARGV[2] == 'enter' then
+  redis.call('ZADD', KEYS[FIRST], ARGV[4], ARGV[8])
+else
+  redis.call('ZREM', KEYS[FIRST], ARGV[8])
+end
+redis.call('HSET', KEYS[FIRST + 1], ARGV[3], redis.call('ZCARD', KEYS[FIRST]))
+redis.call('XADD', KEYS[FIRST + 2], 'MAXLEN', '~', ARGV[7], '*', 'change', ARGV[6])
+return 1
+"""
+#: One server: both parts in one atomic script (KEYS: user hash, members, counts, stream); a re-sent
+#: change adds nothing, not even a stream entry.
+APPLY_SEGMENT_CHANGE = (_USER_SEGMENT_PART.replace("RESENT", "0")
+                        + _SEGMENT_WIDE_PART.replace("FIRST", "2"))
+#: Redis Cluster: the user's hash and the segment-wide keys live in different slots, so the parts run as
+#: two scripts. The user's part answers 1 (applied), 2 (re-sent by this writer: a flush retried after
+#: a failure that may have stopped between the parts) or 0 (outranked); the segment-wide part follows
+#: for 1 and 2, so a retry completes a change half applied (the stream may then hold it twice).
+APPLY_USER_SEGMENT_CHANGE = _USER_SEGMENT_PART.replace("RESENT", "2") + "return 1\n"
+APPLY_SEGMENT_WIDE_CHANGE = _SEGMENT_WIDE_PART.replace("FIRST", "1")
+
+# KEYS: the newest model summary hash and the cluster descriptions hash (one {models} slot). ARGV: the
+# number n of summary arguments, n summary field/value arguments, then cluster id/description pairs.
+# Replaces the descriptions and updates the summary in one step, so a reader never sees one snapshot's
+# summary with another's clusters.
+REPLACE_MODEL = """
+local n = tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2, n + 1))
+redis.call('DEL', KEYS[2])
+if #ARGV > n + 1 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, n + 2))
+end
 return 1
 """
 
@@ -240,8 +283,10 @@ def feature_fields(vector: FeatureVector) -> list[Any]:
 
 
 def run_script(pipe: Any, script: Script, keys: list[str], args: list[Any]) -> None:
-    """Queue ``EVALSHA`` of a script Redis already holds (the writer loads them before its first flush)."""
-    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    """Queue ``EVALSHA`` of a script Redis already holds (the writer loads them on every node before its
+    first flush). Sent as a raw command: redis-py's cluster pipeline blocks its ``evalsha`` method, but
+    routes the command itself by its keys' slot."""
+    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 class RedisStateWriter:
@@ -254,12 +299,14 @@ class RedisStateWriter:
         self.retry_deadline_s = retry_deadline_s
         self.epoch = time.time_ns() // 1000
         """When this writer started (µs): a task attempt's writer outranks the attempts before it."""
-        self.client = redis.Redis.from_url(settings.url, socket_timeout=SOCKET_TIMEOUT_S,
-                                           socket_connect_timeout=SOCKET_TIMEOUT_S)
+        self.client = connect(settings, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S)
         self.guarded_hset = self.client.register_script(GUARDED_HSET)
         self.apply_segment_change = self.client.register_script(APPLY_SEGMENT_CHANGE)
+        self.apply_user_segment_change = self.client.register_script(APPLY_USER_SEGMENT_CHANGE)
+        self.apply_segment_wide_change = self.client.register_script(APPLY_SEGMENT_WIDE_CHANGE)
         self.apply_recs = self.client.register_script(APPLY_RECS)
         self.scrub_user_changes = self.client.register_script(SCRUB_USER_CHANGES)
+        self.replace_model = self.client.register_script(REPLACE_MODEL)
         self.scripts_loaded = False
         """Whether Redis holds the scripts: a flush then calls them by digest alone, with no ``SCRIPT
         EXISTS`` round trip first (what redis-py's pipelines do on every execute)."""
@@ -353,19 +400,16 @@ class RedisStateWriter:
     def write_model(self, snapshot: ModelSnapshot, quality: dict[str, float]) -> None:
         """Publish a new model snapshot's summary and cluster descriptions (rare: written at once)."""
         prefix = self.settings.key_prefix
-        clusters = {str(d.cluster): json.dumps({"description": d.text, "share": round(d.share, 4)})
-                    for d in snapshot.clusters}
-
-        def write() -> None:  # a fresh pipeline per attempt: a failed execute() empties it
-            pipe = self.client.pipeline(transaction=True)
-            pipe.hset(models_current_key(prefix), mapping={  # type: ignore[arg-type]
-                "version": snapshot.version, "lineage": snapshot.lineage, "ts": snapshot.ts,
-                "cause": snapshot.cause, **quality})
-            pipe.delete(models_clusters_key(prefix))
-            if clusters:
-                pipe.hset(models_clusters_key(prefix), mapping=clusters)  # type: ignore[arg-type]
-            pipe.execute()
-        self._retrying(write)
+        summary: list[Any] = []
+        for field, value in {"version": snapshot.version, "lineage": snapshot.lineage, "ts": snapshot.ts,
+                             "cause": snapshot.cause, **quality}.items():
+            summary += [field, value]
+        clusters: list[Any] = []
+        for description in snapshot.clusters:
+            clusters += [str(description.cluster),
+                         json.dumps({"description": description.text, "share": round(description.share, 4)})]
+        self._retrying(lambda: self.replace_model(keys=[models_current_key(prefix), models_clusters_key(prefix)],
+                                                  args=[len(summary), *summary, *clusters]))
 
     def write_model_instance(self, instance: int, snapshot: ModelSnapshot) -> None:
         """Which snapshot this scoring instance uses (all equal once a snapshot reached every instance)."""
@@ -426,25 +470,13 @@ class RedisStateWriter:
             return
         started = time.monotonic()
         if not self.scripts_loaded:
-            for script in (self.guarded_hset, self.apply_segment_change, self.apply_recs, self.scrub_user_changes):
+            for script in (self.guarded_hset, self.apply_segment_change, self.apply_user_segment_change,
+                           self.apply_segment_wide_change, self.apply_recs, self.scrub_user_changes):
                 self.client.script_load(script.script)
             self.scripts_loaded = True
-        pipe = self.client.pipeline(transaction=False)
-        self._segment_changes(pipe)
-        if self.erased:
-            run_script(pipe, self.scrub_user_changes, [segment_changes_key(self.settings.key_prefix)],
-                       sorted(self.erased))
-        if self.forgotten:
-            pipe.unlink(*self.forgotten)
-        ttl_s = self.settings.user_ttl_s
-        for key, (version, fields) in self.pending.items():
-            run_script(pipe, self.guarded_hset, [key], [ttl_s, version, *fields])
-        self._rec_lists(pipe)
-        if self.new_users:
-            pipe.pfadd(users_hll_key(self.settings.key_prefix), *self.new_users)
         try:
-            pipe.execute()
-        except NoScriptError:  # Redis restarted or flushed its scripts: load them again, then retry
+            self._write_buffer()
+        except redis.RedisError:  # Redis may have restarted or flushed its scripts: load them before a retry
             self.scripts_loaded = False
             raise
         self.stats.flushed(started)
@@ -454,6 +486,36 @@ class RedisStateWriter:
         self.new_users.clear()
         self.segment_changes.clear()
         self.rec_lists.clear()
+
+    def _write_buffer(self) -> None:
+        """One pipeline of everything buffered; in a cluster, the segment-wide part of the changes the
+        first pipeline applied follows in a second one."""
+        pipe = self.client.pipeline(transaction=False)
+        self._segment_changes(pipe)
+        if not self.settings.cluster:
+            self._scrub_erased(pipe)
+        for key in self.forgotten:  # one key per command: a cluster routes each to its own slot
+            pipe.unlink(key)
+        ttl_s = self.settings.user_ttl_s
+        for key, (version, fields) in self.pending.items():
+            run_script(pipe, self.guarded_hset, [key], [ttl_s, version, *fields])
+        self._rec_lists(pipe)
+        if self.new_users:
+            pipe.pfadd(users_hll_key(self.settings.key_prefix), *self.new_users)
+        replies = pipe.execute()
+        if self.settings.cluster:
+            pipe = self.client.pipeline(transaction=False)
+            for (change, record), reply in zip(self.segment_changes, replies, strict=False):
+                if reply:
+                    run_script(pipe, self.apply_segment_wide_change, self._segment_wide_keys(change),
+                               self._segment_change_args(change, record))
+            self._scrub_erased(pipe)  # after the erased users' exits reached the stream
+            pipe.execute()
+
+    def _scrub_erased(self, pipe: Any) -> None:
+        if self.erased:
+            run_script(pipe, self.scrub_user_changes, [segment_changes_key(self.settings.key_prefix)],
+                       sorted(self.erased))
 
     def _rec_lists(self, pipe: Any) -> None:
         prefix = self.settings.key_prefix
@@ -466,13 +528,23 @@ class RedisStateWriter:
                        [recs.seq, ttl_s, recs.ts, recs.ranking.suppressed, items, *members])
 
     def _segment_changes(self, pipe: Any) -> None:
-        prefix, settings = self.settings.key_prefix, self.settings
+        """Queue the staged changes first, in order (their replies lead the pipeline's)."""
         for change, record in self.segment_changes:
-            keys = [user_segments_key(prefix, change.user_key), segment_members_key(prefix, change.segment),
-                    segment_counts_key(prefix), segment_changes_key(prefix)]
-            run_script(pipe, self.apply_segment_change, keys, [
-                change.seq, change.action, change.segment, change.event_time, settings.user_ttl_s, record,
-                settings.changes_stream_maxlen, change.user_key, self.epoch])
+            user_keys = [user_segments_key(self.settings.key_prefix, change.user_key)]
+            if self.settings.cluster:
+                run_script(pipe, self.apply_user_segment_change, user_keys, self._segment_change_args(change, record))
+            else:
+                run_script(pipe, self.apply_segment_change, user_keys + self._segment_wide_keys(change),
+                           self._segment_change_args(change, record))
+
+    def _segment_wide_keys(self, change: SegmentChange) -> list[str]:
+        prefix = self.settings.key_prefix
+        return [segment_members_key(prefix, change.segment), segment_counts_key(prefix), segment_changes_key(prefix)]
+
+    def _segment_change_args(self, change: SegmentChange, record: bytes) -> list[Any]:
+        settings = self.settings
+        return [change.seq, change.action, change.segment, change.event_time, settings.user_ttl_s, record,
+                settings.changes_stream_maxlen, change.user_key, self.epoch]
 
     def close(self) -> None:
         self.flush()
@@ -500,8 +572,7 @@ class DeadLetterCounter:
     def __init__(self, settings: RedisSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.clock = clock
-        self.client = redis.Redis.from_url(settings.url, socket_timeout=SOCKET_TIMEOUT_S,
-                                           socket_connect_timeout=SOCKET_TIMEOUT_S)
+        self.client = connect(settings, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S)
         self.counts: dict[str, int] = {}
         self.last_flush = clock()
 

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import redis
 import yaml
 from pyflink.common import Configuration, Row, Types
 from pyflink.datastream import DataStream, StreamExecutionEnvironment
@@ -23,6 +22,7 @@ from pyflink.table.expressions import col, lit
 from connectors.kafka import OUTPUT_TYPE, SourceSpec, attach_kafka_sink, event_time_expression, kafka_source
 from connectors.pii_secret import SECRET_FILE_NAME, SecretSource
 from connectors.population import SharedPopulation
+from connectors.redis_client import connect
 from connectors.redis_writer import DeadLetterCounter, DeadLetterCounterFactory, RedisStateWriterFactory, UserStateSink
 from jobs.adapters import (
     DEAD_LETTERS,
@@ -170,7 +170,7 @@ class SharedPopulationFactory:
     refresh_interval_ms: int
 
     def __call__(self, instance: int) -> PopulationScorer:
-        population = SharedPopulation(redis.Redis.from_url(self.redis.url), self.redis.key_prefix, RFM_METRICS,
+        population = SharedPopulation(connect(self.redis), self.redis.key_prefix, RFM_METRICS,
                                       instance, self.refresh_interval_ms)
         population.restore()
         return population

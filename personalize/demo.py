@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Any
 
-import redis
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from connectors.redis_client import connect
 from connectors.redis_keys import (
     layout_patterns,
     models_current_key,
@@ -77,7 +77,7 @@ class Summary:
 def clear_redis(settings: Settings) -> int:
     """Delete this deployment's keys so a fresh run starts from nothing: only keys of the layout in
     docs/redis.md under ``redis.key_prefix``, never anything else in the database."""
-    client = redis.Redis.from_url(settings.redis.url)
+    client = connect(settings.redis)
     deleted = 0
     for pattern in layout_patterns(settings.redis.key_prefix):
         batch = []
@@ -99,7 +99,7 @@ def distinct_records(settings: Settings, topic: Topic, **read_options: Any) -> d
 
 
 def read_back(settings: Settings, summary: Summary) -> None:
-    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    client = connect(settings.redis, decode_responses=True)
     prefix, topics = settings.redis.key_prefix, settings.kafka.topics
     pipe = client.pipeline(transaction=False)
     keys = list(client.scan_iter(user_profile_pattern(prefix), count=1000))

@@ -117,6 +117,8 @@ class RedisSettings:
     flush_max_ops: int
     flush_interval_ms: int
     changes_stream_maxlen: int
+    cluster: bool = False
+    """The url names one node of a Redis Cluster (``connectors/redis_client.py``)."""
 
 
 @dataclass(frozen=True)

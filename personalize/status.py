@@ -29,7 +29,7 @@ def broker_reachable(bootstrap_servers: str, timeout_s: float = 1.0) -> tuple[bo
 
 def report(settings: Settings) -> dict[str, Any]:
     kafka_up, kafka_detail = broker_reachable(settings.kafka.bootstrap_servers)
-    overview = RedisView.connect(settings.redis.url, settings.redis.key_prefix).overview()
+    overview = RedisView.connect(settings.redis).overview()
     redis_status = overview["redis"]
     data: dict[str, Any] = {}
     if redis_status["ok"]:

@@ -16,6 +16,7 @@ import redis
 import yaml
 from kafka import KafkaProducer
 
+from connectors.redis_keys import user_features_key, user_profile_key
 from jobs.metrics import JOB_METRICS
 from operators.models.user import MODEL_FIELDS
 from operators.rules.engine import is_model_segment
@@ -29,7 +30,7 @@ from tests.conftest import isolated
 pytestmark = pytest.mark.integration
 
 #: Redis keys whose values depend on processing time or on the instance layout, not on the input.
-UNSTABLE = (":population:", ":rules:instances", ":segments:changes")
+UNSTABLE = (":population:", ":rules:instances", ":{segments}:changes")
 
 
 def for_comparison(settings: Settings) -> Settings:
@@ -133,7 +134,7 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
     deadline = time.monotonic() + timeout_s
     last: tuple[dict[str, Any], int | None] = ({}, None)
     quiet_since = time.monotonic()
-    sentinel_keys = {f"user:{user}:profile" for user in sentinel_users(settings)}
+    sentinel_keys = {user_profile_key("", user) for user in sentinel_users(settings)}
     final_watermark = None if sentinel_ts is None else sentinel_ts - settings.job.max_out_of_orderness_ms - 1
     while time.monotonic() < deadline:
         state = redis_state(settings)
@@ -190,12 +191,12 @@ def comparable(key: str) -> bool:
     model summaries (which snapshot scored an event, and the recommender's item model, depend on the
     interleaving of the parallel instances' records), nor the members and counts of segments that
     read them."""
-    if key.endswith((":model", ":recs", ":recs:info")) or key.startswith("models:") or key == "segments:counts":
+    if key.endswith((":model", ":recs", ":recs:info")) or key.startswith("{models}:") or key == "{segments}:counts":
         return False
     if key == "deadletters:counts":  # HINCRBY per dead letter: counts a replayed one again (reported)
         return False
-    if key.startswith("segment:") and key.endswith(":members"):
-        return stable_segment(key.removeprefix("segment:").removesuffix(":members"))
+    if key.startswith("{segments}:members:"):
+        return stable_segment(key.removeprefix("{segments}:members:"))
     return True
 
 
@@ -220,7 +221,7 @@ def differing_keys(expected: dict[str, Any], actual: dict[str, Any],
     if population_affected is None:
         keys = {key for key in keys if not key.endswith(":features")}
     else:
-        keys -= {f"user:{user}:features" for user in population_affected}
+        keys -= {user_features_key("", user) for user in population_affected}
     return sorted(key for key in keys
                   if key not in expected or key not in actual or strip(key, actual[key]) != strip(key, expected[key]))
 

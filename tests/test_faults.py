@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import redis
 
+from connectors.redis_keys import segment_changes_key
 from operators.validation import INVALID_RULE, INVALID_SNAPSHOT, REASONS, Limits, Rejection, parse_event
 from personalize import cluster, paths, stack
 from personalize.generator import EventGenerator, GeneratedRecord
@@ -194,7 +195,7 @@ def collect(settings: Settings, job_id: str, name: str, measured: dict[str, Any]
     # Redis applied (its change stream, in the order applied), the measurements.
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     applied = [[entry_id, fields["change"]]
-               for entry_id, fields in client.xrange(f"{settings.redis.key_prefix}segments:changes")]
+               for entry_id, fields in client.xrange(segment_changes_key(settings.redis.key_prefix))]
     client.close()
     DUMPS.mkdir(parents=True, exist_ok=True)
     (DUMPS / f"{name}.json").write_text(json.dumps({"outputs": outcome.outputs, "redis": outcome.redis,

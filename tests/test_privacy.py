@@ -317,10 +317,10 @@ def test_erasure_plan_lists_every_state_key_set_and_topic() -> None:
                         source="anon:c2")
     assert plan.clear_states == (*USER_STATES, IDENTITY_STATE, "published-recs-v1")
     assert plan.keep_states == (CONSENT_STATE,)
-    assert set(plan.redis_delete) == {f"p13n:user:alice:{kind}" for kind in
+    assert set(plan.redis_delete) == {f"p13n:user:{{alice}}:{kind}" for kind in
                                       ("profile", "features", "segments", "model", "recs", "recs:info")}
-    assert plan.redis_leave_sets == ("p13n:segment:cart_abandoner:members", "p13n:segment:vip:members")
-    assert plan.redis_counts == "p13n:segments:counts" and plan.redis_scrub_streams == ("p13n:segments:changes",)
+    assert plan.redis_leave_sets == ("p13n:{segments}:members:cart_abandoner", "p13n:{segments}:members:vip")
+    assert plan.redis_counts == "p13n:{segments}:counts" and plan.redis_scrub_streams == ("p13n:{segments}:changes",)
     assert plan.tombstones == tuple(Tombstone(t, b"alice") for t in SETTINGS.tombstone_topics)
     assert plan.forget_recs
     assert plan.cascade == (ErasureCommand("alice", "anon:c1", CONSENT_WITHDRAWN, T0),)  # not back to the source

@@ -25,7 +25,13 @@ from typing import Any
 import pytest
 import redis
 
-from connectors.redis_keys import segment_changes_key, user_profile_key
+from connectors.redis_keys import (
+    segment_changes_key,
+    segment_members_key,
+    user_profile_key,
+    user_recs_info_key,
+    user_segments_key,
+)
 from jobs.personalize_job import source_spec, start_job
 from operators.privacy.consent import COUNTER_STRIDE
 from operators.privacy.pii import PiiHasher
@@ -115,13 +121,13 @@ def privacy_run(stack_settings: Settings, request: pytest.FixtureRequest) -> Ite
                                                                anonymous_id="eve-cookie")]))
         wait_for("the merge into eve", lambda: profile("eve").get("total") == "6")
         merged = {"cookie_keys_after_merge": keys_of("cookie"),
-                  "segments": client.hgetall(f"{prefix}user:{key['eve']}:segments")}
+                  "segments": client.hgetall(user_segments_key(prefix, key["eve"]))}
         publish(settings, topics.behavior.name, encoded(anonymous([event(
             "eve-later", "eve", "product_view", T0 + 61 * MINUTE, item_id="item-2", category="books")], "eve-cookie")))
         wait_for("the cookie's later event at eve", lambda: profile("eve").get("total") == "7")
         wait_for("eve's list with her cart", lambda: "cart" in (client.hget(
-            f"{prefix}user:{key['eve']}:recs:info", "items") or ""))
-        merged["recs"] = json.loads(client.hget(f"{prefix}user:{key['eve']}:recs:info", "items"))
+            user_recs_info_key(prefix, key["eve"]), "items") or ""))
+        merged["recs"] = json.loads(client.hget(user_recs_info_key(prefix, key["eve"]), "items"))
         publish(settings, topics.consent.name, encoded([consent("eve-erase", "eve", T0 + 70 * MINUTE, False, True)]))
         wait_for("eve erased", lambda: not keys_of("eve"))
         confirmations = list(read_topic(settings.kafka.bootstrap_servers, topics.erasures.name,
@@ -145,7 +151,7 @@ def test_erased_users_leave_no_redis_keys_and_no_trace_in_segment_sets_or_the_ch
     client, key, prefix = privacy_run["client"], privacy_run["key"], privacy_run["settings"].redis.key_prefix
     for user in ("ann", "bob"):
         assert privacy_run["before"][user] and not privacy_run["keys_of"](user)
-    members = {member for name in client.scan_iter(f"{prefix}segment:*:members")
+    members = {member for name in client.scan_iter(segment_members_key(prefix, "*"))
                for member in client.zrange(name, 0, -1)}
     stream = [json.loads(fields["change"]) for _, fields in client.xrange(segment_changes_key(prefix))]
     assert key["dan"] in members and not members & {key["ann"], key["bob"]}

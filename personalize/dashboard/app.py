@@ -138,7 +138,7 @@ def create_app(settings: Settings, refresh_ms: int = 2000, bind: str = "127.0.0.
     """The app for a server bound to ``bind`` (its name is a trusted Host); raises :class:`AccessError`."""
     access = settings.dashboard
     secret = read_secret(access, os.environ if environ is None else environ)
-    view = RedisView.connect(settings.redis.url, settings.redis.key_prefix)
+    view = RedisView.connect(settings.redis)
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.before_request(_guard(access, allowed_hosts(access, bind), secret))

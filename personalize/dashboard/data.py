@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from connectors.redis_client import connect, consistent_pipeline
 from connectors.redis_keys import (
     deadletter_counts_key,
     models_clusters_key,
@@ -39,6 +40,7 @@ from connectors.redis_keys import (
     user_segments_key,
     users_hll_key,
 )
+from personalize.settings import RedisSettings
 
 FEED_SIZE = 50
 DRIFT_SIZE = 20
@@ -352,12 +354,13 @@ class RedisView:
     client: redis.Redis
     prefix: str
     url: str
+    settings: RedisSettings
 
     @classmethod
-    def connect(cls, url: str, prefix: str) -> RedisView:
+    def connect(cls, settings: RedisSettings) -> RedisView:
         # Short timeouts: a page must say "Redis is down" quickly instead of hanging.
-        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0)
-        return cls(client=client, prefix=prefix, url=url)
+        client = connect(settings, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=2.0)
+        return cls(client=client, prefix=settings.key_prefix, url=settings.url, settings=settings)
 
     def _guard(self, read: Callable[[], T]) -> dict[str, Any] | T:
         try:
@@ -424,7 +427,7 @@ class RedisView:
 
     def _history(self, buckets: int, window: TimeRange) -> dict[str, Any]:
         p = self.prefix
-        pipe = self.client.pipeline(transaction=True)  # one consistent cut of counts and stream
+        pipe = consistent_pipeline(self.client, self.settings)  # one cut of counts and stream
         pipe.hgetall(segment_counts_key(p))
         pipe.xrange(segment_changes_key(p))
         counts, entries = pipe.execute()
@@ -438,7 +441,7 @@ class RedisView:
 
     def _segment(self, segment: str, page: int, page_size: int, window: TimeRange) -> dict[str, Any]:
         p = self.prefix
-        pipe = self.client.pipeline(transaction=True)  # the page, the total and the definition of one moment
+        pipe = consistent_pipeline(self.client, self.settings)  # the page, total and definition of one moment
         pipe.zcard(segment_members_key(p, segment))
         pipe.zrevrange(segment_members_key(p, segment), page * page_size, (page + 1) * page_size - 1,
                        withscores=True)
