@@ -104,16 +104,18 @@ def population_key(prefix: str, metric: str) -> str:
     return f"{prefix}population:{metric}"
 
 
+#: Every key of one user (what an erasure or retention deletes).
+USER_KEYS = (user_profile_key, user_features_key, user_segments_key, user_recs_key, user_recs_info_key, user_model_key)
+
+
 def layout_patterns(prefix: str) -> tuple[str, ...]:
     """SCAN patterns of every key the job writes (docs/redis.md): all a cleanup may ever delete.
 
     Built from the key functions themselves, so the layout and its cleanup cannot drift apart; the
     prefix is plain text (the settings allow no glob characters in it).
     """
-    user_keys = (user_profile_key, user_features_key, user_segments_key, user_recs_key, user_recs_info_key,
-                 user_model_key)
     global_keys = (users_hll_key, segment_counts_key, segment_changes_key, rules_key, rule_instances_key,
                    models_current_key, models_clusters_key, models_drift_key, models_instances_key,
                    deadletter_counts_key)
-    return (*(key(prefix, "*") for key in user_keys), segment_members_key(prefix, "*"), population_key(prefix, "*"),
+    return (*(key(prefix, "*") for key in USER_KEYS), segment_members_key(prefix, "*"), population_key(prefix, "*"),
             *(key(prefix) for key in global_keys))

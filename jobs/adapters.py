@@ -24,6 +24,7 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from connectors.kafka import OUTPUT_TYPE
 from connectors.pii_secret import SecretSource
+from connectors.redis_keys import USER_KEYS
 from connectors.redis_writer import DeadLetterCounter, UserStateSink
 from jobs.metrics import LabelledCounter, redis_gauges
 from operators.deadletter import dead_letter, late_record
@@ -49,7 +50,7 @@ from operators.privacy.identity import (
     route,
     routing_key,
 )
-from operators.privacy.merge import STATE_NAMES, StateMerger, UserStates
+from operators.privacy.merge import StateMerger
 from operators.privacy.pii import PiiHasher, Redactor, pseudonymize_event
 from operators.profile import ProfileOperator, UserProfile
 from operators.recs.config import RecConfig
@@ -83,18 +84,22 @@ from state.descriptors import (
     MODEL_SNAPSHOT_KEY,
     RULE_CATALOG,
     TRAINER_STATE,
-    consent_state,
-    features_state,
     global_object_log,
     global_object_state,
-    identity_state,
-    models_state,
-    profile_state,
     published_recs_state,
-    recs_state,
-    rules_state,
+    user_value,
 )
 from state.internal import InternalRecordError, decode_internal, encode_internal, internal_signer
+from state.slots import (
+    CONSENT,
+    ERASED_STATES,
+    IDENTITY,
+    KEPT_STATES,
+    PUBLISHED_RECS_STATE,
+    USER_SLOTS,
+    decode_states,
+    encode_states,
+)
 from state.snapshots import SnapshotError, decode_snapshot, encode_snapshot, snapshot_signer
 
 EVENT_TYPE = Types.ROW_NAMED(
@@ -323,11 +328,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         ops = self.operators
-        self.profile_state = self._user_state(runtime_context, profile_state(ops.state_ttl_ms))
-        self.feature_state = self._user_state(runtime_context, features_state(ops.state_ttl_ms))
-        self.rule_state = self._user_state(runtime_context, rules_state(ops.state_ttl_ms))
-        self.model_state = self._user_state(runtime_context, models_state(ops.state_ttl_ms))
-        self.rec_state = self._user_state(runtime_context, recs_state(ops.state_ttl_ms))
+        (self.profile_state, self.feature_state, self.rule_state, self.model_state, self.rec_state) = (
+            self._user_state(runtime_context, user_value(slot, ops.state_ttl_ms)) for slot in USER_SLOTS)
         self.user_models = UserModels(ops.models) if ops.models is not None and ops.features_enabled else None
         self.scorer = ModelScorer()
         self.snapshot_loaded = False
@@ -352,15 +354,16 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.engine: SegmentEngine | None = None
         privacy = ops.privacy
         if privacy is not None:
-            self.consent_state = self._user_state(runtime_context, consent_state(privacy.consent_state_ttl_ms))
-            self.erasure = ErasureSettings(privacy.key_prefix, privacy.tombstone_topics, privacy.confirmation_topic,
+            self.consent_state = self._user_state(runtime_context, user_value(CONSENT, privacy.consent_state_ttl_ms))
+            self.erasure = ErasureSettings(ERASED_STATES, KEPT_STATES, PUBLISHED_RECS_STATE, len(USER_KEYS),
+                                           privacy.tombstone_topics, privacy.confirmation_topic,
                                            PiiHasher(privacy.secret.resolve()))
             metrics = runtime_context.get_metrics_group()
             self.without_consent = metrics.counter("events_without_consent")
             self.erasures = metrics.counter("erasures")
         self.identity = privacy.identity if privacy is not None else None
         if self.identity is not None and privacy is not None:
-            self.identity_state = self._user_state(runtime_context, identity_state(ops.state_ttl_ms))
+            self.identity_state = self._user_state(runtime_context, user_value(IDENTITY, ops.state_ttl_ms))
             self.internal_signer = internal_signer(privacy.secret.resolve())
 
     def _user_state(self, runtime_context: RuntimeContext, descriptor: ValueStateDescriptor) -> Any:
@@ -535,9 +538,9 @@ class UserFunction(KeyedBroadcastProcessFunction):
                    self.identity.internal_topic)
 
     def _user_states(self) -> dict[str, Any]:
-        """The five user states by their ``operators.privacy.merge.STATE_NAMES``."""
-        return dict(zip(STATE_NAMES, (self.profile_state, self.feature_state, self.rule_state, self.model_state,
-                                      self.rec_state), strict=True))
+        """The five user states by their logical names (``state/slots.py``)."""
+        states = (self.profile_state, self.feature_state, self.rule_state, self.model_state, self.rec_state)
+        return dict(zip((slot.name for slot in USER_SLOTS), states, strict=True))
 
     def _hand_over(self, identify: Event, key: str, alias: IdentityState | None, target: str,
                    engine: SegmentEngine | None, timers: TimerService) -> Iterator[Any]:
@@ -563,8 +566,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
             merger = StateMerger(self.features, ops.recs or RecConfig(), engine.rules.signals if engine else {},
                                  ops.profile.dedup_max_ids, ops.models.intent_max_pending if ops.models else 16)
             states = self._user_states()
-            known = UserStates.from_stored({name: state.value() for name, state in states.items()})
-            merged = merger.merge(known, UserStates.from_stored(handover.states), self._counter_base()).to_stored()
+            known = decode_states({name: state.value() for name, state in states.items()})
+            merged = encode_states(merger.merge(known, decode_states(handover.states), self._counter_base()))
             for name, state in states.items():
                 if name in merged:
                     state.update(merged[name])
@@ -572,7 +575,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
                     state.clear()
             self.identity_state.update(encode_identity(
                 link(identity, handover.source, handover.identify.ts, self.identity.max_links)))
-            key, record = merge_record(handover, tuple(name for name in STATE_NAMES if name in handover.states))
+            carried = tuple(slot.name for slot in USER_SLOTS if slot.name in handover.states)
+            key, record = merge_record(handover, carried)
             yield Row(key, record, self.identity.merges_topic)
         return handover.identify
 

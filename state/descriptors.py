@@ -6,15 +6,8 @@ from pyflink.common import Types
 from pyflink.common.time import Duration, Time
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-PROFILE_STATE = "profile-v1"
-FEATURES_STATE = "features-v1"
-RULES_STATE = "rules-v1"
-MODELS_STATE = "models-v1"
-RECS_STATE = "recs-v1"
-#: Kept through an erasure on purpose (docs/privacy.md): without it the next event would profile the user again.
-CONSENT_STATE = "consent-v1"
-#: Identity stitching: at an anonymous key its alias (the known user it merged into); at a known key its links.
-IDENTITY_STATE = "identity-v1"
+from state.slots import PUBLISHED_RECS_STATE, StateSlot
+
 #: Broadcast state: rule id -> the RuleEntry JSON of the latest applied command (the same on every instance).
 RULE_CATALOG = MapStateDescriptor("rule-catalog-v1", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 #: Broadcast state: ``current`` -> the pickled ModelSnapshot the instance scores with.
@@ -59,32 +52,9 @@ def _bytes_state(name: str, ttl_ms: int) -> ValueStateDescriptor:
     return descriptor
 
 
-def profile_state(ttl_ms: int) -> ValueStateDescriptor:
-    return _bytes_state(PROFILE_STATE, ttl_ms)
-
-
-def features_state(ttl_ms: int) -> ValueStateDescriptor:
-    return _bytes_state(FEATURES_STATE, ttl_ms)
-
-
-def rules_state(ttl_ms: int) -> ValueStateDescriptor:
-    return _bytes_state(RULES_STATE, ttl_ms)
-
-
-def models_state(ttl_ms: int) -> ValueStateDescriptor:
-    return _bytes_state(MODELS_STATE, ttl_ms)
-
-
-def recs_state(ttl_ms: int) -> ValueStateDescriptor:
-    return _bytes_state(RECS_STATE, ttl_ms)
-
-
-def consent_state(ttl_ms: int) -> ValueStateDescriptor:
-    return _bytes_state(CONSENT_STATE, ttl_ms)
-
-
-def identity_state(ttl_ms: int) -> ValueStateDescriptor:
-    return _bytes_state(IDENTITY_STATE, ttl_ms)
+def user_value(slot: StateSlot, ttl_ms: int) -> ValueStateDescriptor:
+    """One of the user's values (``state/slots.py``), with its TTL."""
+    return _bytes_state(slot.state_name, ttl_ms)
 
 
 #: Micro-batched user operator (``job.micro_batch_ms``), keyed by shard: wake-up time -> its users (JSON).
@@ -123,7 +93,6 @@ def global_object_log(name: str) -> ListStateDescriptor:
 
 ITEM_MODEL_STATE = "item-model-v2"  # v2: counts on the interaction clock
 TRAINER_STATE = "model-trainer-v1"
-PUBLISHED_RECS_STATE = "published-recs-v1"
 
 
 def published_recs_state(ttl_ms: int) -> MapStateDescriptor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from connectors.redis_keys import USER_KEYS
 from operators.deadletter import dead_letter
 from operators.events import EVENT_TYPES, Event, is_anonymous, user_key_of
 from operators.features.affinity import CategoryAffinity
@@ -27,15 +29,7 @@ from operators.privacy.consent import (
     ConsentState,
     is_erasure_request,
 )
-from operators.privacy.erasure import (
-    CONSENT_STATE,
-    IDENTITY_STATE,
-    USER_STATES,
-    ErasureSettings,
-    Held,
-    Tombstone,
-    plan_erasure,
-)
+from operators.privacy.erasure import ErasureSettings, Held, Tombstone, plan_erasure
 from operators.privacy.identity import (
     ERASE_TYPE,
     HANDOVER_TYPE,
@@ -79,6 +73,17 @@ from operators.validation import Rejection, parse_event
 from state.codecs import CodecError, decode_consent, decode_identity, encode_consent, encode_identity
 from state.internal import MAX_INTERNAL_BYTES, InternalRecordError, decode_internal, encode_internal, internal_signer
 from state.signing import Signer
+from state.slots import (
+    CONSENT,
+    ERASED_STATES,
+    IDENTITY,
+    KEPT_STATES,
+    PUBLISHED_RECS_STATE,
+    RULES,
+    USER_SLOTS,
+    decode_states,
+    encode_states,
+)
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000
@@ -306,8 +311,9 @@ def test_privacy_codecs_round_trip_and_refuse_unknown_versions() -> None:
 
 # --- erasure plans --------------------------------------------------------------------------------------
 
-SETTINGS = ErasureSettings(key_prefix="p13n:", tombstone_topics=("users.profiles", "users.features",
-                                                                  "segments.changes"),
+SETTINGS = ErasureSettings(erased_states=ERASED_STATES, kept_states=KEPT_STATES, recs_state=PUBLISHED_RECS_STATE,
+                           redis_user_keys=len(USER_KEYS),
+                           tombstone_topics=("users.profiles", "users.features", "segments.changes"),
                            confirmation_topic="privacy.erasures", audit=PiiHasher(SECRET))
 
 
@@ -315,24 +321,28 @@ def test_erasure_plan_lists_every_state_key_set_and_topic() -> None:
     plan = plan_erasure("alice", CONSENT_WITHDRAWN, T0, 1,
                         Held(segments=("vip", "cart_abandoner"), related=("anon:c1", "anon:c2"), recs=True), SETTINGS,
                         source="anon:c2")
-    assert plan.clear_states == (*USER_STATES, IDENTITY_STATE, "published-recs-v1")
-    assert plan.keep_states == (CONSENT_STATE,)
-    assert set(plan.redis_delete) == {f"p13n:user:{{alice}}:{kind}" for kind in
-                                      ("profile", "features", "segments", "model", "recs", "recs:info")}
-    assert plan.redis_leave_sets == ("p13n:{segments}:members:cart_abandoner", "p13n:{segments}:members:vip")
-    assert plan.redis_counts == "p13n:{segments}:counts" and plan.redis_scrub_streams == ("p13n:{segments}:changes",)
+    assert plan.clear_states == ("profile-v1", "features-v1", "rules-v1", "models-v1", "recs-v1", "identity-v1",
+                                 "published-recs-v1")
+    assert plan.keep_states == ("consent-v1",)
+    assert plan.leave_segments == ("cart_abandoner", "vip")
+    assert plan.confirmation.redis_keys == 6 + 2  # the user's six keys, and two member sets left
     assert plan.tombstones == tuple(Tombstone(t, b"alice") for t in SETTINGS.tombstone_topics)
     assert plan.forget_recs
     assert plan.cascade == (ErasureCommand("alice", "anon:c1", CONSENT_WITHDRAWN, T0),)  # not back to the source
 
 
-def test_user_state_names_match_the_descriptors() -> None:
-    from state import descriptors  # imports pyflink: only here, to keep the names in step
+def test_one_table_names_every_user_state_with_its_codec() -> None:
+    """The descriptors, the merge and the erasure read their state names from ``state/slots.py``."""
+    assert [slot.name for slot in USER_SLOTS] == [f.name for f in dataclasses.fields(UserStates)]
+    names = [slot.state_name for slot in (*USER_SLOTS, CONSENT, IDENTITY)] + [PUBLISHED_RECS_STATE]
+    assert len(set(names)) == len(names) and all(name.endswith("-v1") for name in names)
+    assert set(ERASED_STATES) | set(KEPT_STATES) == set(names) - {PUBLISHED_RECS_STATE}
+    states = UserStates(profile=UserProfile(first_seen=T0, last_seen=T0, seq=3), recs=UserRecState())
+    stored = encode_states(states)
+    assert stored.keys() == {"profile", "recs"} and decode_states(stored) == states
+    from state.descriptors import user_value  # imports pyflink: only here
 
-    assert (descriptors.PROFILE_STATE, descriptors.FEATURES_STATE, descriptors.RULES_STATE, descriptors.MODELS_STATE,
-            descriptors.RECS_STATE) == USER_STATES
-    assert descriptors.PUBLISHED_RECS_STATE == "published-recs-v1" and descriptors.CONSENT_STATE == CONSENT_STATE
-    assert descriptors.IDENTITY_STATE == IDENTITY_STATE
+    assert user_value(RULES, HOUR).get_name() == "rules-v1"
 
 
 def test_confirmation_and_tombstones_carry_no_raw_ids() -> None:
@@ -345,7 +355,7 @@ def test_confirmation_and_tombstones_carry_no_raw_ids() -> None:
     assert record["reason"] == ERASURE_REQUEST and record["event_time"] == T0 and record["generation"] == 3
     assert record["redis_keys"] == 7 and record["tombstones"] == list(SETTINGS.tombstone_topics)
     assert all(t.topic != SETTINGS.confirmation_topic for t in plan.tombstones)
-    other = ErasureSettings("p13n:", (), "privacy.erasures", PiiHasher(OTHER_SECRET))
+    other = dataclasses.replace(SETTINGS, audit=PiiHasher(OTHER_SECRET))
     assert plan_erasure("alice@example.com", ERASURE_REQUEST, T0, 3, Held(), other).confirmation.subject != \
         record["subject"]
     assert plan_erasure("alice@example.com", ERASURE_REQUEST, T0, 3, Held(), SETTINGS).confirmation.record_id == \
@@ -535,12 +545,12 @@ def test_anonymous_to_known_merge_keeps_cart_and_segments() -> None:
     assert {(c.action, c.segment) for c in exits} == {("exit", "carter")}
     features.forget(s.features)
     assert sum(h.count for h in population.histograms.values()) == 3
-    handover = Handover("anon:c1", step.target, identify, s.to_stored())
+    handover = Handover("anon:c1", step.target, identify, encode_states(s))
     received = Handover.from_event(decode_internal(encode_internal(handover.to_event(), SIGNER), SIGNER))
 
     # At alice: merge, then process the identify like any event.
     merger = StateMerger(features, recs, rules.signals)
-    known.states = merger.merge(known.states, UserStates.from_stored(received.states))
+    known.states = merger.merge(known.states, decode_states(received.states))
     known.apply(received.identify)
     merged = known.states
     assert merged.recs is not None and merged.profile is not None and merged.features is not None

@@ -11,28 +11,10 @@ import json
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from connectors.redis_keys import (
-    segment_changes_key,
-    segment_counts_key,
-    segment_members_key,
-    user_features_key,
-    user_model_key,
-    user_profile_key,
-    user_recs_info_key,
-    user_recs_key,
-    user_segments_key,
-)
 from operators.privacy.identity import ErasureCommand
 from operators.privacy.pii import PiiHasher
 
 ERASURE_SCHEMA = "privacy.erasure.v1"
-#: Keyed states of the user operator (names as in ``state/descriptors.py``; a test keeps them equal).
-USER_STATES = ("profile-v1", "features-v1", "rules-v1", "models-v1", "recs-v1")
-#: Proposed new keyed states of the user operator.
-CONSENT_STATE = "consent-v1"
-IDENTITY_STATE = "identity-v1"
-#: The recommender's map state; it drops the user's entry on the forget request.
-PUBLISHED_RECS_STATE = "published-recs-v1"
 
 
 class Tombstone(NamedTuple):
@@ -44,7 +26,14 @@ class Tombstone(NamedTuple):
 
 @dataclass(frozen=True)
 class ErasureSettings:
-    key_prefix: str
+    erased_states: tuple[str, ...]
+    """The user operator's keyed states an erasure clears (``state/slots.py``)."""
+    kept_states: tuple[str, ...]
+    """Kept on purpose: the consent record (updated to "withdrawn"), or the user is profiled again."""
+    recs_state: str
+    """The recommender's state of the user, cleared by its forget request."""
+    redis_user_keys: int
+    """How many Redis keys per user the sink deletes (``connectors/redis_keys.py``), for the confirmation."""
     tombstone_topics: tuple[str, ...]
     """User-keyed output topics the user operator writes (profiles, features, segments)."""
     confirmation_topic: str
@@ -101,12 +90,9 @@ class ErasurePlan:
     clear_states: tuple[str, ...]
     keep_states: tuple[str, ...]
     """Kept on purpose: the consent record (updated to "withdrawn"), or the user is profiled again."""
-    redis_delete: tuple[str, ...]
-    redis_leave_sets: tuple[str, ...]
-    """Segment member sets to ``ZREM`` the user from (then rewrite those segments' counts)."""
-    redis_counts: str
-    redis_scrub_streams: tuple[str, ...]
-    """Capped streams whose entries name the user (``XDEL`` the entries whose record's ``user`` is the key)."""
+    leave_segments: tuple[str, ...]
+    """Segments the user exits (their exits remove the user from the Redis member sets and counts);
+    the sink deletes the user's keys and stream entries (``stage_erase``)."""
     tombstones: tuple[Tombstone, ...]
     forget_recs: bool
     """Send the recommender a forget request: it clears its map entry and Redis list and writes the
@@ -119,20 +105,15 @@ def plan_erasure(user_key: str, reason: str, ts: int, generation: int, held: Hel
                  source: str = "") -> ErasurePlan:
     """The plan for erasing ``user_key`` at event time ``ts``; ``source`` is the key whose erasure
     cascaded here (not cascaded back, so a cascade ends after one hop)."""
-    prefix = settings.key_prefix
-    redis_delete = (user_profile_key(prefix, user_key), user_features_key(prefix, user_key),
-                    user_segments_key(prefix, user_key), user_model_key(prefix, user_key),
-                    user_recs_key(prefix, user_key), user_recs_info_key(prefix, user_key))
-    leave = tuple(segment_members_key(prefix, segment) for segment in sorted(held.segments))
+    leave = tuple(sorted(held.segments))
     key = user_key.encode("utf-8")
     tombstones = tuple(Tombstone(topic, key) for topic in settings.tombstone_topics)
     cascade = tuple(ErasureCommand(user_key, target, reason, ts) for target in held.related if target != source)
-    clear = (*USER_STATES, IDENTITY_STATE) + ((PUBLISHED_RECS_STATE,) if held.recs else ())
+    clear = settings.erased_states + ((settings.recs_state,) if held.recs else ())
     confirmation = ErasureConfirmation(
         subject=settings.audit.hash("erasure_subject", user_key), reason=reason, ts=ts, generation=generation,
-        cleared_states=clear, redis_keys=len(redis_delete) + len(leave),
+        cleared_states=clear, redis_keys=settings.redis_user_keys + len(leave),
         tombstone_topics=settings.tombstone_topics, cascaded=len(cascade))
-    return ErasurePlan(user_key=user_key, reason=reason, ts=ts, clear_states=clear, keep_states=(CONSENT_STATE,),
-                       redis_delete=redis_delete, redis_leave_sets=leave, redis_counts=segment_counts_key(prefix),
-                       redis_scrub_streams=(segment_changes_key(prefix),), tombstones=tombstones,
-                       forget_recs=held.recs, cascade=cascade, confirmation=confirmation)
+    return ErasurePlan(user_key=user_key, reason=reason, ts=ts, clear_states=clear, keep_states=settings.kept_states,
+                       leave_segments=leave, tombstones=tombstones, forget_recs=held.recs, cascade=cascade,
+                       confirmation=confirmation)

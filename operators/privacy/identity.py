@@ -124,7 +124,7 @@ class Handover:
     target: str
     identify: Event
     states: Mapping[str, bytes]
-    """Stored codec bytes by logical state name (``operators.privacy.merge.STATE_NAMES``); absent: none."""
+    """Stored codec bytes by logical state name (``state/slots.py``); absent: none."""
 
     def to_event(self) -> Event:
         identify = self.identify

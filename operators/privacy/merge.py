@@ -37,60 +37,19 @@ from operators.recs.config import RecConfig
 from operators.recs.user import UserRecState
 from operators.rules.engine import RuleState
 from operators.rules.signals import MAX_ENTITIES, Retention, Signal, SignalLog
-from state.codecs import (
-    decode_features,
-    decode_models,
-    decode_profile,
-    decode_recs,
-    decode_rules,
-    encode_features,
-    encode_models,
-    encode_profile,
-    encode_recs,
-    encode_rules,
-)
 
 K = TypeVar("K")
-#: Logical names of the user operator's states, as handovers carry them.
-STATE_NAMES = ("profile", "features", "rules", "models", "recs")
 
 
 @dataclass
 class UserStates:
-    """All keyed state of one user key, decoded."""
+    """All keyed state of one user key, decoded (stored and loaded through ``state/slots.py``)."""
 
     profile: UserProfile | None = None
     features: UserFeatures | None = None
     rules: RuleState | None = None
     models: UserModelState | None = None
     recs: UserRecState | None = None
-
-    @classmethod
-    def from_stored(cls, stored: Mapping[str, bytes | None]) -> UserStates:
-        """From the stored bytes by :data:`STATE_NAMES` (the values of the operator's ValueStates)."""
-        def get(name: str) -> bytes | None:
-            return stored.get(name) or None
-        profile, features, rules, models, recs = (get(name) for name in STATE_NAMES)
-        return cls(profile=decode_profile(profile) if profile else None,
-                   features=decode_features(features) if features else None,
-                   rules=decode_rules(rules) if rules else None,
-                   models=decode_models(models) if models else None,
-                   recs=decode_recs(recs) if recs else None)
-
-    def to_stored(self) -> dict[str, bytes]:
-        """The bytes to store per state name; states that are None are absent (clear them)."""
-        stored: dict[str, bytes] = {}
-        if self.profile is not None:
-            stored["profile"] = encode_profile(self.profile)
-        if self.features is not None:
-            stored["features"] = encode_features(self.features)
-        if self.rules is not None:
-            stored["rules"] = encode_rules(self.rules)
-        if self.models is not None:
-            stored["models"] = encode_models(self.models)
-        if self.recs is not None:
-            stored["recs"] = encode_recs(self.recs)
-        return stored
 
 
 def _sum(a: SlidingCount, b: SlidingCount) -> SlidingCount:
