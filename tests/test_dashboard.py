@@ -522,7 +522,7 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
 
         # A user with recommendations (one with an intent score if any): items in ranked order with
         # their reasons, and the model's scores.
-        with_recs = sorted(key[len(prefix) + len("user:"):-len(":recs:info")]
+        with_recs = sorted(key.removeprefix(f"{prefix}user:{{").removesuffix("}:recs:info")
                            for key in client.scan_iter(user_recs_info_key(prefix, "*"), count=1000)
                            if json.loads(client.hget(key, "items") or "[]"))
         scored = [user for user in with_recs if client.hget(user_model_key(prefix, user), "intent")]
