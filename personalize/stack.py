@@ -403,6 +403,15 @@ def _meta_problem(data: Path) -> str | None:
     return None
 
 
+def kafka_cluster_id() -> str:
+    """A KRaft cluster id: a random UUID in base64url, never starting with ``-`` (as Kafka's own
+    ``Uuid.randomUuid`` ensures): the storage tool's argument parser would take it for an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _prepare_kafka(settings: Settings, artifacts: bootstrap.Artifacts, run_dir: Path) -> None:
     """Write the broker's configuration and format its storage on first use (``kafka-storage format``)."""
     directory = _kafka_dir(run_dir)
@@ -417,8 +426,8 @@ def _prepare_kafka(settings: Settings, artifacts: bootstrap.Artifacts, run_dir: 
     if (data / "meta.properties").exists():
         return
     cluster_id_file = directory / KAFKA_CLUSTER_ID_FILE
-    if not cluster_id_file.exists():  # KRaft wants a base64url UUID, fixed once per stack
-        cluster_id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+    if not cluster_id_file.exists() or cluster_id_file.read_text().startswith("-"):  # fixed once per stack
+        cluster_id_file.write_text(kafka_cluster_id())
     command = _kafka_java(artifacts, settings, run_dir, "kafka.tools.StorageTool", "format", "--ignore-formatted",
                           "-t", cluster_id_file.read_text().strip(), "-c", str(directory / "server.properties"))
     for _ in range(2):  # once more: a JVM that dies at start-up on a loaded machine is no storage problem
