@@ -6,8 +6,7 @@ import functools
 import pickle
 import time
 import uuid
-import zlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,57 +26,41 @@ from connectors.pii_secret import SecretSource
 from connectors.redis_keys import USER_KEYS
 from connectors.redis_writer import DeadLetterCounter, UserStateSink
 from jobs.metrics import LabelledCounter, redis_gauges
-from operators.deadletter import dead_letter, late_record
+from operators.deadletter import dead_letter
 from operators.events import Event
-from operators.features.config import DAY_MS, FeatureConfig
-from operators.features.operator import FeatureOperator, FeatureVector, UserFeatures
+from operators.features.operator import FeatureOperator
 from operators.features.rfm import PopulationScorer
 from operators.models.config import ModelConfig
 from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
-from operators.models.user import Rescored, TrainingInput, UserModels, UserModelState
-from operators.privacy.consent import COUNTER_STRIDE, ConsentPolicy, ConsentState
-from operators.privacy.erasure import ErasureSettings, Held, plan_erasure
+from operators.models.user import TrainingInput
+from operators.privacy.erasure import ErasureSettings
 from operators.privacy.identity import (
-    ERASE_TYPE,
-    HANDOVER_TYPE,
-    ErasureCommand,
-    Handover,
-    IdentityState,
-    Route,
-    forwarded,
-    link,
-    merge_record,
-    route,
     routing_key,
 )
-from operators.privacy.merge import StateMerger
 from operators.privacy.pii import PiiHasher, Redactor, pseudonymize_event
-from operators.profile import ProfileOperator, UserProfile
 from operators.recs.config import RecConfig
 from operators.recs.model import ItemModel
 from operators.recs.serving import Published, RecommendationServer, RecRequest
-from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleBook, RuleCatalog, RuleEntry, parse_command
-from operators.rules.engine import RuleState, SegmentChange, SegmentEngine
+from operators.rules.engine import SegmentEngine
 from operators.rules.language import RuleError
 from operators.segment_spec import SegmentSpec, parse_segment
-from operators.validation import INVALID_INTERNAL, INVALID_RULE, INVALID_SNAPSHOT, Limits, Rejection, parse_event
-from state.codecs import (
-    decode_consent,
-    decode_features,
-    decode_identity,
-    decode_models,
-    decode_profile,
-    decode_recs,
-    decode_rules,
-    encode_consent,
-    encode_features,
-    encode_identity,
-    encode_models,
-    encode_profile,
-    encode_recs,
-    encode_rules,
+from operators.user_core import (
+    RECS_ROUTE,
+    TRAINER_KEY,
+    TRAINING_ROUTE,
+    CoreSettings,
+    StageErase,
+    StageFeatures,
+    StageForget,
+    StageModelScores,
+    StageProfile,
+    StageSegmentChange,
+    Step,
+    UserCore,
+    shard_of,
 )
+from operators.validation import INVALID_INTERNAL, INVALID_RULE, INVALID_SNAPSHOT, Limits, Rejection, parse_event
 from state.descriptors import (
     ITEM_MODEL_STATE,
     MODEL_SNAPSHOT,
@@ -97,8 +80,7 @@ from state.slots import (
     KEPT_STATES,
     PUBLISHED_RECS_STATE,
     USER_SLOTS,
-    decode_states,
-    encode_states,
+    StoredValues,
 )
 from state.snapshots import SnapshotError, decode_snapshot, encode_snapshot, snapshot_signer
 
@@ -112,17 +94,10 @@ EVENT_TYPE = Types.ROW_NAMED(
 KEYED_EVENT_TYPE = Types.ROW_NAMED(["shard", "record"], [Types.INT(), Types.STRING()])
 DEAD_LETTERS = OutputTag("dead-letters", OUTPUT_TYPE)
 LATE_EVENTS = OutputTag("late-events", OUTPUT_TYPE)
-#: Routes (``topic`` values) of the user operator's internal records: pickled training inputs for the
-#: trainer, pickled recommendation requests for the recommender; ``k`` is the receiver's key. They
-#: travel on the main output, split off in Java (jobs/pipeline.py), because PyFlink 2.0.2 drops side
-#: outputs of a keyed broadcast function's ``on_timer`` (intent deadlines and retention are timers).
-TRAINING_ROUTE = "__training__"
-RECS_ROUTE = "__recommend__"
+#: The internal records' routes (``operators/user_core.py``). They travel on the main output, split off
+#: in Java (jobs/pipeline.py), because PyFlink 2.0.2 drops side outputs of a keyed broadcast function's
+#: ``on_timer`` (intent deadlines and retention are timers).
 INTERNAL_ROUTES = (TRAINING_ROUTE, RECS_ROUTE)
-#: Key of the single trainer (the whole stream of training inputs goes to one place).
-TRAINER_KEY = "trainer"
-#: Events that change a user's list without teaching the model (others do it through an interaction).
-LIST_EVENTS = frozenset({"checkout_start", "remove_from_cart"})
 #: Flink's final watermark (Long.MAX_VALUE) when a bounded source finishes.
 END_OF_INPUT_WATERMARK = 2**63 - 1
 
@@ -220,13 +195,6 @@ class ParseEvents(ProcessFunction):
             counter.close()
 
 
-def retention_due(features: UserFeatures, config: FeatureConfig) -> int:
-    """When an idle user's state goes: the day boundary after ``retention_ms`` of event-time silence
-    (one retention timer per user and day of activity, not per event)."""
-    retention = features.reference_ts + config.retention_ms
-    return retention - retention % DAY_MS + DAY_MS
-
-
 def user_key(event: Row) -> str:
     return event[2]
 
@@ -247,55 +215,32 @@ def subtask_index(runtime_context: RuntimeContext) -> int:
 
 @dataclass(frozen=True)
 class PrivacyOperators:
-    """Consent gating and erasure in the user operator (docs/privacy.md)."""
+    """Erasure in the user operator (docs/privacy.md); consent and identity stitching are the core's
+    (``CoreSettings.consent``, ``CoreSettings.identity``)."""
 
-    consent: ConsentPolicy
     secret: SecretSource
     """Resolved on the worker (``open``): the key of erasure confirmations' subject hashes."""
     tombstone_topics: tuple[str, ...]
     """The user-keyed topics the user operator writes (profiles, features, segments)."""
     confirmation_topic: str
     consent_state_ttl_ms: int
-    key_prefix: str
-    identity: IdentityOperators | None = None
-    """Identity stitching; None: an anonymous visitor and the user they log in as stay two profiles."""
-
-
-@dataclass(frozen=True)
-class IdentityOperators:
-    """Identity stitching (docs/privacy.md): the internal topic that carries handovers, forwarded
-    events and erasure cascades to another key, and the merges output."""
-
-    internal_topic: str
-    merges_topic: str
-    max_links: int
 
 
 @dataclass(frozen=True)
 class UserOperators:
     """Everything the keyed user function needs, built on the client and shipped to the workers."""
 
-    profile: ProfileOperator
-    features: FeatureConfig
-    features_enabled: bool
+    core: CoreSettings
+    """What the per-user core does (``operators/user_core.py``)."""
     rules: RuleBook | None
     """The initial segment rules; None: no segments."""
-    topics: dict[str, str]
-    """Output topic per record kind: profiles, features, late, segments, deadletter."""
     state_ttl_ms: int
-    allowed_lateness_ms: int
     redis: Callable[[], UserStateSink]
     population: Callable[[int], PopulationScorer]
     """Builds the R/F/M population scorer of the parallel instance with this index."""
     flush_interval_ms: int
-    models: ModelConfig | None = None
-    """Online models (needs features); None: no scoring, no training inputs."""
-    recs: RecConfig | None = None
-    """Recommendations; None: no requests to the recommender."""
-    rec_shards: int = 1
-    """Recommender instances (``recommendations.shards``): requests are keyed by :func:`rec_shard`."""
     privacy: PrivacyOperators | None = None
-    """Consent and erasure; None: every event is personalized."""
+    """Erasure (with ``core.consent``); None: every event is personalized."""
     secret: SecretSource | None = None
     """The job's secret (resolved on the worker): the key of the snapshots' signatures."""
     max_snapshot_bytes: int = 1 << 20
@@ -303,24 +248,13 @@ class UserOperators:
     """Redact the dead letters of control records too (rule commands, snapshots), as ingest does events'."""
 
 
-def shard_of(key: str, shards: int) -> int:
-    """The shard of a key (stable across runs, restarts and rescaling)."""
-    return zlib.crc32(key.encode("utf-8")) % shards
-
-
-def rec_shard(user_key: str, shards: int) -> str:
-    """The recommender instance a user's requests go to."""
-    return str(shard_of(user_key, shards))
-
-
 class UserFunction(KeyedBroadcastProcessFunction):
-    """Keyed by user: dedup + profile + features + segment rules in one operator (one state access each).
+    """Keyed by user: the thin Flink shell of the per-user core (``operators/user_core.py``).
 
-    Emits profile updates, feature vectors and segment changes to Kafka, stages them for Redis,
-    sends events later than the allowed lateness to the late side output, closes sessions, exits
-    segments and expires idle users with event-time timers. The broadcast input carries rule
-    commands: every instance applies them to its copy of the rule catalog (kept in broadcast
-    state), and users see the new rules at their next event or timer.
+    Per event or event-time timer it loads the user's values, calls the core, stores what changed and
+    carries out the step: Redis writes, timers, records, the late side output, internal records for the
+    trainer and the recommender. The broadcast input carries rule commands and model snapshots: every
+    instance applies them (kept in broadcast state) and hands the core the rules and scorer to use.
     """
 
     def __init__(self, operators: UserOperators) -> None:
@@ -328,43 +262,43 @@ class UserFunction(KeyedBroadcastProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         ops = self.operators
-        (self.profile_state, self.feature_state, self.rule_state, self.model_state, self.rec_state) = (
-            self._user_state(runtime_context, user_value(slot, ops.state_ttl_ms)) for slot in USER_SLOTS)
-        self.user_models = UserModels(ops.models) if ops.models is not None and ops.features_enabled else None
-        self.scorer = ModelScorer()
+        self.value_states = {slot.name: self._user_state(runtime_context, user_value(slot, ops.state_ttl_ms))
+                             for slot in USER_SLOTS}
+        """The user's values by logical name (``state/slots.py``), as the core reads and writes them."""
+        metrics = runtime_context.get_metrics_group()
+        privacy = ops.privacy
+        erasure: ErasureSettings | None = None
+        internal: Callable[[Event], bytes] | None = None
+        if privacy is not None:
+            self.value_states["consent"] = self._user_state(runtime_context,
+                                                            user_value(CONSENT, privacy.consent_state_ttl_ms))
+            erasure = ErasureSettings(ERASED_STATES, KEPT_STATES, PUBLISHED_RECS_STATE, len(USER_KEYS),
+                                      privacy.tombstone_topics, privacy.confirmation_topic,
+                                      PiiHasher(privacy.secret.resolve()))
+            self.without_consent = metrics.counter("events_without_consent")
+            self.erasures = metrics.counter("erasures")
+            if ops.core.identity is not None:
+                self.value_states["identity"] = self._user_state(runtime_context,
+                                                                 user_value(IDENTITY, ops.state_ttl_ms))
+                internal = functools.partial(encode_internal, signer=internal_signer(privacy.secret.resolve()))
+        self.subtask = subtask_index(runtime_context)
+        self.core = UserCore(ops.core, FeatureOperator(ops.core.features, ops.population(self.subtask)),
+                             erasure, internal)
         self.snapshot_loaded = False
-        if self.user_models is not None:
+        if self.core.user_models is not None:
             assert ops.secret is not None, "models need the job's secret (snapshot signatures)"
             self.snapshot_signer = snapshot_signer(ops.secret.resolve())
-        self.invalid_snapshots = runtime_context.get_metrics_group().counter("invalid_snapshots")
+        self.invalid_snapshots = metrics.counter("invalid_snapshots")
         self.redactor = Redactor() if ops.redact_deadletters else None
-        self.segments_now: tuple[str, ...] = ()
-        """The user's segments after the latest rule step (what the recommender's trending lists use)."""
         self.sink = ops.redis()
-        metrics = runtime_context.get_metrics_group()
         redis_gauges(metrics, self.sink)
         self.dead_letters = LabelledCounter(metrics, "dead_letters", "reason")
         self.segment_entries = LabelledCounter(metrics, "segment_entries", "segment")
         self.segment_exits = LabelledCounter(metrics, "segment_exits", "segment")
-        self.subtask = subtask_index(runtime_context)
-        self.features = FeatureOperator(ops.features, ops.population(self.subtask))
         self.late_events = metrics.counter("late_events")
         self.flush_timer_set = False
         self.catalog: RuleCatalog | None = None
         self.engine: SegmentEngine | None = None
-        privacy = ops.privacy
-        if privacy is not None:
-            self.consent_state = self._user_state(runtime_context, user_value(CONSENT, privacy.consent_state_ttl_ms))
-            self.erasure = ErasureSettings(ERASED_STATES, KEPT_STATES, PUBLISHED_RECS_STATE, len(USER_KEYS),
-                                           privacy.tombstone_topics, privacy.confirmation_topic,
-                                           PiiHasher(privacy.secret.resolve()))
-            metrics = runtime_context.get_metrics_group()
-            self.without_consent = metrics.counter("events_without_consent")
-            self.erasures = metrics.counter("erasures")
-        self.identity = privacy.identity if privacy is not None else None
-        if self.identity is not None and privacy is not None:
-            self.identity_state = self._user_state(runtime_context, user_value(IDENTITY, ops.state_ttl_ms))
-            self.internal_signer = internal_signer(privacy.secret.resolve())
 
     def _user_state(self, runtime_context: RuntimeContext, descriptor: ValueStateDescriptor) -> Any:
         """One of the user's values (``value``/``update``/``clear``): here a keyed ``ValueState``."""
@@ -390,13 +324,13 @@ class UserFunction(KeyedBroadcastProcessFunction):
             stored = ctx.get_broadcast_state(MODEL_SNAPSHOT).get(MODEL_SNAPSHOT_KEY)
             if stored:
                 snapshot = decode_snapshot(bytes(stored), self.snapshot_signer, len(stored))
-                self.scorer.load(snapshot)
+                self.core.scorer.load(snapshot)
                 self.sink.write_model_instance(self.subtask, snapshot)
-        return self.scorer
+        return self.core.scorer
 
     def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
         """A rule command or a model snapshot (the two control topics share the broadcast input)."""
-        if value[1] == self.operators.topics["models"]:
+        if value[1] == self.operators.core.topics["models"]:
             yield from self._load_snapshot(value, ctx)
             return
         yield from self._apply_rule_command(value, ctx)
@@ -426,7 +360,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.dead_letters.inc(rejection.reason)
         if self.redactor is not None:
             letter = self.redactor.dead_letter(letter)
-        return Row(key, letter, self.operators.topics["deadletter"])
+        return Row(key, letter, self.operators.core.topics["deadletter"])
 
     def _apply_rule_command(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
         """Apply a rule command, or (one instance for all) emit an error record and change nothing."""
@@ -447,277 +381,12 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.sink.write_rules(self.subtask, rule_set.fingerprint, [entry])
 
     def process_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:
-        """Apply an event. What a timer would have done before the event's time is done first (a user
-        past retention is forgotten, a session past its gap is closed), so the outputs do not depend
-        on whether the watermark reached the timer before this event arrived."""
-        event = Event(*value)
-        ops = self.operators
+        """Load the user's values, run the core on the event, store and carry out its step."""
+        self._prepare(ctx)
         timers = ctx.timer_service()
-        engine = self._engine(ctx)
-        if ops.privacy is not None:
-            admitted = yield from self._privacy(event, ctx.get_current_key(), engine, timers)
-            if admitted is None:
-                return
-            event = admitted
-        features: UserFeatures | None = None
-        if ops.features_enabled:
-            stored_features = self.feature_state.value()
-            features = decode_features(stored_features) if stored_features else None
-            if features is not None:
-                due = retention_due(features, ops.features)
-                if due <= event.ts:
-                    yield from self._forget(event.user_key, features, engine, due, timers)
-                    features = None
-        stored = self.profile_state.value()
-        profile, update = ops.profile.process(
-            decode_profile(stored) if stored
-            else UserProfile(first_seen=event.ts, last_seen=event.ts, seq=self._counter_base()), event)
-        if update is None:
-            return
-        self.profile_state.update(encode_profile(profile))
-        self.sink.stage_profile(update)
-        yield Row(update.user_key.encode("utf-8"), update.to_json(), ops.topics["profiles"])
-        if not ops.features_enabled and engine is None:
-            self._schedule_flush(timers)
-            return
-        if event.ts < timers.current_watermark() - ops.allowed_lateness_ms:
-            self.late_events.inc()
-            yield LATE_EVENTS, Row(event.user_key.encode("utf-8"), late_record(event), ops.topics["late"])
-        else:
-            decision: dict[str, Any] = {}
-            rescored: Rescored | None = None
-            if ops.features_enabled:
-                if features is not None:
-                    yield from self._close_due_session(features, event.user_key, event.ts)
-                features, vector = self.features.process(features or UserFeatures(version=self._counter_base()), event)
-                decision = features.decision
-                yield from self._after_features(features, vector, timers)
-                if self.user_models is not None:
-                    purchase = event.ts if event.type == "purchase" else None
-                    rescored, intent = yield from self._models(vector, purchase, None, ctx, timers)
-                    decision["intent"] = intent
-            if engine is not None:
-                first_seen = profile.first_seen
-                yield from self._segments(timers, lambda state: engine.observe(state, event, first_seen, decision)
-                                          + self._model_segment(engine, state, event.user_key, event.ts, rescored))
-            if ops.recs is not None:
-                yield from self._recommend(event, profile.seq - profile.seq % COUNTER_STRIDE)
-        self._schedule_flush(timers)
-
-    def _privacy(self, event: Event, key: str, engine: SegmentEngine | None,
-                 timers: TimerService) -> Generator[Any, None, Event | None]:
-        """Identity routing and consent before anything else: the event to process here (a merged
-        handover's identify), or None when it was forwarded, handed over, erased or not consented."""
-        identity = self.identity
-        step = None
-        if identity is not None:
-            if event.type == ERASE_TYPE:
-                yield from self._cascaded_erasure(event, key, engine, timers)
-                return None
-            step = route(self._identity_state(), event, key)
-            if step.route is Route.FORWARD:  # the anonymous key merged: its events (consent too) count there
-                yield self._internal(forwarded(event, step.target))
-                return None
-        if not (yield from self._consent(event, engine, timers)):
-            return None
-        if step is not None and step.route is Route.HANDOVER:
-            yield from self._hand_over(event, key, step.state, step.target, engine, timers)
-            return None
-        if identity is not None and event.type == HANDOVER_TYPE:
-            return (yield from self._merge(Handover.from_event(event), engine))
-        return event
-
-    def _identity_state(self) -> IdentityState | None:
-        stored = self.identity_state.value()
-        return decode_identity(stored) if stored else None
-
-    def _internal(self, event: Event) -> Row:
-        """A record for another key, through the internal topic (read back as input, keyed by ``user_key``)."""
-        assert self.identity is not None
-        return Row(event.user_key.encode("utf-8"), encode_internal(event, self.internal_signer),
-                   self.identity.internal_topic)
-
-    def _user_states(self) -> dict[str, Any]:
-        """The five user states by their logical names (``state/slots.py``)."""
-        states = (self.profile_state, self.feature_state, self.rule_state, self.model_state, self.rec_state)
-        return dict(zip((slot.name for slot in USER_SLOTS), states, strict=True))
-
-    def _hand_over(self, identify: Event, key: str, alias: IdentityState | None, target: str,
-                   engine: SegmentEngine | None, timers: TimerService) -> Iterator[Any]:
-        """The anonymous key logs in: its segments exit, its population share goes, its stored state
-        travels to the known user and only the alias stays here."""
-        stored = {name: bytes(data) for name, state in self._user_states().items() if (data := state.value())}
-        yield from self._leave(key, identify.ts, "merge", engine,
-                               decode_features(stored["features"]) if "features" in stored else None,
-                               decode_rules(stored["rules"]) if "rules" in stored else None)
-        self.sink.stage_forget(key)
-        assert alias is not None
-        self.identity_state.update(encode_identity(alias))
-        yield self._internal(Handover(key, target, identify, stored).to_event())
-        self._schedule_flush(timers)
-
-    def _merge(self, handover: Handover, engine: SegmentEngine | None) -> Generator[Any, None, Event]:
-        """Merge an anonymous key's state into this known user's (once: a re-delivered handover is
-        recognised by the link), emit the merge event; the identify is then processed as usual."""
-        assert self.identity is not None
-        identity = self._identity_state()
-        if identity is None or handover.source not in identity.linked:
-            ops = self.operators
-            merger = StateMerger(self.features, ops.recs or RecConfig(), engine.rules.signals if engine else {},
-                                 ops.profile.dedup_max_ids, ops.models.intent_max_pending if ops.models else 16)
-            states = self._user_states()
-            known = decode_states({name: state.value() for name, state in states.items()})
-            merged = encode_states(merger.merge(known, decode_states(handover.states), self._counter_base()))
-            for name, state in states.items():
-                if name in merged:
-                    state.update(merged[name])
-                else:
-                    state.clear()
-            self.identity_state.update(encode_identity(
-                link(identity, handover.source, handover.identify.ts, self.identity.max_links)))
-            carried = tuple(slot.name for slot in USER_SLOTS if slot.name in handover.states)
-            key, record = merge_record(handover, carried)
-            yield Row(key, record, self.identity.merges_topic)
-        return handover.identify
-
-    def _cascaded_erasure(self, event: Event, key: str, engine: SegmentEngine | None,
-                          timers: TimerService) -> Iterator[Any]:
-        """A related key (alias target or linked anonymous key) was erased: the same person, so this
-        key erases too and stops personalizing."""
-        privacy = self.operators.privacy
-        assert privacy is not None
-        command = ErasureCommand.from_event(event)
-        stored = self.consent_state.value()
-        step = privacy.consent.cascaded(decode_consent(stored) if stored else None, command.reason, command.ts)
-        self.consent_state.update(encode_consent(step.state))
-        yield from self._erase(key, step.erase, command.ts, step.state.generation, engine, timers, command.source)
-
-    def _consent(self, event: Event, engine: SegmentEngine | None,
-                 timers: TimerService) -> Generator[Any, None, bool]:
-        """Apply a consent change (a withdrawal or an erasure request erases the user at once) and
-        decide whether the event may be personalized; the generator's value says so."""
-        privacy = self.operators.privacy
-        assert privacy is not None
-        stored = self.consent_state.value()
-        consent: ConsentState | None = decode_consent(stored) if stored else None
-        if event.type == "consent_change":
-            step = privacy.consent.apply(consent, event)
-            if not step.stale:
-                self.consent_state.update(encode_consent(step.state))
-            if step.erase:
-                yield from self._erase(event.user_key, step.erase, event.ts, step.state.generation, engine, timers)
-                return False
-            consent = step.state
-        if not privacy.consent.may_personalize(consent, event.ts):
-            self.without_consent.inc()
-            return False
-        return True
-
-    def _counter_base(self) -> int:
-        """Where the current user's new counters start: above every id erased before (docs/privacy.md)."""
-        if self.operators.privacy is None:
-            return 0
-        stored = self.consent_state.value()
-        return decode_consent(stored).counter_base if stored else 0
-
-    def _erase(self, user: str, reason: str, ts: int, generation: int, engine: SegmentEngine | None,
-               timers: TimerService, source: str = "") -> Iterator[Any]:
-        """Erase the user now: exit every segment, clear every keyed state but consent, delete the
-        Redis keys and change-stream entries, tombstone the user-keyed topics, confirm (docs/privacy.md)."""
-        stored_features, stored_rules = self.feature_state.value(), self.rule_state.value()
-        rules = decode_rules(stored_rules) if stored_rules else None
-        identity = self._identity_state() if self.identity is not None else None
-        held = Held(segments=tuple(rules.members) if rules is not None else (),
-                    related=identity.related_keys() if identity is not None else (),
-                    recs=self.rec_state.value() is not None)
-        plan = plan_erasure(user, reason, ts, generation, held, self.erasure, source)
-        yield from self._leave(user, ts, "erasure", engine,
-                               decode_features(stored_features) if stored_features else None, rules, erase=True)
-        if self.identity is not None:
-            self.identity_state.clear()
-            for command in plan.cascade:  # one hop: a cascade never returns to its source
-                yield self._internal(command.to_event())
-        self.sink.stage_erase(user)
-        for tombstone in plan.tombstones:
-            yield Row(tombstone.key, None, tombstone.topic)
-        yield Row(plan.confirmation.key(), plan.confirmation.to_json(), self.erasure.confirmation_topic)
-        self.erasures.inc()
-        self._schedule_flush(timers)
-
-    def _models(self, vector: FeatureVector | None, purchase_ts: int | None, now: int | None,
-                ctx: KeyedBroadcastProcessFunction.ReadOnlyContext,
-                timers: TimerService) -> Generator[Any, None, tuple[Rescored | None, float | None]]:
-        """Settle intent examples (a purchase at ``purchase_ts``: positives; a timer at ``now``:
-        negatives), send the trainer its inputs, score a new vector.
-
-        Returns (a membership change, the intent score) as the generator's value.
-        """
-        models = self.user_models
-        assert models is not None
-        stored = self.model_state.value()
-        if not stored and vector is None:
-            return None, None
-        state = decode_models(stored) if stored else UserModelState()
-        deadline_before = models.deadline(state)
-        inputs = models.purchase(state, purchase_ts) if purchase_ts is not None else []
-        if now is not None:
-            inputs += models.expire(state, now)
-        rescored = None
-        if vector is not None:
-            inputs += models.vector(state, vector, by_purchase=purchase_ts is not None)
-            rescored = models.score(state, vector, self._scorer(ctx))
-            self.sink.stage_model_scores(vector.user_key, vector.version, [
-                "model_version", state.version, "cluster", state.membership.cluster
-                if state.membership.cluster is not None else "", "intent",
-                "" if state.intent is None else round(state.intent, 4), "ts", vector.ts])
-        self.model_state.update(encode_models(state))
-        deadline = models.deadline(state)
-        if deadline is not None and deadline != deadline_before:
-            timers.register_event_time_timer(deadline)
-        for training_input in inputs:
-            yield from self._send(TRAINING_ROUTE, TRAINER_KEY, training_input)
-        return rescored, state.intent
-
-    @staticmethod
-    def _model_segment(engine: SegmentEngine, state: RuleState, user: str, now: int,
-                       rescored: Rescored | None) -> list[SegmentChange]:
-        if rescored is None:
-            return []
-        return engine.move_model_segment(state, user, rescored.entered, now,
-                                         {"kind": rescored.cause, "model_version": rescored.score.version},
-                                         rescored.score.version)
-
-    def _recommend(self, event: Event, seq_base: int) -> Iterator[Any]:
-        """Update the user's recommendation state; ask the recommender for a list when it may change
-        (``seq_base``: the user's counter base, read off the profile ``seq``)."""
-        config = self.operators.recs
-        assert config is not None
-        if event.type not in config.event_weights and event.type not in LIST_EVENTS:
-            return  # neither teaches the model nor changes the list: no state access
-        stored = self.rec_state.value()
-        user = decode_recs(stored) if stored else UserRecState()
-        interaction = user.remember(event, config, "", self.segments_now)
-        self.rec_state.update(encode_recs(user))
-        yield from self._rec_request(RecRequest(event.user_key, event.event_id, event.ts, interaction, user,
-                                           self.segments_now, seq_base=seq_base))
-
-    def _rec_request(self, request: RecRequest) -> Iterator[Row]:
-        yield from self._send(RECS_ROUTE, rec_shard(request.user_key, self.operators.rec_shards), request)
-
-    def _send(self, route: str, receiver: str, message: Any) -> Iterator[Row]:
-        """An internal record for the trainer or a recommender shard (``receiver``): one per message here;
-        the micro-batched operator sends a list's messages to a receiver as one record."""
-        yield Row(receiver.encode("utf-8"), pickle.dumps(message), route)
-
-    def _close_due_session(self, features: UserFeatures, user: str, now: int) -> Iterator[Row]:
-        """Close the open session if its gap has passed by ``now``, exactly as its timer would."""
-        expiry = features.sessions.expiry(self.operators.features.session_gap_ms)
-        if expiry is not None and expiry <= now:
-            features.sessions.timer_fired(expiry)
-            vector = self.features.close_session(features, user, expiry)
-            if vector is not None:
-                self.sink.stage_features(vector)
-                yield Row(user.encode("utf-8"), vector.to_json(), self.operators.topics["features"])
+        values = self._values()
+        step = self.core.on_event(values, ctx.get_current_key(), Event(*value), timers.current_watermark())
+        yield from self._carry_out(values, step, timers)
 
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
@@ -727,91 +396,60 @@ class UserFunction(KeyedBroadcastProcessFunction):
         timers = ctx.timer_service()
         if timers.current_watermark() >= END_OF_INPUT_WATERMARK:
             return  # a bounded input ended: that is not time passing, so nothing expires
-        user = ctx.get_current_key()
-        engine = self._engine(ctx)
-        rescored: Rescored | None = None
-        stored_features = self.feature_state.value()
-        if stored_features:
-            features = decode_features(stored_features)
-            if retention_due(features, self.operators.features) <= timestamp:
-                yield from self._forget(user, features, engine, timestamp, timers)
-                return
-            session_timer = features.sessions.timer_at
-            vector = None
-            if session_timer is not None and session_timer <= timestamp:  # not a rule timer: close the session
-                features.sessions.timer_fired(timestamp)
-                vector = self.features.close_session(features, user, timestamp)
-                yield from self._after_features(features, vector, timers)
-            if self.user_models is not None:  # intent deadlines, and scoring the closed session's vector
-                rescored, _ = yield from self._models(vector, None, timestamp, ctx, timers)
-        if engine is not None and (self.rule_state.value() or rescored is not None):
-            yield from self._segments(timers, lambda state: engine.advance(state, user, timestamp)
-                                      + self._model_segment(engine, state, user, timestamp, rescored))
-        # What event time changed (a closed session's vector, expiries, dormancy) reaches Redis even
-        # when no event follows: a quiet stream's last changes must not wait for the next one.
-        self._schedule_flush(timers)
+        self._prepare(ctx)
+        values = self._values()
+        step = self.core.on_timer(values, ctx.get_current_key(), timestamp)
+        yield from self._carry_out(values, step, timers)
 
-    def _forget(self, user: str, features: UserFeatures, engine: SegmentEngine | None, timestamp: int,
-                timers: TimerService) -> Iterator[Any]:
-        """Idle past retention: exit every segment, then nothing of the user stays behind."""
-        stored_rules = self.rule_state.value()
-        yield from self._leave(user, timestamp, "retention", engine, features,
-                               decode_rules(stored_rules) if stored_rules else None)
-        self.sink.stage_forget(user)
-        self._schedule_flush(timers)
+    def _prepare(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> None:
+        """The rules and the model snapshot the core uses, from the broadcast state at the first call."""
+        self.core.engine = self._engine(ctx)
+        if self.core.user_models is not None:
+            self._scorer(ctx)
 
-    def _leave(self, user: str, ts: int, cause: str, engine: SegmentEngine | None, features: UserFeatures | None,
-               rules: RuleState | None, erase: bool = False) -> Iterator[Any]:
-        """The user leaves this operator (retention, erasure, a merge into another key): their R/F/M
-        leaves the population, every segment is exited with ``cause``, the recommender forgets the
-        list (and tombstones it on ``erase``), and the five user states are cleared."""
-        if features is not None:
-            self.features.forget(features)
-        if engine is not None and rules is not None:
-            yield from self._emit_changes(engine.forget(rules, user, ts, cause))
-        if self.operators.recs is not None and self.rec_state.value():
-            yield from self._rec_request(RecRequest(user, "", ts, None, None, (), erase=erase))
-        for state in self._user_states().values():
-            state.clear()
+    def _values(self) -> StoredValues:
+        return StoredValues(self.value_states)
 
-    def _segments(self, timers: TimerService,
-                  step: Callable[[RuleState], list[SegmentChange]]) -> Iterator[Row]:
-        """Load the user's rule state, run ``step``, store it, set the next rule timer, emit the changes."""
-        stored = self.rule_state.value()
-        state = decode_rules(stored) if stored else RuleState(seq=self._counter_base())
-        wake_before = state.wake
-        changes = step(state)
-        self.segments_now = tuple(sorted(state.members))
-        self.rule_state.update(encode_rules(state))
-        if state.wake is not None and state.wake != wake_before:
-            timers.register_event_time_timer(state.wake)
-        yield from self._emit_changes(changes)
-
-    def _emit_changes(self, changes: list[SegmentChange]) -> Iterator[Row]:
-        if not changes:
-            return
-        processing_time = int(time.time() * 1000)
-        for change in changes:
-            record = change.to_json(processing_time)
-            (self.segment_entries if change.action == "enter" else self.segment_exits).inc(change.segment)
-            self.sink.stage_segment_change(change, record)
-            yield Row(change.user_key.encode("utf-8"), record, self.operators.topics["segments"])
-
-    def _after_features(self, features: UserFeatures, vector: FeatureVector | None,
-                        timers: TimerService) -> Iterator[Row]:
-        config = self.operators.features
-        expiry = features.sessions.needs_timer(config.session_gap_ms)
-        if expiry is not None:
-            timers.register_event_time_timer(expiry)
-        timers.register_event_time_timer(retention_due(features, config))
-        self.feature_state.update(encode_features(features))
-        if vector is not None:
-            self.sink.stage_features(vector)
-            yield Row(vector.user_key.encode("utf-8"), vector.to_json(), self.operators.topics["features"])
-
-    def _schedule_flush(self, timers: TimerService) -> None:
-        # Flush a quiet stream's tail too: one processing-time timer per pending batch.
+    def _carry_out(self, values: StoredValues, step: Step, timers: TimerService) -> Iterator[Any]:
+        """Store the user's values, stage the Redis writes, set the wake-ups, emit records and messages."""
+        values.store()
+        sink = self.sink
+        for write in step.redis:
+            match write:
+                case StageProfile(update):
+                    sink.stage_profile(update)
+                case StageFeatures(vector):
+                    sink.stage_features(vector)
+                case StageModelScores(user, version, fields):
+                    sink.stage_model_scores(user, version, fields)
+                case StageSegmentChange(change, record):
+                    (self.segment_entries if change.action == "enter" else self.segment_exits).inc(change.segment)
+                    sink.stage_segment_change(change, record)
+                case StageForget(user):
+                    sink.stage_forget(user)
+                case StageErase(user):
+                    sink.stage_erase(user)
+        for wakeup in step.wakeups:
+            timers.register_event_time_timer(wakeup)
+        for output in step.records:
+            yield Row(*output)
+        for late in step.late:
+            self.late_events.inc()
+            yield LATE_EVENTS, Row(*late)
+        for route_name, receiver, message in step.sends:
+            yield from self._send(route_name, receiver, message)
+        if step.unconsented:
+            self.without_consent.inc(step.unconsented)
+        if step.erasures:
+            self.erasures.inc(step.erasures)
+        # Flush a quiet stream's tail too: what event time changed (a closed session's vector, expiries,
+        # dormancy) reaches Redis even when no event follows.
         flush_later(self, timers, self.operators.flush_interval_ms)
+
+    def _send(self, route: str, receiver: str, message: Any) -> Iterator[Row]:
+        """An internal record for the trainer or a recommender shard (``receiver``): one per message here;
+        the micro-batched operator sends a list's messages to a receiver as one record."""
+        yield Row(receiver.encode("utf-8"), pickle.dumps(message), route)
 
     def close(self) -> None:
         close_sink(self)

@@ -32,7 +32,6 @@ from jobs.adapters import (
     LATE_EVENTS,
     RECS_ROUTE,
     TRAINING_ROUTE,
-    IdentityOperators,
     IngestPrivacy,
     ModelTrainerFunction,
     ParseEvents,
@@ -60,6 +59,7 @@ from operators.profile import ProfileOperator
 from operators.recs.config import RecConfig, rec_config
 from operators.rules.catalog import RuleBook
 from operators.rules.language import RuleError
+from operators.user_core import CoreSettings, IdentitySettings
 from operators.validation import Limits
 from personalize.paths import resolve
 from personalize.segment_format import segment_spec
@@ -149,17 +149,33 @@ def stitches_identities(settings: Settings) -> bool:
     return settings.privacy.enabled and settings.privacy.stitch_identities
 
 
-def privacy_operators(settings: Settings, secret: SecretSource, stitching: bool) -> PrivacyOperators | None:
+def privacy_operators(settings: Settings, secret: SecretSource) -> PrivacyOperators | None:
     privacy, topics = settings.privacy, settings.kafka.topics
     if not privacy.enabled:
         return None
-    identity = IdentityOperators(topics.handover.name, topics.merges.name, privacy.max_links) if stitching else None
-    try:
-        policy = ConsentPolicy(dict(privacy.consent_defaults))
-    except ValueError as exc:
-        raise SettingsError(f"privacy.consent_defaults: {exc}") from None
-    return PrivacyOperators(policy, secret, (topics.profiles.name, topics.features.name, topics.segments.name),
-                            topics.erasures.name, privacy.consent_state_ttl_ms, settings.redis.key_prefix, identity)
+    return PrivacyOperators(secret, (topics.profiles.name, topics.features.name, topics.segments.name),
+                            topics.erasures.name, privacy.consent_state_ttl_ms)
+
+
+def core_settings(settings: Settings, stitching: bool = False) -> CoreSettings:
+    """What the per-user core does with these settings (the job's, the local runner's)."""
+    job, topics, privacy = settings.job, settings.kafka.topics, settings.privacy
+    consent = None
+    if privacy.enabled:
+        try:
+            consent = ConsentPolicy(dict(privacy.consent_defaults))
+        except ValueError as exc:
+            raise SettingsError(f"privacy.consent_defaults: {exc}") from None
+    identity = IdentitySettings(topics.handover.name, topics.merges.name, privacy.max_links) if stitching else None
+    return CoreSettings(
+        profile=ProfileOperator(job.dedup_window_ms, job.dedup_max_ids_per_user),
+        features=feature_config(settings.features), features_enabled=settings.features.enabled,
+        topics={"profiles": topics.profiles.name, "features": topics.features.name, "late": topics.late.name,
+                "segments": topics.segments.name, "deadletter": topics.deadletter.name,
+                "models": topics.models.name},
+        allowed_lateness_ms=settings.features.allowed_lateness_ms, models=model_config(settings),
+        recs=recommendation_config(settings), rec_shards=settings.recommendations.shards, consent=consent,
+        identity=identity)
 
 
 @dataclass(frozen=True)
@@ -327,20 +343,12 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
                  output_type=EVENT_TYPE if sharding is None else KEYED_EVENT_TYPE)
         .name("parse-validate").uid("parse-validate")
     )
-    models, recs = model_config(settings), recommendation_config(settings)
+    core = core_settings(settings, stitching)
+    models, recs = core.models, core.recs
     operators = UserOperators(
-        profile=ProfileOperator(job.dedup_window_ms, job.dedup_max_ids_per_user),
-        features=feature_config(settings.features),
-        features_enabled=settings.features.enabled,
-        rules=rule_book(settings),
-        topics={"profiles": topics.profiles.name, "features": topics.features.name, "late": topics.late.name,
-                "segments": topics.segments.name, "deadletter": topics.deadletter.name,
-                "models": topics.models.name},
-        state_ttl_ms=job.state_ttl_ms, allowed_lateness_ms=settings.features.allowed_lateness_ms,
-        redis=io.redis, population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
-        models=models, recs=recs, rec_shards=settings.recommendations.shards,
-        privacy=privacy_operators(settings, secret, stitching),
-        secret=secret, max_snapshot_bytes=validation.max_snapshot_bytes,
+        core=core, rules=rule_book(settings), state_ttl_ms=job.state_ttl_ms, redis=io.redis,
+        population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
+        privacy=privacy_operators(settings, secret), secret=secret, max_snapshot_bytes=validation.max_snapshot_bytes,
         redact_deadletters=settings.privacy.redact_deadletters,
     )
     control = io.rules(env, t_env)

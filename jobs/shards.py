@@ -4,7 +4,7 @@ Parsing keys each event and puts its shard next to it; ``MicroBatchOperator`` (J
 groups the records between two watermarks into one list per shard and emits every list before the
 watermark that follows it and before every checkpoint barrier, so nothing is buffered across a
 checkpoint and event time downstream sees what it would see record by record. Flink keys the lists
-by shard, in Java. :class:`ShardFunction` then runs the user operator's steps (:class:`UserFunction`)
+by shard, in Java. :class:`ShardFunction` then runs the per-user core (through :class:`UserFunction`)
 for each event in turn, with each user's values read at most once and written at most once per list
 (:class:`Slot`) and the users' timers kept per shard (:class:`ShardTimers`). See docs/architecture.md.
 """

@@ -8,7 +8,7 @@ them. Flink state names are part of savepoint compatibility: never rename one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,3 +72,61 @@ def decode_states(stored: Mapping[str, bytes | None]) -> UserStates:
 def encode_states(states: UserStates) -> dict[str, bytes]:
     """The bytes to store by logical name; a state that is None is absent (clear it)."""
     return {slot.name: slot.encode(value) for slot in USER_SLOTS if (value := getattr(states, slot.name)) is not None}
+
+SLOTS = {slot.name: slot for slot in (*USER_SLOTS, CONSENT, IDENTITY)}
+
+
+class StoredValues:
+    """One user's values as the per-user core sees them (``operators.user_core.UserValues``): decoded on
+    first read, encoded and written back by :meth:`store` after the call.
+
+    ``states`` maps each logical name to anything with ``value()``, ``update(bytes)`` and ``clear()``:
+    Flink's ``ValueState``, the micro-batched operator's per-user slot, the local runner's dict cell.
+    """
+
+    def __init__(self, states: Mapping[str, Any]) -> None:
+        self.states = states
+        self.decoded_values: dict[str, Any] = {}
+        self.changed: set[str] = set()
+
+    def get(self, name: str) -> Any | None:
+        if name in self.decoded_values:
+            return self.decoded_values[name]
+        raw = self.states[name].value()
+        value = SLOTS[name].decode(bytes(raw)) if raw else None
+        self.decoded_values[name] = value
+        return value
+
+    def put(self, name: str, value: Any) -> None:
+        self.decoded_values[name] = value
+        self.changed.add(name)
+
+    def clear(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.put(name, None)
+
+    def stored(self, names: Iterable[str]) -> dict[str, bytes]:
+        """The bytes as stored (or as they will be, for a value changed in this call)."""
+        out = {}
+        for name in names:
+            if name in self.changed:
+                value = self.decoded_values[name]
+                if value is not None:
+                    out[name] = SLOTS[name].encode(value)
+            elif raw := self.states[name].value():
+                out[name] = bytes(raw)
+        return out
+
+    def decoded(self, stored: Mapping[str, bytes]) -> UserStates:
+        return decode_states(stored)
+
+    def store(self) -> None:
+        """Write what the call changed."""
+        for name in self.changed:
+            value = self.decoded_values[name]
+            if value is None:
+                self.states[name].clear()
+            else:
+                self.states[name].update(SLOTS[name].encode(value))
+        self.decoded_values.clear()
+        self.changed.clear()

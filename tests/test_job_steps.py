@@ -14,13 +14,11 @@ from connectors.kafka import sink_options
 from connectors.redis_writer import DeadLetterCounter, RedisStateWriter
 from jobs.adapters import (
     GlobalObject,
-    IdentityOperators,
-    UserFunction,
-    UserOperators,
     flush_later,
     learn_interaction,
     learn_training_input,
 )
+from jobs.local_runner import UserCells
 from operators.events import Event
 from operators.features.config import FeatureConfig
 from operators.features.operator import FeatureOperator, FeatureVector
@@ -35,6 +33,7 @@ from operators.recs.serving import Published, RecommendationServer, RecRequest
 from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleCatalog
 from operators.rules.engine import RuleState, SegmentEngine
+from operators.user_core import CoreSettings, IdentitySettings, Step, UserCore
 from personalize import settings as settings_module
 from state.codecs import (
     HALF_MAX,
@@ -46,6 +45,7 @@ from state.codecs import (
     encode_profile,
     encode_recs,
 )
+from state.slots import StoredValues
 from tests.conftest import free_ports
 from tests.test_models import CONFIG, VALUES, train
 from tests.test_rules import COMPILER, DEFAULT_RULES
@@ -392,18 +392,12 @@ def test_the_identity_loop_is_at_least_once_by_default_and_the_outputs_exactly_o
     assert outputs["sink.delivery-guarantee"] == "exactly-once" and outputs["sink.transactional-id-prefix"] == "x"
 
 
-def merging_user_function() -> UserFunction:
-    """The user operator's merge step alone, at a known user with no state yet (no Flink runtime)."""
-    function = UserFunction.__new__(UserFunction)
-    function.operators = UserOperators(
-        profile=ProfileOperator(), features=FeatureConfig(), features_enabled=True, rules=None, topics={},
-        state_ttl_ms=HOUR, allowed_lateness_ms=0, redis=lambda: None,  # type: ignore[arg-type,return-value]
-        population=lambda index: LocalPopulation(), flush_interval_ms=50)
-    function.identity = IdentityOperators("identity.handover", "identity.merges", 16)
-    function.features = FeatureOperator(FeatureConfig(), LocalPopulation())
-    for name in ("profile_state", "feature_state", "rule_state", "model_state", "rec_state", "identity_state"):
-        setattr(function, name, FakeValueState())
-    return function
+def merging_core() -> UserCore:
+    """The per-user core with identity stitching, for its merge step alone."""
+    identity = IdentitySettings("identity.handover", "identity.merges", 16)
+    settings = CoreSettings(profile=ProfileOperator(), features=FeatureConfig(), features_enabled=True, topics={},
+                            allowed_lateness_ms=0, identity=identity)
+    return UserCore(settings, FeatureOperator(FeatureConfig(), LocalPopulation()))
 
 
 def anonymous_handover(views: int) -> Handover:
@@ -420,10 +414,15 @@ def anonymous_handover(views: int) -> Handover:
 def test_a_redelivered_handover_merges_once() -> None:
     """What the at-least-once identity loop relies on: after a failure the known user may read the
     handover twice, the second copy possibly from the replay (docs/privacy.md)."""
-    function = merging_user_function()
-    first = list(function._merge(anonymous_handover(3), None))
-    assert [row[2] for row in first] == ["identity.merges"]
-    merged = function.profile_state.value()
+    core, cells = merging_core(), UserCells()
+    step = Step()
+    values = StoredValues(cells)
+    core._merge(values, step, anonymous_handover(3))
+    values.store()
+    assert [record.topic for record in step.records] == ["identity.merges"]
+    merged = cells["profile"].value()
     assert merged is not None and decode_profile(merged).counts == {"product_view": 3}
-    assert list(function._merge(anonymous_handover(4), None)) == []  # the same anonymous key: skipped
-    assert function.profile_state.value() == merged
+    again, values = Step(), StoredValues(cells)
+    core._merge(values, again, anonymous_handover(4))  # the same anonymous key: skipped
+    values.store()
+    assert again.records == [] and cells["profile"].value() == merged

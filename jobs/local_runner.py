@@ -1,0 +1,103 @@
+"""The local runner: the per-user core (``operators/user_core.py``) driven as the Flink job drives it,
+without Flink. Values live in dicts (stored as the job stores them, through ``state/slots.py``), wake-ups
+in a heap, and event time advances with the events: a user's wake-up fires once the watermark (the
+newest event time less the allowed out-of-orderness) has passed it, before the next event is applied.
+
+Benchmarks, offline evaluation and tests use it, so the sequence of steps exists once, in the core.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+
+from operators.events import Event
+from operators.user_core import Step, UserCore
+from state.slots import StoredValues
+
+
+class Cell:
+    """One stored value: what ``ValueState`` offers the shell (``value``, ``update``, ``clear``)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data: bytes | None = None
+
+    def value(self) -> bytes | None:
+        return self.data
+
+    def update(self, data: bytes) -> None:
+        self.data = data
+
+    def clear(self) -> None:
+        self.data = None
+
+
+class UserCells(dict[str, Cell]):
+    """A user's stored values by logical name, each created empty on first use."""
+
+    def __missing__(self, name: str) -> Cell:
+        cell = self[name] = Cell()
+        return cell
+
+
+#: Called with each step and the user it was for, in order: what the job would emit, stage and send.
+StepHandler = Callable[[str, Step], None]
+
+
+class LocalRunner:
+    """Feeds events to the core in order, and wakes users at their wake-up times as the watermark passes."""
+
+    def __init__(self, core: UserCore, out_of_orderness_ms: int = 0, on_step: StepHandler | None = None) -> None:
+        self.core = core
+        self.out_of_orderness_ms = out_of_orderness_ms
+        self.on_step = on_step
+        self.cells: dict[str, UserCells] = {}
+        self.wakeups: list[tuple[int, str]] = []
+        self.scheduled: set[tuple[int, str]] = set()
+        """(time, user) already in the heap: like Flink's timers, a time set twice wakes once."""
+        self.watermark = -(2**63)
+        self.woken = 0
+        """Wake-ups fired so far."""
+
+    def event(self, key: str, event: Event) -> None:
+        """Apply ``event`` at the user ``key``, after every wake-up the event's time lets the watermark pass."""
+        self.advance(event.ts - self.out_of_orderness_ms - 1)
+        values = self._values(key)
+        self._done(key, values, self.core.on_event(values, key, event, self.watermark))
+
+    def advance(self, watermark: int) -> None:
+        """Move the watermark to ``watermark`` (never back), waking every user whose time it reached."""
+        if watermark <= self.watermark:
+            return
+        self.watermark = watermark
+        while self.wakeups and self.wakeups[0][0] <= watermark:
+            timestamp, user = heapq.heappop(self.wakeups)
+            self.scheduled.discard((timestamp, user))
+            self.woken += 1
+            values = self._values(user)
+            self._done(user, values, self.core.on_timer(values, user, timestamp))
+
+    def users(self) -> Iterator[tuple[str, StoredValues]]:
+        """Every user with stored values, and a view of them (read it, do not change it)."""
+        for user, cells in self.cells.items():
+            if any(cell.data is not None for cell in cells.values()):
+                yield user, StoredValues(cells)
+
+    def stored_bytes(self, user: str) -> dict[str, int]:
+        """The size of each of the user's stored values, by name."""
+        return {name: len(cell.data) for name, cell in self.cells.get(user, {}).items() if cell.data is not None}
+
+    def _values(self, user: str) -> StoredValues:
+        return StoredValues(self.cells.setdefault(user, UserCells()))
+
+    def _done(self, user: str, values: StoredValues, step: Step) -> None:
+        """Store what the call changed, schedule its wake-ups, hand its step on."""
+        values.store()
+        for timestamp in step.wakeups:
+            if (timestamp, user) not in self.scheduled:
+                self.scheduled.add((timestamp, user))
+                heapq.heappush(self.wakeups, (timestamp, user))
+        if self.on_step is not None:
+            self.on_step(user, step)
