@@ -20,14 +20,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from jobs.local_runner import LocalRunner
-from jobs.pipeline import core_settings, rule_book
+from jobs.pipeline import local_core
 from operators.events import Event
-from operators.features.operator import FeatureOperator
-from operators.features.rfm import LocalPopulation
 from operators.models.training import ModelTrainer
 from operators.recs.serving import Published, RecommendationServer, RecRequest
-from operators.rules.engine import SegmentEngine
-from operators.user_core import TRAINING_ROUTE, StageProfile, StageSegmentChange, Step, UserCore
+from operators.user_core import TRAINING_ROUTE, StageProfile, StageSegmentChange, Step
 from operators.validation import Limits, parse_event
 from personalize.generator import GeneratedRecord
 from personalize.settings import Settings
@@ -42,10 +39,8 @@ def replay(records: Sequence[GeneratedRecord], settings: Settings) -> dict[str, 
     """Events/s of the whole chain, microseconds per stage, and encoded keyed state bytes per user."""
     validation = settings.validation
     limits = Limits(validation.max_payload_bytes, validation.min_event_time_ms, validation.max_future_skew_ms)
-    core_config = core_settings(settings)
-    core = UserCore(core_config, FeatureOperator(core_config.features, LocalPopulation()))
-    book = rule_book(settings)
-    core.engine = SegmentEngine(book.catalog().rule_set(book.compiler())) if book is not None else None
+    core = local_core(settings)
+    core_config = core.settings
     trainer = ModelTrainer(core_config.models, lineage="bench") if core_config.models is not None else None
     server = RecommendationServer(core_config.recs) if core_config.recs is not None else None
     published: dict[str, Published] = {}

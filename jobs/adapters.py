@@ -225,6 +225,11 @@ class PrivacyOperators:
     confirmation_topic: str
     consent_state_ttl_ms: int
 
+    def erasure(self, secret: bytes | None = None) -> ErasureSettings:
+        """What the erasure plan needs, with the job's secret (resolved here, on the worker) unless given."""
+        return ErasureSettings(ERASED_STATES, KEPT_STATES, PUBLISHED_RECS_STATE, len(USER_KEYS), self.tombstone_topics,
+                               self.confirmation_topic, PiiHasher(secret or self.secret.resolve()))
+
 
 @dataclass(frozen=True)
 class UserOperators:
@@ -272,9 +277,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         if privacy is not None:
             self.value_states["consent"] = self._user_state(runtime_context,
                                                             user_value(CONSENT, privacy.consent_state_ttl_ms))
-            erasure = ErasureSettings(ERASED_STATES, KEPT_STATES, PUBLISHED_RECS_STATE, len(USER_KEYS),
-                                      privacy.tombstone_topics, privacy.confirmation_topic,
-                                      PiiHasher(privacy.secret.resolve()))
+            erasure = privacy.erasure()
             self.without_consent = metrics.counter("events_without_consent")
             self.erasures = metrics.counter("erasures")
             if ops.core.identity is not None:

@@ -48,8 +48,8 @@ from jobs.adapters import (
 )
 from jobs.shards import ShardFunction, micro_batched
 from operators.features.config import DAY_MS, FeatureConfig
-from operators.features.operator import DECISION_FIELDS
-from operators.features.rfm import RFM_METRICS, PopulationScorer
+from operators.features.operator import DECISION_FIELDS, FeatureOperator
+from operators.features.rfm import RFM_METRICS, LocalPopulation, PopulationScorer
 from operators.features.windows import WindowSpec
 from operators.models.config import ModelConfig
 from operators.models.user import MODEL_FIELDS
@@ -58,8 +58,9 @@ from operators.privacy.pii import SecretError
 from operators.profile import ProfileOperator
 from operators.recs.config import RecConfig, rec_config
 from operators.rules.catalog import RuleBook
+from operators.rules.engine import SegmentEngine
 from operators.rules.language import RuleError
-from operators.user_core import CoreSettings, IdentitySettings
+from operators.user_core import CoreSettings, IdentitySettings, UserCore
 from operators.validation import Limits
 from personalize.paths import resolve
 from personalize.segment_format import segment_spec
@@ -131,12 +132,18 @@ def recommendation_config(settings: Settings) -> RecConfig | None:
         raise SettingsError(f"recommendations: {exc}") from None
 
 
+def secret_location(settings: Settings) -> SecretSource:
+    """Where the job's secret is looked for: the setting, the environment variable, the file."""
+    privacy = settings.privacy
+    file = privacy.secret_file or str(Path(settings.stack.run_dir) / SECRET_FILE_NAME)
+    return SecretSource(privacy.secret, privacy.secret_env, str(resolve(file)))
+
+
 def secret_source(settings: Settings) -> SecretSource:
     """Where workers find the job's secret (pseudonyms, erasure confirmations, the signatures of model
     snapshots); checked here, so a missing secret stops the job at start."""
     privacy = settings.privacy
-    file = privacy.secret_file or str(Path(settings.stack.run_dir) / SECRET_FILE_NAME)
-    source = SecretSource(privacy.secret, privacy.secret_env, str(resolve(file)))
+    source = secret_location(settings)
     if privacy.enabled or privacy.hash_identifiers or model_config(settings) is not None:
         try:
             source.resolve()
@@ -176,6 +183,26 @@ def core_settings(settings: Settings, stitching: bool = False) -> CoreSettings:
         allowed_lateness_ms=settings.features.allowed_lateness_ms, models=model_config(settings),
         recs=recommendation_config(settings), rec_shards=settings.recommendations.shards, consent=consent,
         identity=identity)
+
+
+def local_core(settings: Settings) -> UserCore:
+    """The per-user core as one job instance builds it, for the local runner (``jobs/local_runner.py``): a
+    local R/F/M population, the settings' rules, erasure when privacy is on. Without identity stitching,
+    which needs the job's internal topic. Without a configured secret (a fresh checkout: the stack writes
+    one), erasure confirmations hash with a secret of this run: a local run publishes nothing."""
+    config = core_settings(settings)
+    source = secret_location(settings)
+    try:
+        secret = source.resolve()
+    except SecretError:
+        secret = os.urandom(32)
+    operators = privacy_operators(settings, source)
+    core = UserCore(config, FeatureOperator(config.features, LocalPopulation()),
+                    operators.erasure(secret) if operators is not None else None)
+    book = rule_book(settings)
+    if book is not None:
+        core.engine = SegmentEngine(book.catalog().rule_set(book.compiler()))
+    return core
 
 
 @dataclass(frozen=True)

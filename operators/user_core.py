@@ -189,6 +189,8 @@ class UserCore:
 
     def __init__(self, settings: CoreSettings, features: FeatureOperator, erasure: ErasureSettings | None = None,
                  internal: Callable[[Event], bytes] | None = None) -> None:
+        if settings.consent is not None and erasure is None:
+            raise ValueError("consent needs erasure settings: a withdrawal erases the user")
         self.settings = settings
         self.features = features
         self.erasure = erasure

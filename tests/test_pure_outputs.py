@@ -23,13 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from jobs.local_runner import LocalRunner
-from jobs.pipeline import core_settings, rule_book
+from jobs.pipeline import local_core
 from operators.events import Event
-from operators.features.operator import FeatureOperator
-from operators.features.rfm import LocalPopulation
 from operators.models.training import ModelTrainer
 from operators.recs.serving import Published, RecommendationServer
-from operators.rules.engine import SegmentEngine
 from operators.user_core import (
     TRAINING_ROUTE,
     StageFeatures,
@@ -37,7 +34,6 @@ from operators.user_core import (
     StageProfile,
     StageSegmentChange,
     Step,
-    UserCore,
 )
 from operators.validation import Limits, parse_event
 from personalize import settings as settings_module
@@ -53,11 +49,9 @@ def outputs() -> dict[str, list[str]]:
     records = list(EventGenerator(replace(settings.generator, events=EVENTS, seed=SEED)).records())
     validation = settings.validation
     limits = Limits(validation.max_payload_bytes, validation.min_event_time_ms, validation.max_future_skew_ms)
-    config = core_settings(settings)
-    core = UserCore(config, FeatureOperator(config.features, LocalPopulation()))
-    book = rule_book(settings)
-    assert book is not None and config.models is not None and config.recs is not None
-    core.engine = SegmentEngine(book.catalog().rule_set(book.compiler()))
+    core = local_core(settings)
+    config = core.settings
+    assert core.engine is not None and config.models is not None and config.recs is not None
     trainer, server = ModelTrainer(config.models, lineage="golden"), RecommendationServer(config.recs)
     published: dict[str, Published] = {}
     out: dict[str, list[str]] = defaultdict(list)

@@ -1,0 +1,70 @@
+"""The per-user core in the local runner, as the job drives it: fast checks of whole user journeys."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from jobs.local_runner import LocalRunner
+from jobs.pipeline import core_settings, local_core
+from operators.events import Event
+from operators.features.config import FeatureConfig
+from operators.features.operator import FeatureOperator
+from operators.features.rfm import LocalPopulation
+from operators.user_core import StageErase, StageProfile, Step, UserCore
+from operators.validation import Limits, parse_event
+from personalize import settings as settings_module
+from tests.test_privacy_integration import MINUTE, T0, browsing, consent
+
+SETTINGS = settings_module.load(environ={})
+LIMITS = Limits(SETTINGS.validation.max_payload_bytes, SETTINGS.validation.min_event_time_ms,
+                SETTINGS.validation.max_future_skew_ms)
+
+
+def parsed(raw: dict[str, Any]) -> Event:
+    event = parse_event(json.dumps(raw).encode(), raw["ts"], LIMITS)
+    assert isinstance(event, Event), event
+    return event
+
+
+def run(events: list[dict[str, Any]]) -> tuple[LocalRunner, list[tuple[str, Step]]]:
+    steps: list[tuple[str, Step]] = []
+    runner = LocalRunner(local_core(SETTINGS), SETTINGS.job.max_out_of_orderness_ms,
+                         lambda user, step: steps.append((user, step)))
+    for raw in events:
+        event = parsed(raw)
+        runner.event(event.user_key, event)
+    return runner, steps
+
+
+def test_an_erasure_request_clears_the_user_tombstones_and_confirms() -> None:
+    """The first bench run of the core in the runner met an erasure request the test input never had."""
+    runner, steps = run([*browsing("ann", T0), consent("ann-erase", "ann", T0 + 30 * MINUTE, False, erase=True)])
+    erased = steps[-1][1]
+    topics = SETTINGS.kafka.topics
+    assert StageErase("ann") in erased.redis and erased.erasures == 1
+    assert {(record.topic, record.value) for record in erased.records if record.value is None} >= {
+        (topics.profiles.name, None), (topics.features.name, None), (topics.segments.name, None)}
+    assert [record.topic for record in erased.records if record.value is not None][-1] == topics.erasures.name
+    values = dict(runner.users())["ann"]
+    assert values.get("consent") is not None
+    assert all(values.get(name) is None for name in ("profile", "features", "rules", "models", "recs"))
+
+
+def test_a_session_closes_when_the_watermark_passes_its_gap() -> None:
+    """The wake-up the core asked for fires in the runner once a later event moves event time past it."""
+    gap = SETTINGS.features.session_gap_ms
+    runner, steps = run([*browsing("bob", T0), *browsing("cid", T0 + gap + 2 * SETTINGS.job.max_out_of_orderness_ms)])
+    woken = [step for user, step in steps if user == "bob"][len(browsing("bob", T0)):]
+    assert runner.woken >= 1 and woken, "bob's session timer did not fire"
+    assert not any(isinstance(write, StageProfile) for step in woken for write in step.redis)
+
+
+def test_consent_needs_erasure_settings() -> None:
+    config = core_settings(replace(SETTINGS, privacy=replace(SETTINGS.privacy, enabled=True)))
+    assert config.consent is not None
+    with pytest.raises(ValueError, match="erasure"):
+        UserCore(config, FeatureOperator(FeatureConfig(), LocalPopulation()))
