@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, Protocol
 
 from operators.deadletter import late_record
@@ -54,8 +54,9 @@ RECS_ROUTE = "__recommend__"
 TRAINER_KEY = "trainer"
 #: Events that change a user's list without teaching the model (others do it through an interaction).
 LIST_EVENTS = frozenset({"checkout_start", "remove_from_cart"})
-#: The user's values an erasure, a retention or a merge moves or clears (``state/slots.py`` names them).
-USER_VALUES = ("profile", "features", "rules", "models", "recs")
+#: The user's values an erasure, a retention or a merge moves or clears: the fields of ``UserStates``, which
+#: ``state/slots.py`` stores (a test keeps its table in step with them).
+USER_VALUES = tuple(value.name for value in fields(UserStates))
 
 
 class UserValues(Protocol):
