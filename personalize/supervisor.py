@@ -76,7 +76,10 @@ def supervise(settings: ClusterSettings, status_file: Path, stopping: list[bool]
             cluster.start_taskmanager(settings)
             pacing.started(now)
             started += 1
-            status_file.write_text(json.dumps({"taskmanagers_started": started, "last_start_epoch_s": time.time()}))
+            # Written whole and renamed, so a reader never sees half a file.
+            pending = status_file.with_suffix(".tmp")
+            pending.write_text(json.dumps({"taskmanagers_started": started, "last_start_epoch_s": time.time()}))
+            pending.replace(status_file)
         time.sleep(POLL_S)
 
 

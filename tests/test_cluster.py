@@ -272,7 +272,13 @@ def test_the_supervisor_replaces_a_taskmanager_that_exits(cluster_settings: Sett
     victim = cluster.taskmanager_pids(settings)[-1]
     cluster.kill_taskmanager(settings, victim)
     deadline = time.monotonic() + 60
-    while len(cluster.taskmanager_pids(settings)) < settings.taskmanagers and time.monotonic() < deadline:
+
+    def replaced() -> bool:
+        # The supervisor records the start just after the new TaskManager's pid appears: wait for both.
+        return (len(cluster.taskmanager_pids(settings)) == settings.taskmanagers
+                and cluster.supervisor_status(settings)["taskmanagers_started"] > started_before)
+
+    while not replaced() and time.monotonic() < deadline:
         time.sleep(0.2)
     pids = cluster.taskmanager_pids(settings)
     assert len(pids) == settings.taskmanagers and victim not in pids

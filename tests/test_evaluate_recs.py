@@ -96,8 +96,8 @@ def test_item_knn_weighs_pairs_by_distance_and_queries_newest_first() -> None:
     knn = ItemKnnScorer(window=3)
     for ts, item in enumerate(["a", "b", "c", "d"]):
         knn.learn(LogEntry(ts, "u", item, None, ""), True)
-    assert knn.pairs["d"] == {"c": 1.0, "b": 0.5, "a": pytest.approx(1 / 3)}
-    assert "a" not in knn.pairs["a"]
+    assert knn.together("d") == {"c": 1.0, "b": 0.5, "a": pytest.approx(1 / 3)}
+    assert "a" not in knn.together("a")
     for ts, item in enumerate(["e", "x", "a"]):  # e is 2 steps before a here, as b is for u's d
         knn.learn(LogEntry(10 + ts, "v", item, None, ""), True)
     assert knn.recommend(LogEntry(20, "w", "?", None, ""), (), 3) == []  # nothing known of w
