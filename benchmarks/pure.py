@@ -19,11 +19,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.local_runner import LocalRunner
+from jobs.local_runner import LocalRunner, Table
 from jobs.pipeline import local_core
 from operators.events import Event
+from operators.experiments.attribution import ExperimentState
 from operators.models.training import ModelTrainer
-from operators.recs.serving import Published, RecommendationServer, RecRequest
+from operators.recs.model import ItemModel
+from operators.recs.serving import Published, RecList, RecommenderCore, RecRequest
 from operators.user_core import TRAINING_ROUTE, StageProfile, StageSegmentChange, Step
 from operators.validation import Limits, parse_event
 from personalize.generator import GeneratedRecord
@@ -42,8 +44,10 @@ def replay(records: Sequence[GeneratedRecord], settings: Settings) -> dict[str, 
     core = local_core(settings)
     core_config = core.settings
     trainer = ModelTrainer(core_config.models, lineage="bench") if core_config.models is not None else None
-    server = RecommendationServer(core_config.recs) if core_config.recs is not None else None
-    published: dict[str, Published] = {}
+    recommender = RecommenderCore(core_config.recs) if core_config.recs is not None else None
+    item_model = ItemModel()
+    published: Table[Published] = Table()
+    experiments: Table[ExperimentState] = Table()
     seconds = dict.fromkeys(STAGES, 0.0)
     counts = dict.fromkeys(("accepted", "segment_changes", "model_snapshots", "recommendation_lists"), 0)
     clock = time.perf_counter
@@ -72,16 +76,10 @@ def replay(records: Sequence[GeneratedRecord], settings: Settings) -> dict[str, 
             handled += elapsed
 
     def recommend(request: RecRequest) -> None:
-        """What the recommender does with one request (``jobs/adapters.py`` ``RecommenderFunction``)."""
-        assert server is not None
-        if request.user is None:
-            server.handle(request, None)
-            published.pop(request.user_key, None)
-            return
-        recs = server.handle(request, published.get(request.user_key))
-        if recs is not None:
-            counts["recommendation_lists"] += 1
-            published[request.user_key] = Published(recs.seq, tuple(recs.ranking.item_ids()))
+        """What the recommender operator does with a request (``jobs/adapters.py`` ``RecommenderFunction``)."""
+        assert recommender is not None
+        step = recommender.on_requests(item_model, [request], published, experiments)
+        counts["recommendation_lists"] += sum(isinstance(output, RecList) for output in step.outputs)
 
     runner = LocalRunner(core, settings.job.max_out_of_orderness_ms, carry_out)
     for record in records:

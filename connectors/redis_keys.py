@@ -99,6 +99,11 @@ def models_instances_key(prefix: str) -> str:
     return f"{prefix}{{models}}:instances"
 
 
+def experiment_metrics_key(prefix: str, experiment_id: str) -> str:
+    """String: the latest ``experiments.metrics`` record (JSON) of one experiment (docs/experiments.md)."""
+    return f"{prefix}experiment:{experiment_id}:metrics"
+
+
 def population_key(prefix: str, metric: str) -> str:
     """Hash: parallel instance index -> its users' current values of one R/F/M metric (connectors/population.py)."""
     return f"{prefix}population:{metric}"
@@ -118,4 +123,5 @@ def layout_patterns(prefix: str) -> tuple[str, ...]:
                    models_current_key, models_clusters_key, models_drift_key, models_instances_key,
                    deadletter_counts_key)
     return (*(key(prefix, "*") for key in USER_KEYS), segment_members_key(prefix, "*"), population_key(prefix, "*"),
+            experiment_metrics_key(prefix, "*"),
             *(key(prefix) for key in global_keys))

@@ -31,6 +31,7 @@ from redis.exceptions import (
 from connectors.redis_client import connect
 from connectors.redis_keys import (
     deadletter_counts_key,
+    experiment_metrics_key,
     models_clusters_key,
     models_current_key,
     models_drift_key,
@@ -254,6 +255,7 @@ class UserStateSink(Protocol):
     def write_model(self, snapshot: ModelSnapshot, quality: dict[str, float]) -> None: ...
     def write_model_instance(self, instance: int, snapshot: ModelSnapshot) -> None: ...
     def write_drift(self, drift: DriftEvent) -> None: ...
+    def write_experiment_metrics(self, experiment_id: str, record: bytes) -> None: ...
     def empty(self) -> bool: ...
     def due(self) -> bool: ...
     def flush(self) -> None: ...
@@ -419,6 +421,11 @@ class RedisStateWriter:
     def write_drift(self, drift: DriftEvent) -> None:
         self._retrying(lambda: self.client.xadd(models_drift_key(self.settings.key_prefix), {"drift": drift.to_json()},
                                                 maxlen=self.settings.changes_stream_maxlen, approximate=True))
+
+    def write_experiment_metrics(self, experiment_id: str, record: bytes) -> None:
+        """Replace the experiment's latest metrics record (what the dashboard and the report read)."""
+        self._retrying(lambda: self.client.set(experiment_metrics_key(self.settings.key_prefix, experiment_id),
+                                               record))
 
     def empty(self) -> bool:
         """Whether nothing waits for the next flush."""

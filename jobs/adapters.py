@@ -28,6 +28,9 @@ from connectors.redis_writer import DeadLetterCounter, UserStateSink
 from jobs.metrics import LabelledCounter, redis_gauges
 from operators.deadletter import dead_letter
 from operators.events import Event
+from operators.experiments.attribution import Bounds
+from operators.experiments.config import Experiment
+from operators.experiments.serving import EXPERIMENTS_ROUTE, ExperimentPolicy, by_experiment
 from operators.features.operator import FeatureOperator
 from operators.features.rfm import PopulationScorer
 from operators.models.config import ModelConfig
@@ -40,7 +43,7 @@ from operators.privacy.identity import (
 from operators.privacy.pii import PiiHasher, Redactor, pseudonymize_event
 from operators.recs.config import RecConfig
 from operators.recs.model import ItemModel
-from operators.recs.serving import Published, RecommendationServer, RecRequest
+from operators.recs.serving import Forget, RecommendationServer, RecommenderCore
 from operators.rules.catalog import RuleBook, RuleCatalog, RuleEntry, parse_command
 from operators.rules.engine import SegmentEngine
 from operators.rules.language import RuleError
@@ -61,12 +64,14 @@ from operators.user_core import (
     shard_of,
 )
 from operators.validation import INVALID_INTERNAL, INVALID_RULE, INVALID_SNAPSHOT, Limits, Rejection, parse_event
+from state.codecs import decode_experiments, encode_experiments
 from state.descriptors import (
     ITEM_MODEL_STATE,
     MODEL_SNAPSHOT,
     MODEL_SNAPSHOT_KEY,
     RULE_CATALOG,
     TRAINER_STATE,
+    experiment_state,
     global_object_log,
     global_object_state,
     published_recs_state,
@@ -78,7 +83,7 @@ from state.slots import (
     ERASED_STATES,
     IDENTITY,
     KEPT_STATES,
-    PUBLISHED_RECS_STATE,
+    RECOMMENDER_STATES,
     USER_SLOTS,
     StoredValues,
 )
@@ -97,7 +102,7 @@ LATE_EVENTS = OutputTag("late-events", OUTPUT_TYPE)
 #: The internal records' routes (``operators/user_core.py``). They travel on the main output, split off
 #: in Java (jobs/pipeline.py), because PyFlink 2.0.2 drops side outputs of a keyed broadcast function's
 #: ``on_timer`` (intent deadlines and retention are timers).
-INTERNAL_ROUTES = (TRAINING_ROUTE, RECS_ROUTE)
+INTERNAL_ROUTES = (TRAINING_ROUTE, RECS_ROUTE, EXPERIMENTS_ROUTE)
 #: Flink's final watermark (Long.MAX_VALUE) when a bounded source finishes.
 END_OF_INPUT_WATERMARK = 2**63 - 1
 
@@ -227,7 +232,7 @@ class PrivacyOperators:
 
     def erasure(self, secret: bytes | None = None) -> ErasureSettings:
         """What the erasure plan needs, with the job's secret (resolved here, on the worker) unless given."""
-        return ErasureSettings(ERASED_STATES, KEPT_STATES, PUBLISHED_RECS_STATE, len(USER_KEYS), self.tombstone_topics,
+        return ErasureSettings(ERASED_STATES, KEPT_STATES, RECOMMENDER_STATES, len(USER_KEYS), self.tombstone_topics,
                                self.confirmation_topic, PiiHasher(secret or self.secret.resolve()))
 
 
@@ -550,11 +555,39 @@ class RecommenderSettings:
     redis: Callable[[], UserStateSink]
     flush_interval_ms: int
     state_write_ms: int
+    experiments: tuple[Experiment, ...]
+    """The experiments that decide lists and count per arm (docs/experiments.md)."""
+    bounds: Bounds
+    secret: SecretSource
+    """The assignment key (the job's secret), resolved on the worker when experiments run."""
+
+    def policy(self) -> ExperimentPolicy | None:
+        if not self.experiments:
+            return None
+        return ExperimentPolicy(self.experiments, self.secret.resolve(), self.bounds)
+
+
+class CodedTable:
+    """A ``MapState`` of bytes seen as a table of decoded values (``operators.recs.serving.UserTable``)."""
+
+    def __init__(self, state: Any, encode: Callable[[Any], bytes], decode: Callable[[bytes], Any]) -> None:
+        self.state, self.encode, self.decode = state, encode, decode
+
+    def get(self, key: str) -> Any | None:
+        data = self.state.get(key)
+        return None if data is None else self.decode(data)
+
+    def put(self, key: str, value: Any) -> None:
+        self.state.put(key, self.encode(value))
+
+    def remove(self, key: str) -> None:
+        self.state.remove(key)
 
 
 class RecommenderFunction(KeyedProcessFunction):
-    """Keyed by recommender shard: learns every request's interaction into the shard's item model,
-    ranks the requesting user's list and publishes it when it changed meaningfully."""
+    """Keyed by recommender shard: the shell of :class:`RecommenderCore`. Loads the shard's item model and
+    the users' published lists and experiment states, calls the core with each record's requests, then
+    stages and emits its lists, tombstones and per-arm counters (to the experiment metrics operator)."""
 
     def __init__(self, settings: RecommenderSettings) -> None:
         self.settings = settings
@@ -564,45 +597,40 @@ class RecommenderFunction(KeyedProcessFunction):
         self.models = GlobalObject(runtime_context, ITEM_MODEL_STATE, lambda: RecommendationServer(config).model,
                                    functools.partial(learn_interaction, config), self.settings.state_write_ms)
         self.published = runtime_context.get_map_state(published_recs_state(self.settings.state_ttl_ms))
+        self.experiment_states = CodedTable(
+            runtime_context.get_map_state(experiment_state(self.settings.state_ttl_ms)),
+            encode_experiments, decode_experiments)
+        self.core = RecommenderCore(config, self.settings.policy())
         self.sink = self.settings.redis()
         self.flush_timer_set = False
         metrics = runtime_context.get_metrics_group()
         redis_gauges(metrics, self.sink)
         self.rec_lists = metrics.counter("rec_lists")
+        self.shadow_lists = metrics.counter("rec_shadow_lists")
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        """Learn every request's interaction in order; rank for a user once per record, at their last
-        request in it (a list of several: the micro-batched user operator's)."""
         settings = self.settings
         shard = ctx.get_current_key()
-        requests: list[RecRequest] = messages(row[1])
-        server = RecommendationServer(settings.config, self.models.get(shard))
-        last = {request.user_key: index for index, request in enumerate(requests)}
+        step = self.core.on_requests(self.models.get(shard), messages(row[1]), self.published, self.experiment_states)
         lists = 0
-        for index, value in enumerate(requests):
-            user = value.user_key
-            if value.user is None:
-                server.handle(value, None)
-                self.published.remove(user)
+        for output in step.outputs:
+            user = output.user_key
+            if isinstance(output, Forget):
                 self.sink.stage_forget_recs(user)
-                if value.erase:  # after any list still in flight: compacted topics forget the user
+                if output.erase:  # after any list still in flight: compacted topics forget the user
                     yield Row(user.encode("utf-8"), None, settings.topic)
-            elif last[user] != index:  # a later request of the user in this record ranks for both
-                server.learn(value)
             else:
-                stored = self.published.get(user)
-                recs = server.handle(value, Published(*stored) if stored else None)
-                if recs is not None:
-                    self.published.put(user, (recs.seq, tuple(recs.ranking.item_ids())))
-                    record = recs.to_json(int(time.time() * 1000))
-                    self.sink.stage_recs(recs, settings.redis_ttl_s)
-                    lists += 1
-                    yield Row(user.encode("utf-8"), record, settings.topic)
+                self.sink.stage_recs(output, settings.redis_ttl_s)
+                lists += 1
+                yield Row(user.encode("utf-8"), output.to_json(int(time.time() * 1000)), settings.topic)
         if lists:
             self.rec_lists.inc(lists)
-        interactions = [request.interaction for request in requests if request.interaction is not None]
-        if interactions:
-            self.models.changed(shard, ctx.timer_service(), pickle.dumps(interactions))
+        if step.shadows:
+            self.shadow_lists.inc(step.shadows)
+        for experiment_id, deltas in by_experiment(step.deltas).items():
+            yield Row(experiment_id.encode("utf-8"), pickle.dumps(deltas), EXPERIMENTS_ROUTE)
+        if step.interactions:
+            self.models.changed(shard, ctx.timer_service(), pickle.dumps(step.interactions))
         flush_later(self, ctx.timer_service(), settings.flush_interval_ms)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:

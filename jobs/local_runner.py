@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from operators.events import Event
 from operators.user_core import Step, UserCore
@@ -40,6 +41,19 @@ class UserCells(dict[str, Cell]):
     def __missing__(self, name: str) -> Cell:
         cell = self[name] = Cell()
         return cell
+
+
+T = TypeVar("T")
+
+
+class Table(dict[str, T]):
+    """A recommender shard's per-user values in a dict (``operators.recs.serving.UserTable``)."""
+
+    def put(self, key: str, value: T) -> None:
+        self[key] = value
+
+    def remove(self, key: str) -> None:
+        self.pop(key, None)
 
 
 #: Called with each step and the user it was for, in order: what the job would emit, stage and send.

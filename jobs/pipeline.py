@@ -46,7 +46,11 @@ from jobs.adapters import (
     identity_key,
     user_key,
 )
+from jobs.experiments import ExperimentMetricsFunction, ExperimentMetricsSettings
 from jobs.shards import ShardFunction, micro_batched
+from operators.experiments.attribution import Bounds
+from operators.experiments.config import Experiment, ExperimentCatalog, ExperimentError, parse_experiments
+from operators.experiments.serving import EXPERIMENTS_ROUTE
 from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.operator import DECISION_FIELDS, FeatureOperator
 from operators.features.rfm import RFM_METRICS, LocalPopulation, PopulationScorer
@@ -164,6 +168,17 @@ def privacy_operators(settings: Settings, secret: SecretSource) -> PrivacyOperat
                             topics.erasures.name, privacy.consent_state_ttl_ms)
 
 
+def experiment_definitions(settings: Settings) -> tuple[Experiment, ...]:
+    """The configured experiments that run, once recommendations are on (docs/experiments.md); a bad
+    definition stops the job before it starts, naming the field."""
+    if not settings.recommendations.enabled or not settings.experiments.definitions:
+        return ()
+    try:
+        return ExperimentCatalog.of(parse_experiments(list(settings.experiments.definitions))).active()
+    except ExperimentError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def core_settings(settings: Settings, stitching: bool = False) -> CoreSettings:
     """What the per-user core does with these settings (the job's, the local runner's)."""
     job, topics, privacy = settings.job, settings.kafka.topics, settings.privacy
@@ -182,7 +197,7 @@ def core_settings(settings: Settings, stitching: bool = False) -> CoreSettings:
                 "models": topics.models.name},
         allowed_lateness_ms=settings.features.allowed_lateness_ms, models=model_config(settings),
         recs=recommendation_config(settings), rec_shards=settings.recommendations.shards, consent=consent,
-        identity=identity)
+        identity=identity, experiments=bool(experiment_definitions(settings)))
 
 
 def local_core(settings: Settings) -> UserCore:
@@ -403,15 +418,29 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
             .name("model-trainer").uid("model-trainer")
         )
     if recs is not None:
+        experiments = experiment_definitions(settings)
+        bounds = Bounds(settings.experiments.max_exposures, settings.experiments.max_items,
+                        settings.experiments.lateness_ms)
         recommender = RecommenderSettings(recs, topics.recommendations.name, settings.recommendations.redis_ttl_s,
                                           job.state_ttl_ms, io.redis, settings.redis.flush_interval_ms,
-                                          job.model_state_write_ms)
-        outputs.append(
+                                          job.model_state_write_ms, experiments, bounds, secret)
+        lists = (
             routed(t_env, users, RECS_ROUTE)
             .key_by(receiver, key_type=Types.STRING())
             .process(RecommenderFunction(recommender), output_type=OUTPUT_TYPE)
             .name("recommender").uid("recommender")
         )
+        outputs.append(lists)
+        if experiments:
+            metrics = ExperimentMetricsSettings(experiments, settings.experiments.confidence,
+                                                topics.experiments.name, io.redis,
+                                                settings.experiments.publish_interval_ms)
+            outputs.append(
+                routed(t_env, lists, EXPERIMENTS_ROUTE)
+                .key_by(receiver, key_type=Types.STRING())
+                .process(ExperimentMetricsFunction(metrics), output_type=OUTPUT_TYPE)
+                .name("experiment-metrics").uid("experiment-metrics")
+            )
     output = users.union(*outputs)
     io.sink(t_env, output)
     return output

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol
 
 from operators.deadletter import late_record
 from operators.events import Event
+from operators.experiments.attribution import VIEW_TYPE
 from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.operator import FeatureOperator, FeatureVector, UserFeatures
 from operators.models.config import ModelConfig
@@ -165,6 +166,8 @@ class CoreSettings:
     consent: ConsentPolicy | None = None
     """Consent and erasure; None: every event is personalized."""
     identity: IdentitySettings | None = None
+    experiments: bool = False
+    """Experiments run: the recommender gets each request's event, and clients' recommendation views."""
 
 
 def retention_due(features: UserFeatures, config: FeatureConfig) -> int:
@@ -454,15 +457,21 @@ class UserCore:
     def _recommend(self, values: UserValues, step: Step, event: Event, seq_base: int) -> None:
         """Update the user's recommendation state; ask the recommender for a list when it may change
         (``seq_base``: the user's counter base, read off the profile ``seq``)."""
-        config = self.settings.recs
+        config, experiments = self.settings.recs, self.settings.experiments
         assert config is not None
         if event.type not in config.event_weights and event.type not in LIST_EVENTS:
+            if experiments and event.type == VIEW_TYPE:  # counts as an exposure, changes no list
+                user = values.get("recs") or UserRecState()
+                values.put("recs", user)  # so an erasure or retention also clears the recommender's side
+                self._rec_request(step, RecRequest(event.user_key, event.event_id, event.ts, None, user,
+                                                   self.segments_now, seq_base=seq_base, event=event, rank=False))
             return  # neither teaches the model nor changes the list: no state access
         user = values.get("recs") or UserRecState()
         interaction = user.remember(event, config, "", self.segments_now)
         values.put("recs", user)
         self._rec_request(step, RecRequest(event.user_key, event.event_id, event.ts, interaction, user,
-                                           self.segments_now, seq_base=seq_base))
+                                           self.segments_now, seq_base=seq_base,
+                                           event=event if experiments else None))
 
     def _rec_request(self, step: Step, request: RecRequest) -> None:
         step.sends.append((RECS_ROUTE, rec_shard(request.user_key, self.settings.rec_shards), request))

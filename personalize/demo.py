@@ -6,7 +6,7 @@ import json
 import sys
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import IO, Any
 
@@ -15,6 +15,7 @@ from kafka.errors import KafkaError
 
 from connectors.redis_client import connect
 from connectors.redis_keys import (
+    experiment_metrics_key,
     layout_patterns,
     models_current_key,
     segment_counts_key,
@@ -54,6 +55,8 @@ class Summary:
     drift_events: int = 0
     erasures: Counter[str] = field(default_factory=Counter)
     """Erasure confirmations by reason (consent withdrawals, erasure requests)."""
+    experiments: list[dict[str, Any]] = field(default_factory=list)
+    """The latest ``experiments.metrics`` record of each experiment (Redis)."""
 
     @property
     def events_per_second(self) -> float:
@@ -70,7 +73,7 @@ class Summary:
             "dead_letters": dict(self.dead_letters), "recommendation_lists": self.recommendation_lists,
             "users_with_recommendations": self.users_with_recommendations,
             "model_snapshots": self.model_snapshots, "model": self.model, "drift_events": self.drift_events,
-            "erasures": dict(self.erasures),
+            "erasures": dict(self.erasures), "experiments": self.experiments,
         }
 
 
@@ -124,6 +127,8 @@ def read_back(settings: Settings, summary: Summary) -> None:
     summary.drift_events = len(distinct_records(settings, topics.drift, idle_timeout_s=1.0))
     erasures = distinct_records(settings, topics.erasures, idle_timeout_s=1.0)
     summary.erasures = Counter(confirmation["reason"] for confirmation in erasures.values())
+    for key in sorted(client.scan_iter(experiment_metrics_key(prefix, "*"), count=100)):
+        summary.experiments.append(json.loads(client.get(key)))  # type: ignore[arg-type]
 
 
 #: Printed under the summary so a second run's slightly different numbers do not read as a bug.
@@ -132,6 +137,19 @@ VARIANCE_NOTE = (
     "arrive on other topics than their behaviour and are applied in arrival order, and the R/F/M scores\n"
     "depend on when the instances last shared their population through Redis (docs/operations.md,\n"
     "\"Determinism\"; docs/privacy.md).")
+
+
+def arm_summary(arm: dict[str, Any]) -> str:
+    """One arm of an ``experiments.metrics`` record in words: users, conversion rate, lift against control."""
+    rate = arm["conversion_rate"]
+    text = f"{arm['exposed_users']:,}, {'-' if rate is None else f'{rate:.1%}'}"
+    versus = arm["versus_control"]
+    if versus and versus["relative_lift"] is not None and versus["relative_lift_ci"]:
+        low, high = versus["relative_lift_ci"]
+        text += f", {versus['relative_lift']:+.1%} [{low:+.1%}, {high:+.1%}]"
+    if versus and versus["p_value"] is not None:
+        text += f", p {versus['p_value']:.3f}"
+    return text
 
 
 def print_summary(summary: Summary, out: IO[str]) -> None:
@@ -165,6 +183,9 @@ def print_summary(summary: Summary, out: IO[str]) -> None:
     rows.append(("drift events (Kafka)", f"{summary.drift_events:,}"))
     rows.append(("erasures confirmed (Kafka)", f"{sum(summary.erasures.values()):,}"))
     rows += [(f"  {reason}", f"{count:,}") for reason, count in summary.erasures.most_common()]
+    for experiment in summary.experiments:
+        rows.append((f"experiment {experiment['experiment_id']} (Redis)", "exposed users, conversion rate, lift"))
+        rows += [(f"  {arm['arm']}", arm_summary(arm)) for arm in experiment["arms"]]
     width = max(len(label) for label, _ in rows)
     print("\n== personalize demo summary ==", file=out)
     for label, value in rows:
@@ -221,8 +242,19 @@ class JobProgress:
         self.bar.close(self.total if error is None else self.done)  # a bounded run that ended read them all
 
 
+#: Run by the demo when the settings define no experiment: popularity lists against personalized ones.
+DEMO_EXPERIMENT = {"id": "demo-recs", "version": 1, "name": "Personalized lists vs popularity", "control": "control",
+                   "conversion_window": "24h",
+                   "arms": [{"id": "control", "weight": 1, "treatment": "popularity"},
+                            {"id": "personalized", "weight": 1, "treatment": "personalized"}]}
+
+
 def run_demo(settings: Settings, out: IO[str] = sys.stdout) -> Summary:
     stack.require_java()
+    if not settings.experiments.definitions and settings.recommendations.enabled:
+        settings = replace(settings, experiments=replace(settings.experiments, definitions=(DEMO_EXPERIMENT,)))
+        print(f"experiment {DEMO_EXPERIMENT['id']}: popularity lists (control) against personalized ones, half the "
+              f"users each (define experiments.definitions to run your own)", file=out)
     info = stack.up(settings)
     settings = stack.settings_for(settings, info)
     print(f"stack: broker {info.bootstrap_servers}, redis {info.redis_url} (run dir {info.run_dir})", file=out)

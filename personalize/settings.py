@@ -82,16 +82,18 @@ class Topics:
     """Identity merges (an anonymous visitor joined a known user)."""
     handover: Topic
     """Internal: state and events on their way to the merged profile, read back by the job."""
+    experiments: Topic
+    """Per-arm metrics of the running experiments (docs/experiments.md)."""
 
     def all(self) -> list[Topic]:
         return [self.behavior, self.profile, self.consent, self.tracking, self.rules, self.deadletter, self.profiles,
                 self.features, self.late, self.segments, self.recommendations, self.models, self.drift,
-                self.erasures, self.merges, self.handover]
+                self.erasures, self.merges, self.handover, self.experiments]
 
     def outputs(self) -> list[Topic]:
         """Topics the job writes (one exactly-once sink routes records among them)."""
         return [self.profiles, self.features, self.deadletter, self.late, self.segments, self.recommendations,
-                self.models, self.drift, self.erasures, self.merges, self.handover]
+                self.models, self.drift, self.erasures, self.merges, self.handover, self.experiments]
 
     def inputs(self) -> list[Topic]:
         """Topics carrying user events, in the order the job reads them."""
@@ -327,6 +329,8 @@ class ExperimentSettings:
     max_exposures: int
     max_items: int
     lateness_ms: int
+    publish_interval_ms: int
+    """How often an experiment's metrics are published while they change (and at the end of a bounded input)."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ A decoder refuses unknown versions loudly: silently misreading state is worse th
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import orjson
 
 from operators.dedup import RecentIds
+from operators.experiments.assignment import Assignment
+from operators.experiments.attribution import Counts, ExperimentState, Exposure
 from operators.features.affinity import CategoryAffinity
 from operators.features.operator import EMITTED_FIELDS, UserFeatures
 from operators.features.rfm import PurchaseHistory
@@ -335,3 +338,34 @@ def encode_identity(state: IdentityState) -> bytes:
 def decode_identity(data: bytes) -> IdentityState:
     document = _json_document(data, "identity", IDENTITY_CODEC_VERSION)
     return IdentityState(alias_of=document["a"], since=document["s"], linked=document["l"])
+
+
+EXPERIMENTS_CODEC_VERSION = 1
+
+
+def encode_experiments(state: ExperimentState) -> bytes:
+    """A recommender's per-user experiment state: arms with their counters, and the recent exposures."""
+    return compact_json({
+        "v": EXPERIMENTS_CODEC_VERSION,
+        "a": {k: [a.arm, a.first_exposure_ms, a.converted, a.revenue] for k, a in state.assignments.items()},
+        "e": [[e.experiment_id, e.arm, e.ts, e.items] for e in state.exposures],
+    })
+
+
+def decode_experiments(data: bytes) -> ExperimentState:
+    document = _json_document(data, "experiment", EXPERIMENTS_CODEC_VERSION)
+    return ExperimentState(
+        assignments={k: Assignment(arm, first, converted, revenue)
+                     for k, (arm, first, converted, revenue) in document["a"].items()},
+        exposures=[Exposure(experiment_id, arm, ts, tuple(items)) for experiment_id, arm, ts, items in document["e"]])
+
+
+def encode_arm_counts(watermark: int, counts: dict[str, Counts]) -> bytes:
+    """An experiment's summed counters by arm, and the watermark they are complete up to."""
+    return compact_json({"v": EXPERIMENTS_CODEC_VERSION, "w": watermark,
+                         "a": {arm: dataclasses.astuple(c) for arm, c in counts.items()}})
+
+
+def decode_arm_counts(data: bytes) -> tuple[int, dict[str, Counts]]:
+    document = _json_document(data, "experiment counts", EXPERIMENTS_CODEC_VERSION)
+    return document["w"], {arm: Counts(*values) for arm, values in document["a"].items()}

@@ -6,7 +6,7 @@ from pyflink.common import Types
 from pyflink.common.time import Duration, Time
 from pyflink.datastream.state import ListStateDescriptor, MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
 
-from state.slots import PUBLISHED_RECS_STATE, StateSlot
+from state.slots import EXPERIMENT_STATE, PUBLISHED_RECS_STATE, StateSlot
 
 #: Broadcast state: rule id -> the RuleEntry JSON of the latest applied command (the same on every instance).
 RULE_CATALOG = MapStateDescriptor("rule-catalog-v1", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
@@ -93,6 +93,18 @@ def global_object_log(name: str) -> ListStateDescriptor:
 
 ITEM_MODEL_STATE = "item-model-v2"  # v2: counts on the interaction clock
 TRAINER_STATE = "model-trainer-v1"
+
+
+def experiment_state(ttl_ms: int) -> MapStateDescriptor:
+    """User key -> the user's experiment state (arms, recent exposures; ``state.codecs.encode_experiments``)."""
+    descriptor = MapStateDescriptor(EXPERIMENT_STATE, Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+    descriptor.enable_time_to_live(ttl_config(ttl_ms))
+    return descriptor
+
+
+def experiment_counts_state() -> ValueStateDescriptor:
+    """An experiment's counters by arm, summed from every recommender shard (``state.codecs.encode_arm_counts``)."""
+    return ValueStateDescriptor("experiment-counts-v1", Types.PICKLED_BYTE_ARRAY())
 
 
 def published_recs_state(ttl_ms: int) -> MapStateDescriptor:

@@ -57,6 +57,9 @@ CONSENT = StateSlot("consent", "consent-v1", encode_consent, decode_consent)
 IDENTITY = StateSlot("identity", "identity-v1", encode_identity, decode_identity)
 #: The recommender's map state (user key -> the list last published); its forget request clears the entry.
 PUBLISHED_RECS_STATE = "published-recs-v1"
+#: The recommender's per-user experiment state (arms and recent exposures), by user key.
+EXPERIMENT_STATE = "experiments-by-user-v1"
+RECOMMENDER_STATES = (PUBLISHED_RECS_STATE, EXPERIMENT_STATE)
 #: The states an erasure clears: the user's, the identity links, and (when the user has a list) the
 #: recommender's entry.
 ERASED_STATES = (*(slot.state_name for slot in USER_SLOTS), IDENTITY.state_name)

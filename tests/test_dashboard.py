@@ -25,6 +25,7 @@ import redis
 
 from connectors.redis_keys import (
     deadletter_counts_key,
+    experiment_metrics_key,
     models_clusters_key,
     models_current_key,
     models_drift_key,
@@ -57,6 +58,7 @@ from personalize.dashboard.data import (
     segment_history,
     top_causes,
 )
+from personalize.demo import DEMO_EXPERIMENT
 from personalize.settings import Settings
 from tests.conftest import free_ports
 
@@ -511,6 +513,12 @@ def test_the_page_shows_what_redis_holds(demo_settings: Settings, browser: Any, 
         else:
             assert "not available yet" in page.inner_text("#model")
         assert len(texts(page, "#rules tbody tr")) == len(client.hkeys(rules_key(prefix)))
+        # The demo's experiment: one row per arm, with the exposed users Redis holds.
+        metrics = json.loads(client.get(experiment_metrics_key(prefix, DEMO_EXPERIMENT["id"])))
+        shown_arms = {arm: number(text.split("\t")[1])
+                      for arm, text in texts(page, f"[data-experiment='{DEMO_EXPERIMENT['id']}'] tbody tr", "arm")}
+        assert shown_arms == {arm["arm"]: arm["exposed_users"] for arm in metrics["arms"]}
+        assert all(arm["exposed_users"] > 0 for arm in metrics["arms"])
 
         # User lookup from the feed: the user's segments as Redis holds them.
         user = first["user"]

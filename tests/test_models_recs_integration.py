@@ -1,6 +1,7 @@
 """Online models and recommendations in the job, on the MiniCluster with the real broker and Redis.
 
-Recommendations: candidates reach Kafka and Redis with their reasons. Models: the trainer's snapshots
+Recommendations: candidates reach Kafka and Redis with their reasons, under an experiment whose control arm
+is shown nothing; its metrics reach Kafka and Redis. Models: the trainer's snapshots
 come back through their topic, every parallel instance scores with the same version, cluster and
 intent scores reach Redis and the segment output, and a restore keeps the model.
 """
@@ -16,6 +17,7 @@ import pytest
 import redis
 
 from connectors.redis_keys import (
+    experiment_metrics_key,
     models_clusters_key,
     models_current_key,
     models_instances_key,
@@ -27,6 +29,7 @@ from jobs.personalize_job import run_job, source_spec, start_job, stop_with_save
 from personalize import stack
 from personalize.demo import distinct_records
 from personalize.generator import EventGenerator
+from personalize.kafka_tools import read_topic
 from personalize.publish import publish
 from personalize.settings import Settings
 from tests.conftest import isolated
@@ -34,6 +37,9 @@ from tests.test_segments_integration import wait_for
 
 pytestmark = pytest.mark.integration
 DAY_MS = 86_400_000
+EXPERIMENT = {"id": "recs-v1", "version": 1, "control": "control", "conversion_window": "7d",
+              "arms": [{"id": "control", "weight": 1, "treatment": "none"},
+                       {"id": "recs", "weight": 3, "treatment": "personalized"}]}
 
 
 def generated(settings: Settings, events: int, users: int, seed: int, days_later: int = 0) -> dict[str, dict[int, int]]:
@@ -49,7 +55,8 @@ def recs_run(stack_settings: Settings) -> dict[str, Any]:
     # come out depends on where the lists were cut, which depends on the machine's speed (one CI run
     # under load saw 59). tests/test_micro_batch_integration.py compares the two modes.
     settings = isolated(stack_settings)
-    settings = replace(settings, job=replace(settings.job, micro_batch_ms=0))
+    settings = replace(settings, job=replace(settings.job, micro_batch_ms=0),
+                       experiments=replace(settings.experiments, definitions=(EXPERIMENT,)))
     stack.up(settings)
     end_offsets = generated(settings, 3000, 40, seed=11)
     run_job(settings, source_spec(settings, "earliest", end_offsets))
@@ -69,6 +76,26 @@ def test_candidates_reach_kafka_with_reasons(recs_run: dict[str, Any]) -> None:
     assert {"covisit", "trending"} <= sources
     suppressed = [record for record in lists if record["suppressed"]]
     assert suppressed and all(record["suppressed"] == "checkout" and not record["items"] for record in suppressed)
+
+
+def test_only_the_treated_arm_is_shown_lists_and_the_metrics_count_both(recs_run: dict[str, Any]) -> None:
+    settings: Settings = recs_run["settings"]
+    lists = list(recs_run["lists"].values())
+    assert {(record["experiment"], record["arm"]) for record in lists} == {("recs-v1", "recs")}
+    topic = settings.kafka.topics.experiments
+    metrics = [json.loads(record.value) for record in read_topic(settings.kafka.bootstrap_servers, topic.name,
+                                                                    topic.partitions, idle_timeout_s=1.0)]
+    assert metrics and all(m["experiment_id"] == "recs-v1" and m["schema_version"] == 1 for m in metrics)
+    final = metrics[-1]  # one partition: the end of the input published last
+    arms = {arm["arm"]: arm for arm in final["arms"]}
+    shown = {record["user"] for record in lists if record["items"]}
+    # An erased user who comes back is a new user to the experiment too (nothing of them was kept).
+    erased = len(distinct_records(settings, settings.kafka.topics.erasures, idle_timeout_s=1.0))
+    assert len(shown) <= arms["recs"]["exposed_users"] <= len(shown) + erased
+    assert arms["control"]["exposed_users"] > 0 and arms["control"]["exposures"] > 0  # shadow lists count
+    assert arms["recs"]["clicks"] > 0 and arms["recs"]["versus_control"] is not None
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    assert json.loads(client.get(experiment_metrics_key(settings.redis.key_prefix, "recs-v1"))) == final
 
 
 def test_redis_holds_each_users_latest_list_with_a_ttl(recs_run: dict[str, Any]) -> None:

@@ -36,12 +36,9 @@ SCHEMAS = Path(__file__).resolve().parents[1] / "config" / "schemas"
 CONTRACTS = {"profiles": "users.profiles", "features": "users.features", "segments": "segments.changes",
              "recommendations": "recommendations.candidates", "deadletter": "events.deadletter",
              "late": "events.late", "drift": "models.drift", "merges": "identity.merges",
-             "erasures": "privacy.erasures"}
+             "erasures": "privacy.erasures", "experiments": "experiments.metrics"}
 #: Written and read only by the job (signed records); no contract for other readers.
 INTERNAL = {"models", "handover"}
-#: Contracts defined ahead of the job writing them: experiments.metrics comes with the experiments' stream
-#: wiring (docs/experiments.md); its records are checked in tests/test_experiments_report.py.
-PENDING = {"experiments.metrics"}
 
 EVENT = Event(event_id="e1", type="product_view", user_key="u1", user_id="u1", anonymous_id="", ts=1_767_225_600_000,
               item_id="i1", category="books", price=0.0, quantity=1, session_id="s1", attributes='{"context":{}}')
@@ -72,7 +69,7 @@ def test_every_output_topic_has_a_contract_or_is_internal() -> None:
     assert outputs == CONTRACTS.keys() | INTERNAL
     assert {role: getattr(topics, role).name for role in CONTRACTS} == CONTRACTS
     assert sorted(path.name for path in SCHEMAS.iterdir()) == sorted(
-        f"{c}.schema.json" for c in {*CONTRACTS.values(), *PENDING})
+        f"{c}.schema.json" for c in CONTRACTS.values())
 
 
 def test_records_of_the_pure_operators_match_their_contracts() -> None:
@@ -85,6 +82,7 @@ def test_records_of_the_pure_operators_match_their_contracts() -> None:
     ranking = Ranking([Candidate("i2", 0.5, {"covisit": 0.3, "popular": 0.2})])
     check("recommendations.candidates", RecList("u1", 1, "e1", 5, ranking).to_json(6))
     check("recommendations.candidates", RecList("u1", 2, "e2", 6, Ranking(suppressed="checkout")).to_json(7))
+    check("recommendations.candidates", RecList("u1", 3, "e3", 7, ranking, "recs-v1", "variant").to_json(8))
     check("events.late", late_record(EVENT))
     check("privacy.erasures", ErasureConfirmation("abc", "user_request", 5, 1, ("profile-v1",), 6,
                                                   ("users.profiles",), 0).to_json())

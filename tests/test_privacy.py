@@ -78,7 +78,7 @@ from state.slots import (
     ERASED_STATES,
     IDENTITY,
     KEPT_STATES,
-    PUBLISHED_RECS_STATE,
+    RECOMMENDER_STATES,
     RULES,
     USER_SLOTS,
     decode_states,
@@ -311,7 +311,7 @@ def test_privacy_codecs_round_trip_and_refuse_unknown_versions() -> None:
 
 # --- erasure plans --------------------------------------------------------------------------------------
 
-SETTINGS = ErasureSettings(erased_states=ERASED_STATES, kept_states=KEPT_STATES, recs_state=PUBLISHED_RECS_STATE,
+SETTINGS = ErasureSettings(erased_states=ERASED_STATES, kept_states=KEPT_STATES, recs_states=RECOMMENDER_STATES,
                            redis_user_keys=len(USER_KEYS),
                            tombstone_topics=("users.profiles", "users.features", "segments.changes"),
                            confirmation_topic="privacy.erasures", audit=PiiHasher(SECRET))
@@ -322,7 +322,7 @@ def test_erasure_plan_lists_every_state_key_set_and_topic() -> None:
                         Held(segments=("vip", "cart_abandoner"), related=("anon:c1", "anon:c2"), recs=True), SETTINGS,
                         source="anon:c2")
     assert plan.clear_states == ("profile-v1", "features-v1", "rules-v1", "models-v1", "recs-v1", "identity-v1",
-                                 "published-recs-v1")
+                                 "published-recs-v1", "experiments-by-user-v1")
     assert plan.keep_states == ("consent-v1",)
     assert plan.leave_segments == ("cart_abandoner", "vip")
     assert plan.confirmation.redis_keys == 6 + 2  # the user's six keys, and two member sets left
@@ -334,9 +334,9 @@ def test_erasure_plan_lists_every_state_key_set_and_topic() -> None:
 def test_one_table_names_every_user_state_with_its_codec() -> None:
     """The descriptors, the merge and the erasure read their state names from ``state/slots.py``."""
     assert [slot.name for slot in USER_SLOTS] == [f.name for f in dataclasses.fields(UserStates)]
-    names = [slot.state_name for slot in (*USER_SLOTS, CONSENT, IDENTITY)] + [PUBLISHED_RECS_STATE]
+    names = [slot.state_name for slot in (*USER_SLOTS, CONSENT, IDENTITY)] + list(RECOMMENDER_STATES)
     assert len(set(names)) == len(names) and all(name.endswith("-v1") for name in names)
-    assert set(ERASED_STATES) | set(KEPT_STATES) == set(names) - {PUBLISHED_RECS_STATE}
+    assert set(ERASED_STATES) | set(KEPT_STATES) == set(names) - set(RECOMMENDER_STATES)
     states = UserStates(profile=UserProfile(first_seen=T0, last_seen=T0, seq=3), recs=UserRecState())
     stored = encode_states(states)
     assert stored.keys() == {"profile", "recs"} and decode_states(stored) == states

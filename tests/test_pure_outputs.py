@@ -22,11 +22,13 @@ from dataclasses import is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from jobs.local_runner import LocalRunner
+from jobs.local_runner import LocalRunner, Table
 from jobs.pipeline import local_core
 from operators.events import Event
+from operators.experiments.attribution import ExperimentState
 from operators.models.training import ModelTrainer
-from operators.recs.serving import Published, RecommendationServer
+from operators.recs.model import ItemModel
+from operators.recs.serving import Forget, Published, RecommenderCore
 from operators.user_core import (
     TRAINING_ROUTE,
     StageFeatures,
@@ -52,8 +54,10 @@ def outputs() -> dict[str, list[str]]:
     core = local_core(settings)
     config = core.settings
     assert core.engine is not None and config.models is not None and config.recs is not None
-    trainer, server = ModelTrainer(config.models, lineage="golden"), RecommendationServer(config.recs)
-    published: dict[str, Published] = {}
+    trainer, recommender = ModelTrainer(config.models, lineage="golden"), RecommenderCore(config.recs)
+    item_model = ItemModel()
+    published: Table[Published] = Table()
+    experiments: Table[ExperimentState] = Table()
     out: dict[str, list[str]] = defaultdict(list)
 
     def carry_out(user: str, step: Step) -> None:
@@ -81,15 +85,10 @@ def outputs() -> dict[str, list[str]]:
                 if snapshot is not None:
                     core.scorer.load(snapshot)
                     out["snapshots"].append(str(snapshot.version))
-            elif message.user is None:
-                server.handle(message, None)
-                published.pop(message.user_key, None)
-                out["recs"].append(f"forget {receiver} {message.user_key}")
             else:
-                recs = server.handle(message, published.get(message.user_key))
-                if recs is not None:
-                    published[message.user_key] = Published(recs.seq, tuple(recs.ranking.item_ids()))
-                    out["recs"].append(recs.to_json(0).decode())
+                for output in recommender.on_requests(item_model, [message], published, experiments).outputs:
+                    out["recs"].append(f"forget {receiver} {output.user_key}" if isinstance(output, Forget)
+                                       else output.to_json(0).decode())
 
     runner = LocalRunner(core, settings.job.max_out_of_orderness_ms, carry_out)
     for record in records:

@@ -31,7 +31,7 @@ def test_defaults_load_and_match_the_yaml(defaults: Settings) -> None:
     assert defaults.generator.categories == tuple(raw["generator"]["categories"])
     assert [t.name for t in defaults.kafka.topics.inputs()] == ["events.behavior", "events.profile", "events.consent",
                                                                 "events.tracking"]
-    assert len({t.name for t in defaults.kafka.topics.all()}) == 16
+    assert len({t.name for t in defaults.kafka.topics.all()}) == 17
 
 
 def test_timestamps_are_parsed_to_epoch_ms(defaults: Settings) -> None:

@@ -30,8 +30,8 @@ class ErasureSettings:
     """The user operator's keyed states an erasure clears (``state/slots.py``)."""
     kept_states: tuple[str, ...]
     """Kept on purpose: the consent record (updated to "withdrawn"), or the user is profiled again."""
-    recs_state: str
-    """The recommender's state of the user, cleared by its forget request."""
+    recs_states: tuple[str, ...]
+    """The recommender's states of the user (list, experiments), cleared by its forget request."""
     redis_user_keys: int
     """How many Redis keys per user the sink deletes (``connectors/redis_keys.py``), for the confirmation."""
     tombstone_topics: tuple[str, ...]
@@ -109,7 +109,7 @@ def plan_erasure(user_key: str, reason: str, ts: int, generation: int, held: Hel
     key = user_key.encode("utf-8")
     tombstones = tuple(Tombstone(topic, key) for topic in settings.tombstone_topics)
     cascade = tuple(ErasureCommand(user_key, target, reason, ts) for target in held.related if target != source)
-    clear = settings.erased_states + ((settings.recs_state,) if held.recs else ())
+    clear = settings.erased_states + (settings.recs_states if held.recs else ())
     confirmation = ErasureConfirmation(
         subject=settings.audit.hash("erasure_subject", user_key), reason=reason, ts=ts, generation=generation,
         cleared_states=clear, redis_keys=settings.redis_user_keys + len(leave),

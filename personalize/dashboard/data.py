@@ -23,6 +23,7 @@ import redis
 from connectors.redis_client import connect, consistent_pipeline
 from connectors.redis_keys import (
     deadletter_counts_key,
+    experiment_metrics_key,
     models_clusters_key,
     models_current_key,
     models_drift_key,
@@ -397,6 +398,10 @@ class RedisView:
         pipe.hgetall(deadletter_counts_key(p))
         (users, counts, changes_length, feed, rules, instances, model, clusters, model_instances, drift_exists,
          drift, deadletters) = pipe.execute()
+        reads = self.client.pipeline(transaction=False)  # one GET per key: a cluster spreads them over slots
+        for key in sorted(self.client.scan_iter(experiment_metrics_key(p, "*"), count=100)):
+            reads.get(key)
+        experiments = [_decode_json(text) for text in reads.execute()]
         segment_counts = {segment: int(count) for segment, count in sorted(counts.items())}
         rows = [_change_row(sid, f) for sid, f in feed]
         matching = [row for row in rows if row.get("event_time") in window] if window.bounded else rows
@@ -420,6 +425,7 @@ class RedisView:
             if drift_exists or model else None,
             "deadletters": ({reason: int(count) for reason, count in sorted(deadletters.items())}
                             if deadletters else None),
+            "experiments": [experiment for experiment in experiments if isinstance(experiment, dict)],
         }
 
     def history(self, buckets: int = HISTORY_BUCKETS, window: TimeRange = ALL_TIME) -> dict[str, Any]:

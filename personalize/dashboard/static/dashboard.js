@@ -180,6 +180,38 @@ function renderModel(model, clusters, instances) {
     el("td", { class: "num" }, c.share === undefined ? "" : `${(100 * c.share).toFixed(1)}%`))))));
 }
 
+function pct(value, signed) {
+  if (value === null || value === undefined) return "-";
+  return `${signed && value >= 0 ? "+" : ""}${(100 * value).toFixed(1)}%`;
+}
+
+function interval(pair, signed) {
+  return pair ? `[${pct(pair[0], signed)}, ${pct(pair[1], signed)}]` : "-";
+}
+
+function renderExperiments(experiments) {
+  if (experiments.length === 0) {
+    $("experiments").replaceChildren(el("p", { class: "empty", id: "no-experiments" },
+      "No experiment metrics yet (experiments.definitions is empty, or nobody was exposed)."));
+    return;
+  }
+  $("experiments").replaceChildren(...experiments.map((x) => el("div", { "data-experiment": x.experiment_id },
+    el("p", { class: "muted" }, `${x.experiment_id} v${x.experiment_version} · control ${x.control} · `
+      + `${Math.round(100 * x.confidence)}% intervals · counts up to ${when(x.event_time)}`),
+    el("table", {}, el("thead", {}, el("tr", {}, ...["arm", "exposed users", "clicks", "converted users",
+      "conversion rate", "rate CI", "lift", "lift CI", "p", "revenue/user"].map((h, i) =>
+      el("th", i ? { class: "num" } : {}, h)))),
+    el("tbody", {}, x.arms.map((a) => {
+      const v = a.versus_control;
+      return el("tr", { "data-arm": a.arm }, el("td", {}, a.arm),
+        ...[a.exposed_users, a.clicks, a.converted_users, pct(a.conversion_rate), interval(a.conversion_rate_ci),
+          v ? pct(v.relative_lift, true) : "-", v ? interval(v.relative_lift_ci, true) : "-",
+          v && v.p_value !== null ? v.p_value.toFixed(3) : "-",
+          a.revenue_per_user === null ? "-" : a.revenue_per_user.toFixed(2)].map((c) => el("td", { class: "num" },
+          String(c))));
+    }))))));
+}
+
 function renderDrift(drift) {
   if (drift === null) {
     $("drift").replaceChildren(na("drift alerts"));
@@ -510,6 +542,7 @@ async function refresh() {
   renderFeed(data.changes);
   renderRules(data.rules, data.rule_instances);
   renderModel(data.model, data.clusters, data.model_instances);
+  renderExperiments(data.experiments);
   renderDrift(data.drift);
   renderDeadletters(data.deadletters);
   if (historyDue || tick % HISTORY_EVERY === 0) {

@@ -1,0 +1,81 @@
+"""What experiments ask of the recommender: the arm whose list a user gets, and what a list or event counts.
+
+The recommender owns the lists, so it decides them per arm and counts what they do (docs/experiments.md):
+
+- **One experiment decides a list**: the first active one in definition order. Its arm's treatment picks
+  the list (``popularity``: the trending source alone; ``personalized``: the arm's source weights or the
+  job's; ``none``: the job's list as a *shadow*, computed and counted but never emitted). Other active
+  experiments count nothing until it stops or pauses; run experiments one after another.
+- **Exposure**: a list the recommender emits (or shadows) for the user, or a ``recommendation_view`` event.
+- **Attribution**: a click, cart or purchase of an exposed item within the conversion window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from operators.events import Event
+from operators.experiments.attribution import Bounds, Counts, Delta, ExperimentState
+from operators.experiments.config import Arm, Experiment
+
+#: Route (``topic`` value) of the recommender's internal records to the experiment metrics operator: the
+#: key is the experiment id, the value the pickled (arm, counts) pairs to add.
+EXPERIMENTS_ROUTE = "__experiments__"
+#: The weights of the ``popularity`` treatment: the trending source alone.
+POPULARITY_WEIGHTS: Mapping[str, float] = {"trending": 1.0}
+
+
+@dataclass(frozen=True)
+class ArmChoice:
+    """The experiment that decides a user's list, and the user's arm in it."""
+
+    experiment: Experiment
+    arm: Arm
+
+    @property
+    def shadow(self) -> bool:
+        """The arm is shown nothing: its list is computed and counted, never emitted."""
+        return self.arm.treatment == "none"
+
+    def weights(self, default: Mapping[str, float]) -> Mapping[str, float]:
+        """The recommendation source weights of the arm's list."""
+        if self.arm.treatment == "popularity":
+            return POPULARITY_WEIGHTS
+        return self.arm.source_weights or default
+
+
+class ExperimentPolicy:
+    """The active experiments, the assignment key and the per-user bounds, applied to a user's state."""
+
+    def __init__(self, experiments: tuple[Experiment, ...], secret: bytes, bounds: Bounds) -> None:
+        self.experiments = experiments
+        self.by_id = {experiment.id: experiment for experiment in experiments}
+        self.secret = secret
+        self.bounds = bounds
+
+    def choose(self, state: ExperimentState, user_key: str) -> ArmChoice | None:
+        """The experiment deciding the user's list and their arm in it (remembered in ``state``); None: none runs."""
+        if not self.experiments:
+            return None
+        experiment = self.experiments[0]
+        arm = experiment.arm(state.arm(experiment, user_key, self.secret))
+        assert arm is not None  # an assignment is always one of the experiment's arms
+        return ArmChoice(experiment, arm)
+
+    def on_event(self, state: ExperimentState, event: Event) -> list[Delta]:
+        """A client's view exposes; a click, cart or purchase of an exposed item is attributed."""
+        return state.on_event(event, self.by_id, self.secret, self.bounds)
+
+    def expose(self, state: ExperimentState, choice: ArmChoice, user_key: str, ts: int,
+               items: tuple[str, ...]) -> list[Delta]:
+        """A list was emitted (or shadowed) for the user in ``choice``'s experiment."""
+        return state.expose((choice.experiment,), user_key, self.secret, ts, items, self.bounds)
+
+
+def by_experiment(deltas: Iterable[Delta]) -> dict[str, list[tuple[str, Counts]]]:
+    """Deltas grouped by experiment (the metrics operator is keyed by experiment id), in order."""
+    grouped: dict[str, list[tuple[str, Counts]]] = {}
+    for experiment_id, arm, counts in deltas:
+        grouped.setdefault(experiment_id, []).append((arm, counts))
+    return grouped
