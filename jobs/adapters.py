@@ -29,7 +29,15 @@ from jobs.metrics import LabelledCounter, redis_gauges
 from operators.deadletter import dead_letter
 from operators.events import Event
 from operators.experiments.attribution import Bounds
-from operators.experiments.config import Experiment
+from operators.experiments.config import (
+    STOPPED,
+    Experiment,
+    ExperimentCatalog,
+    ExperimentError,
+    entry_from_json,
+    is_experiment_command,
+)
+from operators.experiments.config import parse_command as parse_experiment_command
 from operators.experiments.serving import EXPERIMENTS_ROUTE, ExperimentPolicy, by_experiment
 from operators.features.operator import FeatureOperator
 from operators.features.rfm import PopulationScorer
@@ -63,9 +71,18 @@ from operators.user_core import (
     UserCore,
     shard_of,
 )
-from operators.validation import INVALID_INTERNAL, INVALID_RULE, INVALID_SNAPSHOT, Limits, Rejection, parse_event
+from operators.validation import (
+    INVALID_EXPERIMENT,
+    INVALID_INTERNAL,
+    INVALID_RULE,
+    INVALID_SNAPSHOT,
+    Limits,
+    Rejection,
+    parse_event,
+)
 from state.codecs import decode_experiments, encode_experiments
 from state.descriptors import (
+    EXPERIMENT_CATALOG,
     ITEM_MODEL_STATE,
     MODEL_SNAPSHOT,
     MODEL_SNAPSHOT_KEY,
@@ -373,6 +390,11 @@ class UserFunction(KeyedBroadcastProcessFunction):
     def _apply_rule_command(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
         """Apply a rule command, or (one instance for all) emit an error record and change nothing."""
         payload = value[0]
+        if is_experiment_command(_document(payload)):
+            if self.operators.core.recs is None and self.subtask == 0:  # else the recommender applies it
+                yield self._dead_letter(Rejection(INVALID_EXPERIMENT, "experiments need recommendations "
+                                                  "(recommendations.enabled is false)"), value)
+            return
         book = self.operators.rules
         if book is None or self._engine(ctx) is None or self.catalog is None:
             return
@@ -525,6 +547,14 @@ class GlobalObject:
         self.dirty.discard(key)
 
 
+def _document(payload: bytes | None) -> Any:
+    """A control record's JSON, or None when it is not JSON (the parser that owns it says why)."""
+    try:
+        return orjson.loads(payload or b"")
+    except orjson.JSONDecodeError:
+        return None
+
+
 def messages(payload: bytes) -> list[Any]:
     """The messages of an internal record: one (per-event user operator) or a list (micro-batched)."""
     message = pickle.loads(payload)
@@ -556,15 +586,11 @@ class RecommenderSettings:
     flush_interval_ms: int
     state_write_ms: int
     experiments: tuple[Experiment, ...]
-    """The experiments that decide lists and count per arm (docs/experiments.md)."""
+    """The configured experiments (docs/experiments.md); commands on the control topic change them."""
     bounds: Bounds
     secret: SecretSource
-    """The assignment key (the job's secret), resolved on the worker when experiments run."""
-
-    def policy(self) -> ExperimentPolicy | None:
-        if not self.experiments:
-            return None
-        return ExperimentPolicy(self.experiments, self.secret.resolve(), self.bounds)
+    """The assignment key (the job's secret), resolved on the worker."""
+    deadletter_topic: str
 
 
 class CodedTable:
@@ -584,10 +610,11 @@ class CodedTable:
         self.state.remove(key)
 
 
-class RecommenderFunction(KeyedProcessFunction):
+class RecommenderFunction(KeyedBroadcastProcessFunction):
     """Keyed by recommender shard: the shell of :class:`RecommenderCore`. Loads the shard's item model and
     the users' published lists and experiment states, calls the core with each record's requests, then
-    stages and emits its lists, tombstones and per-arm counters (to the experiment metrics operator)."""
+    stages and emits its lists, tombstones and per-arm counters (to the experiment metrics operator).
+    The broadcast input is the control topic: experiment commands change the experiments in use."""
 
     def __init__(self, settings: RecommenderSettings) -> None:
         self.settings = settings
@@ -600,7 +627,11 @@ class RecommenderFunction(KeyedProcessFunction):
         self.experiment_states = CodedTable(
             runtime_context.get_map_state(experiment_state(self.settings.state_ttl_ms)),
             encode_experiments, decode_experiments)
-        self.core = RecommenderCore(config, self.settings.policy())
+        self.core = RecommenderCore(config)
+        self.catalog: ExperimentCatalog | None = None
+        """The experiments by id: the configured ones, then the commands (kept in broadcast state)."""
+        self.secret = self.settings.secret.resolve()
+        self.subtask = subtask_index(runtime_context)
         self.sink = self.settings.redis()
         self.flush_timer_set = False
         metrics = runtime_context.get_metrics_group()
@@ -608,9 +639,45 @@ class RecommenderFunction(KeyedProcessFunction):
         self.rec_lists = metrics.counter("rec_lists")
         self.shadow_lists = metrics.counter("rec_shadow_lists")
 
-    def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+    def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:
+        """An experiment command applies (kept in broadcast state for a restore), or (one instance for all) is
+        dead-lettered and changes nothing. Rule commands are the user operator's."""
+        payload = value[0]
+        try:
+            document = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return  # not an experiment command: the user operator reports it
+        if not is_experiment_command(document):
+            return
+        catalog = self._experiments(ctx)
+        try:
+            entry = catalog.apply(parse_experiment_command(payload))
+        except ExperimentError as exc:
+            if self.subtask == 0:
+                key, letter = dead_letter(Rejection(INVALID_EXPERIMENT, str(exc)), payload, *value[1:])
+                yield Row(key, letter, self.settings.deadletter_topic)
+            return
+        ctx.get_broadcast_state(EXPERIMENT_CATALOG).put(entry.experiment.id, entry.to_json())
+        self._use(catalog)
+
+    def _experiments(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> ExperimentCatalog:
+        """The catalog, built on first use: the configured experiments, then what commands made of them."""
+        if self.catalog is None:
+            self.catalog = ExperimentCatalog.of(self.settings.experiments)
+            for experiment_id, data in ctx.get_broadcast_state(EXPERIMENT_CATALOG).items():
+                self.catalog.entries[experiment_id] = entry_from_json(data)
+            self._use(self.catalog)
+        return self.catalog
+
+    def _use(self, catalog: ExperimentCatalog) -> None:
+        active = catalog.active()
+        kept = frozenset(i for i, entry in catalog.entries.items() if entry.status != STOPPED)
+        self.core.experiments = ExperimentPolicy(active, self.secret, self.settings.bounds, kept) if active else None
+
+    def process_element(self, row: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:
         settings = self.settings
         shard = ctx.get_current_key()
+        self._experiments(ctx)
         step = self.core.on_requests(self.models.get(shard), messages(row[1]), self.published, self.experiment_states)
         lists = 0
         for output in step.outputs:
@@ -627,13 +694,16 @@ class RecommenderFunction(KeyedProcessFunction):
             self.rec_lists.inc(lists)
         if step.shadows:
             self.shadow_lists.inc(step.shadows)
+        policy = self.core.experiments
         for experiment_id, deltas in by_experiment(step.deltas).items():
-            yield Row(experiment_id.encode("utf-8"), pickle.dumps(deltas), EXPERIMENTS_ROUTE)
+            assert policy is not None  # only a policy counts
+            yield Row(experiment_id.encode("utf-8"), pickle.dumps((policy.by_id[experiment_id], deltas)),
+                      EXPERIMENTS_ROUTE)
         if step.interactions:
             self.models.changed(shard, ctx.timer_service(), pickle.dumps(step.interactions))
         flush_later(self, ctx.timer_service(), settings.flush_interval_ms)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+    def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:
         """The Redis flush timer, or a shard's model write timer."""
         self.models.on_timer(ctx.get_current_key(), timestamp)
         self.flush_timer_set = False

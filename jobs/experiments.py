@@ -29,7 +29,6 @@ from state.descriptors import experiment_counts_state
 
 @dataclass(frozen=True)
 class ExperimentMetricsSettings:
-    experiments: tuple[Experiment, ...]
     confidence: float
     topic: str
     redis: Callable[[], UserStateSink]
@@ -43,19 +42,20 @@ class ExperimentMetricsFunction(KeyedProcessFunction):
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.by_id = {experiment.id: experiment for experiment in self.settings.experiments}
         self.counts = runtime_context.get_state(experiment_counts_state())
         self.sink = self.settings.redis()
         self.published = runtime_context.get_metrics_group().counter("experiment_metrics_published")
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         stored = self.counts.value()
-        watermark, counts = decode_arm_counts(stored) if stored is not None else (0, {})
-        deltas: list[tuple[str, Counts]] = pickle.loads(row[1])
+        watermark, counts, _ = decode_arm_counts(stored) if stored is not None else (0, {}, None)
+        experiment: Experiment
+        deltas: list[tuple[str, Counts]]
+        experiment, deltas = pickle.loads(row[1])  # the definition in use (commands may have updated it)
         for arm, delta in deltas:
             counts[arm] = counts.get(arm, Counts()) + delta
         watermark = max(watermark, ctx.timer_service().current_watermark())
-        self.counts.update(encode_arm_counts(watermark, counts))
+        self.counts.update(encode_arm_counts(watermark, counts, experiment))
         timers = ctx.timer_service()
         interval = self.settings.publish_interval_ms
         # Rounded up to the interval: Flink keeps one timer per key and time, so this is one publish per interval.
@@ -65,17 +65,16 @@ class ExperimentMetricsFunction(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         """Publish the experiment's metrics: the interval passed, or a bounded input ended."""
-        experiment_id = ctx.get_current_key()
-        experiment, stored = self.by_id.get(experiment_id), self.counts.value()
-        if experiment is None or stored is None:
+        stored = self.counts.value()
+        if stored is None:
             return
-        watermark, counts = decode_arm_counts(stored)  # the event time the counts are complete up to
+        watermark, counts, experiment = decode_arm_counts(stored)  # complete up to the watermark
         confidence = self.settings.confidence
         record = compact_json(metrics_record(experiment, arm_metrics(experiment, counts, confidence), watermark,
                                              confidence))
-        self.sink.write_experiment_metrics(experiment_id, record)
+        self.sink.write_experiment_metrics(experiment.id, record)
         self.published.inc()
-        yield Row(experiment_id.encode("utf-8"), record, self.settings.topic)
+        yield Row(experiment.id.encode("utf-8"), record, self.settings.topic)
 
     def close(self) -> None:
         close_sink(self)

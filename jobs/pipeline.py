@@ -69,7 +69,7 @@ from operators.validation import Limits
 from personalize.paths import resolve
 from personalize.segment_format import segment_spec
 from personalize.settings import FeatureSettings, JobSettings, ModelSettings, RedisSettings, Settings, SettingsError
-from state.descriptors import MODEL_SNAPSHOT, RULE_CATALOG
+from state.descriptors import EXPERIMENT_CATALOG, MODEL_SNAPSHOT, RULE_CATALOG
 
 SourceBuilder = Callable[[StreamExecutionEnvironment, StreamTableEnvironment], DataStream]
 SinkBuilder = Callable[[StreamTableEnvironment, DataStream], None]
@@ -169,10 +169,13 @@ def privacy_operators(settings: Settings, secret: SecretSource) -> PrivacyOperat
 
 
 def experiment_definitions(settings: Settings) -> tuple[Experiment, ...]:
-    """The configured experiments that run, once recommendations are on (docs/experiments.md); a bad
-    definition stops the job before it starts, naming the field."""
-    if not settings.recommendations.enabled or not settings.experiments.definitions:
+    """The configured experiments that run (docs/experiments.md); a bad definition stops the job before it
+    starts, naming the field."""
+    if not settings.experiments.definitions:
         return ()
+    if not settings.recommendations.enabled:
+        raise SettingsError("experiments.definitions: experiments need recommendations (recommendations.enabled "
+                            "is false)")
     try:
         return ExperimentCatalog.of(parse_experiments(list(settings.experiments.definitions))).active()
     except ExperimentError as exc:
@@ -197,7 +200,7 @@ def core_settings(settings: Settings, stitching: bool = False) -> CoreSettings:
                 "models": topics.models.name},
         allowed_lateness_ms=settings.features.allowed_lateness_ms, models=model_config(settings),
         recs=recommendation_config(settings), rec_shards=settings.recommendations.shards, consent=consent,
-        identity=identity, experiments=bool(experiment_definitions(settings)))
+        identity=identity, experiments=settings.recommendations.enabled)
 
 
 def local_core(settings: Settings) -> UserCore:
@@ -387,13 +390,14 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     )
     core = core_settings(settings, stitching)
     models, recs = core.models, core.recs
+    experiments = experiment_definitions(settings)
     operators = UserOperators(
         core=core, rules=rule_book(settings), state_ttl_ms=job.state_ttl_ms, redis=io.redis,
         population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
         privacy=privacy_operators(settings, secret), secret=secret, max_snapshot_bytes=validation.max_snapshot_bytes,
         redact_deadletters=settings.privacy.redact_deadletters,
     )
-    control = io.rules(env, t_env)
+    rules = control = io.rules(env, t_env)
     if models is not None:
         control = control.union(io.snapshots(env, t_env))
     if sharding is None:
@@ -418,29 +422,28 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
             .name("model-trainer").uid("model-trainer")
         )
     if recs is not None:
-        experiments = experiment_definitions(settings)
         bounds = Bounds(settings.experiments.max_exposures, settings.experiments.max_items,
                         settings.experiments.lateness_ms)
         recommender = RecommenderSettings(recs, topics.recommendations.name, settings.recommendations.redis_ttl_s,
                                           job.state_ttl_ms, io.redis, settings.redis.flush_interval_ms,
-                                          job.model_state_write_ms, experiments, bounds, secret)
+                                          job.model_state_write_ms, experiments, bounds,
+                                          secret, topics.deadletter.name)
+        # The control topic's experiment commands reach the recommender too: experiments may start at run time.
         lists = (
             routed(t_env, users, RECS_ROUTE)
             .key_by(receiver, key_type=Types.STRING())
+            .connect(rules.broadcast(EXPERIMENT_CATALOG))
             .process(RecommenderFunction(recommender), output_type=OUTPUT_TYPE)
             .name("recommender").uid("recommender")
         )
-        outputs.append(lists)
-        if experiments:
-            metrics = ExperimentMetricsSettings(experiments, settings.experiments.confidence,
-                                                topics.experiments.name, io.redis,
-                                                settings.experiments.publish_interval_ms)
-            outputs.append(
-                routed(t_env, lists, EXPERIMENTS_ROUTE)
-                .key_by(receiver, key_type=Types.STRING())
-                .process(ExperimentMetricsFunction(metrics), output_type=OUTPUT_TYPE)
-                .name("experiment-metrics").uid("experiment-metrics")
-            )
+        metrics = ExperimentMetricsSettings(settings.experiments.confidence, topics.experiments.name, io.redis,
+                                            settings.experiments.publish_interval_ms)
+        outputs += [lists, (
+            routed(t_env, lists, EXPERIMENTS_ROUTE)
+            .key_by(receiver, key_type=Types.STRING())
+            .process(ExperimentMetricsFunction(metrics), output_type=OUTPUT_TYPE)
+            .name("experiment-metrics").uid("experiment-metrics")
+        )]
     output = users.union(*outputs)
     io.sink(t_env, output)
     return output

@@ -167,7 +167,8 @@ class CoreSettings:
     """Consent and erasure; None: every event is personalized."""
     identity: IdentitySettings | None = None
     experiments: bool = False
-    """Experiments run: the recommender gets each request's event, and clients' recommendation views."""
+    """Experiments may run (configured, or started by a command at any time): the recommender gets each
+    request's event, and clients' recommendation views."""
 
 
 def retention_due(features: UserFeatures, config: FeatureConfig) -> int:

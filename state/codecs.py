@@ -21,6 +21,7 @@ import orjson
 from operators.dedup import RecentIds
 from operators.experiments.assignment import Assignment
 from operators.experiments.attribution import Counts, ExperimentState, Exposure
+from operators.experiments.config import Experiment, parse_experiment
 from operators.features.affinity import CategoryAffinity
 from operators.features.operator import EMITTED_FIELDS, UserFeatures
 from operators.features.rfm import PurchaseHistory
@@ -360,12 +361,13 @@ def decode_experiments(data: bytes) -> ExperimentState:
         exposures=[Exposure(experiment_id, arm, ts, tuple(items)) for experiment_id, arm, ts, items in document["e"]])
 
 
-def encode_arm_counts(watermark: int, counts: dict[str, Counts]) -> bytes:
-    """An experiment's summed counters by arm, and the watermark they are complete up to."""
-    return compact_json({"v": EXPERIMENTS_CODEC_VERSION, "w": watermark,
+def encode_arm_counts(watermark: int, counts: dict[str, Counts], experiment: Experiment) -> bytes:
+    """An experiment's summed counters by arm, the watermark they are complete up to, and its definition."""
+    return compact_json({"v": EXPERIMENTS_CODEC_VERSION, "w": watermark, "d": experiment.definition(),
                          "a": {arm: dataclasses.astuple(c) for arm, c in counts.items()}})
 
 
-def decode_arm_counts(data: bytes) -> tuple[int, dict[str, Counts]]:
+def decode_arm_counts(data: bytes) -> tuple[int, dict[str, Counts], Experiment]:
     document = _json_document(data, "experiment counts", EXPERIMENTS_CODEC_VERSION)
-    return document["w"], {arm: Counts(*values) for arm, values in document["a"].items()}
+    return (document["w"], {arm: Counts(*values) for arm, values in document["a"].items()},
+            parse_experiment(document["d"]))

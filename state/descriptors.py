@@ -12,6 +12,8 @@ from state.slots import EXPERIMENT_STATE, PUBLISHED_RECS_STATE, StateSlot
 RULE_CATALOG = MapStateDescriptor("rule-catalog-v1", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 #: Broadcast state: ``current`` -> the pickled ModelSnapshot the instance scores with.
 MODEL_SNAPSHOT = MapStateDescriptor("model-snapshot-v1", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
+#: The recommender's broadcast state: experiment id -> its entry (definition and status) after the commands.
+EXPERIMENT_CATALOG = MapStateDescriptor("experiment-catalog-v1", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
 MODEL_SNAPSHOT_KEY = "current"
 
 

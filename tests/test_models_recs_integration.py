@@ -33,6 +33,7 @@ from personalize.kafka_tools import read_topic
 from personalize.publish import publish
 from personalize.settings import Settings
 from tests.conftest import isolated
+from tests.test_segments_integration import publish as publish_payloads
 from tests.test_segments_integration import wait_for
 
 pytestmark = pytest.mark.integration
@@ -59,7 +60,12 @@ def recs_run(stack_settings: Settings) -> dict[str, Any]:
                        experiments=replace(settings.experiments, definitions=(EXPERIMENT,)))
     stack.up(settings)
     end_offsets = generated(settings, 3000, 40, seed=11)
-    run_job(settings, source_spec(settings, "earliest", end_offsets))
+    # At run time, on the control topic: a new version of the experiment, and a command that does not parse.
+    update = {"command": "experiment.update", "experiment": {**EXPERIMENT, "version": 2, "name": "lists or none"}}
+    rules = settings.kafka.topics.rules.name
+    rules_end = publish_payloads(settings, rules, [json.dumps(update).encode(),
+                                                   b'{"command": "experiment.add", "experiment": {"id": "Bad"}}'])
+    run_job(settings, source_spec(settings, "earliest", {**end_offsets, rules: {0: rules_end}}))
     lists = distinct_records(settings, settings.kafka.topics.recommendations)
     return {"settings": settings, "lists": lists}
 
@@ -94,6 +100,10 @@ def test_only_the_treated_arm_is_shown_lists_and_the_metrics_count_both(recs_run
     assert len(shown) <= arms["recs"]["exposed_users"] <= len(shown) + erased
     assert arms["control"]["exposed_users"] > 0 and arms["control"]["exposures"] > 0  # shadow lists count
     assert arms["recs"]["clicks"] > 0 and arms["recs"]["versus_control"] is not None
+    assert final["experiment_version"] == 2  # the command applied while the job ran
+    dead = distinct_records(settings, settings.kafka.topics.deadletter, idle_timeout_s=1.0).values()
+    refused = [letter for letter in dead if letter["reason"] == "invalid_experiment"]
+    assert len(refused) == 1 and refused[0]["detail"].startswith("command.experiment")
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     assert json.loads(client.get(experiment_metrics_key(settings.redis.key_prefix, "recs-v1"))) == final
 

@@ -9,7 +9,7 @@ from jobs.local_runner import Table
 from operators.events import Event
 from operators.experiments.assignment import Assignment
 from operators.experiments.attribution import Bounds, Counts, ExperimentState, Exposure
-from operators.experiments.config import parse_experiment
+from operators.experiments.config import PAUSED, Entry, entry_from_json, parse_experiment
 from operators.experiments.serving import ExperimentPolicy, by_experiment
 from operators.recs.config import RecConfig
 from operators.recs.model import ItemModel
@@ -137,4 +137,16 @@ def test_the_experiment_state_codec_round_trips(assignments: dict[str, tuple[str
     Counts, *(st.integers(0, 2**40) for _ in range(5)), st.floats(0, 1e9), st.floats(0, 1e12),
     st.integers(0, 2**20)), max_size=4))
 def test_the_arm_counts_codec_round_trips(watermark: int, counts: dict[str, Counts]) -> None:
-    assert decode_arm_counts(encode_arm_counts(watermark, counts)) == (watermark, counts)
+    assert decode_arm_counts(encode_arm_counts(watermark, counts, EXPERIMENT)) == (watermark, counts, EXPERIMENT)
+
+
+def test_a_users_state_keeps_nothing_of_a_stopped_experiment() -> None:
+    state = ExperimentState({"old": Assignment("a", T0), EXPERIMENT.id: Assignment("recs")},
+                            [Exposure("old", "a", T0, ("x",))])
+    ExperimentPolicy((EXPERIMENT,), SECRET, Bounds(), kept=frozenset({EXPERIMENT.id})).tidy(state)
+    assert set(state.assignments) == {EXPERIMENT.id} and not state.exposures
+
+
+def test_a_catalog_entry_round_trips_through_broadcast_state() -> None:
+    entry = Entry(EXPERIMENT, PAUSED)
+    assert entry_from_json(entry.to_json()) == entry

@@ -189,6 +189,16 @@ class Entry:
     experiment: Experiment
     status: str
 
+    def to_json(self) -> bytes:
+        """What a job instance keeps in broadcast state (read back with :func:`entry_from_json`)."""
+        return json.dumps({"status": self.status, "experiment": self.experiment.definition()},
+                          separators=(",", ":"), sort_keys=True).encode()
+
+
+def entry_from_json(data: bytes) -> Entry:
+    document = json.loads(data)
+    return Entry(parse_experiment(document["experiment"]), document["status"])
+
 
 #: Status a command may start from -> the status it leaves. A stopped experiment is final: its id is never
 #: reused, because the same id would hash users into the same arms and mix two experiments' metrics.

@@ -48,11 +48,20 @@ class ArmChoice:
 class ExperimentPolicy:
     """The active experiments, the assignment key and the per-user bounds, applied to a user's state."""
 
-    def __init__(self, experiments: tuple[Experiment, ...], secret: bytes, bounds: Bounds) -> None:
+    def __init__(self, experiments: tuple[Experiment, ...], secret: bytes, bounds: Bounds,
+                 kept: frozenset[str] | None = None) -> None:
         self.experiments = experiments
         self.by_id = {experiment.id: experiment for experiment in experiments}
         self.secret = secret
         self.bounds = bounds
+        self.kept = frozenset(self.by_id) if kept is None else kept
+        """Experiments not stopped (active or paused): a user's state keeps only theirs."""
+
+    def tidy(self, state: ExperimentState) -> ExperimentState:
+        """``state`` without what it holds of stopped experiments (their arms are never needed again)."""
+        if state.assignments.keys() - self.kept:
+            state.forget(self.kept)
+        return state
 
     def choose(self, state: ExperimentState, user_key: str) -> ArmChoice | None:
         """The experiment deciding the user's list and their arm in it (remembered in ``state``); None: none runs."""

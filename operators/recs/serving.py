@@ -193,7 +193,7 @@ class RecommenderCore:
                 continue
             state = None
             if policy is not None:
-                state = experiments.get(user) or ExperimentState()
+                state = policy.tidy(experiments.get(user) or ExperimentState())
                 if request.event is not None:
                     step.deltas += policy.on_event(state, request.event)
             if last.get(user) != index:  # a later request of the user in this list ranks for both
