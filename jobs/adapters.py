@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import pickle
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -273,6 +274,9 @@ class UserOperators:
     max_snapshot_bytes: int = 1 << 20
     redact_deadletters: bool = False
     """Redact the dead letters of control records too (rule commands, snapshots), as ingest does events'."""
+    experiments: tuple[Experiment, ...] = ()
+    """The configured experiments: segment changes say the user's arm (commands change them at run time)."""
+    experiment_bounds: Bounds = field(default_factory=Bounds)
 
 
 class UserFunction(KeyedBroadcastProcessFunction):
@@ -324,6 +328,8 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.flush_timer_set = False
         self.catalog: RuleCatalog | None = None
         self.engine: SegmentEngine | None = None
+        self.experiments = ExperimentsInUse(ops.experiments, ops.secret.resolve(), ops.experiment_bounds) \
+            if ops.core.recs is not None and ops.secret is not None else None
 
     def _user_state(self, runtime_context: RuntimeContext, descriptor: ValueStateDescriptor) -> Any:
         """One of the user's values (``value``/``update``/``clear``): here a keyed ``ValueState``."""
@@ -391,9 +397,13 @@ class UserFunction(KeyedBroadcastProcessFunction):
         """Apply a rule command, or (one instance for all) emit an error record and change nothing."""
         payload = value[0]
         if is_experiment_command(_document(payload)):
-            if self.operators.core.recs is None and self.subtask == 0:  # else the recommender applies it
-                yield self._dead_letter(Rejection(INVALID_EXPERIMENT, "experiments need recommendations "
-                                                  "(recommendations.enabled is false)"), value)
+            if self.experiments is None:
+                if self.subtask == 0:
+                    yield self._dead_letter(Rejection(INVALID_EXPERIMENT, "experiments need recommendations "
+                                                      "(recommendations.enabled is false)"), value)
+                return
+            with contextlib.suppress(ExperimentError):  # the recommender reads it too, and dead-letters it once
+                self.experiments.apply(payload, ctx)
             return
         book = self.operators.rules
         if book is None or self._engine(ctx) is None or self.catalog is None:
@@ -434,6 +444,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
     def _prepare(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> None:
         """The rules and the model snapshot the core uses, from the broadcast state at the first call."""
         self.core.engine = self._engine(ctx)
+        self.core.experiments = self.experiments.load(ctx) if self.experiments is not None else None
         if self.core.user_models is not None:
             self._scorer(ctx)
 
@@ -574,6 +585,38 @@ def learn_training_input(trainer: ModelTrainer, entry: bytes) -> None:
         trainer.maybe_snapshot()
 
 
+class ExperimentsInUse:
+    """The experiments a job instance uses: the configured ones, then the control topic's commands, kept in
+    the operator's broadcast state for a restore (the user operator and the recommender each keep theirs)."""
+
+    def __init__(self, configured: tuple[Experiment, ...], secret: bytes, bounds: Bounds) -> None:
+        self.configured, self.secret, self.bounds = configured, secret, bounds
+        self.catalog: ExperimentCatalog | None = None
+        self.policy: ExperimentPolicy | None = None
+
+    def load(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> ExperimentPolicy | None:
+        """The active experiments as a policy (None: none runs); read from broadcast state at the first call."""
+        if self.catalog is None:
+            self.catalog = ExperimentCatalog.of(self.configured)
+            for experiment_id, data in ctx.get_broadcast_state(EXPERIMENT_CATALOG).items():
+                self.catalog.entries[experiment_id] = entry_from_json(data)
+            self._use(self.catalog)
+        return self.policy
+
+    def apply(self, payload: bytes, ctx: KeyedBroadcastProcessFunction.Context) -> None:
+        """Apply an experiment command; raises :class:`ExperimentError` (changing nothing) when it cannot."""
+        self.load(ctx)
+        assert self.catalog is not None
+        entry = self.catalog.apply(parse_experiment_command(payload))
+        ctx.get_broadcast_state(EXPERIMENT_CATALOG).put(entry.experiment.id, entry.to_json())
+        self._use(self.catalog)
+
+    def _use(self, catalog: ExperimentCatalog) -> None:
+        active = catalog.active()
+        kept = frozenset(i for i, entry in catalog.entries.items() if entry.status != STOPPED)
+        self.policy = ExperimentPolicy(active, self.secret, self.bounds, kept) if active else None
+
+
 @dataclass(frozen=True)
 class RecommenderSettings:
     """What the recommender function needs, built on the client."""
@@ -628,9 +671,8 @@ class RecommenderFunction(KeyedBroadcastProcessFunction):
             runtime_context.get_map_state(experiment_state(self.settings.state_ttl_ms)),
             encode_experiments, decode_experiments)
         self.core = RecommenderCore(config)
-        self.catalog: ExperimentCatalog | None = None
-        """The experiments by id: the configured ones, then the commands (kept in broadcast state)."""
-        self.secret = self.settings.secret.resolve()
+        self.experiments = ExperimentsInUse(self.settings.experiments, self.settings.secret.resolve(),
+                                            self.settings.bounds)
         self.subtask = subtask_index(runtime_context)
         self.sink = self.settings.redis()
         self.flush_timer_set = False
@@ -649,35 +691,17 @@ class RecommenderFunction(KeyedBroadcastProcessFunction):
             return  # not an experiment command: the user operator reports it
         if not is_experiment_command(document):
             return
-        catalog = self._experiments(ctx)
         try:
-            entry = catalog.apply(parse_experiment_command(payload))
+            self.experiments.apply(payload, ctx)
         except ExperimentError as exc:
             if self.subtask == 0:
                 key, letter = dead_letter(Rejection(INVALID_EXPERIMENT, str(exc)), payload, *value[1:])
                 yield Row(key, letter, self.settings.deadletter_topic)
-            return
-        ctx.get_broadcast_state(EXPERIMENT_CATALOG).put(entry.experiment.id, entry.to_json())
-        self._use(catalog)
-
-    def _experiments(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> ExperimentCatalog:
-        """The catalog, built on first use: the configured experiments, then what commands made of them."""
-        if self.catalog is None:
-            self.catalog = ExperimentCatalog.of(self.settings.experiments)
-            for experiment_id, data in ctx.get_broadcast_state(EXPERIMENT_CATALOG).items():
-                self.catalog.entries[experiment_id] = entry_from_json(data)
-            self._use(self.catalog)
-        return self.catalog
-
-    def _use(self, catalog: ExperimentCatalog) -> None:
-        active = catalog.active()
-        kept = frozenset(i for i, entry in catalog.entries.items() if entry.status != STOPPED)
-        self.core.experiments = ExperimentPolicy(active, self.secret, self.settings.bounds, kept) if active else None
 
     def process_element(self, row: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:
         settings = self.settings
         shard = ctx.get_current_key()
-        self._experiments(ctx)
+        self.core.experiments = self.experiments.load(ctx)
         step = self.core.on_requests(self.models.get(shard), messages(row[1]), self.published, self.experiment_states)
         lists = 0
         for output in step.outputs:

@@ -50,7 +50,7 @@ from jobs.experiments import ExperimentMetricsFunction, ExperimentMetricsSetting
 from jobs.shards import ShardFunction, micro_batched
 from operators.experiments.attribution import Bounds
 from operators.experiments.config import Experiment, ExperimentCatalog, ExperimentError, parse_experiments
-from operators.experiments.serving import EXPERIMENTS_ROUTE
+from operators.experiments.serving import EXPERIMENTS_ROUTE, ExperimentPolicy
 from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.operator import DECISION_FIELDS, FeatureOperator
 from operators.features.rfm import RFM_METRICS, LocalPopulation, PopulationScorer
@@ -182,6 +182,11 @@ def experiment_definitions(settings: Settings) -> tuple[Experiment, ...]:
         raise SettingsError(str(exc)) from None
 
 
+def experiment_bounds(settings: Settings) -> Bounds:
+    """What one user's experiment state may hold."""
+    return Bounds(settings.experiments.max_exposures, settings.experiments.max_items, settings.experiments.lateness_ms)
+
+
 def core_settings(settings: Settings, stitching: bool = False) -> CoreSettings:
     """What the per-user core does with these settings (the job's, the local runner's)."""
     job, topics, privacy = settings.job, settings.kafka.topics, settings.privacy
@@ -205,7 +210,7 @@ def core_settings(settings: Settings, stitching: bool = False) -> CoreSettings:
 
 def local_core(settings: Settings) -> UserCore:
     """The per-user core as one job instance builds it, for the local runner (``jobs/local_runner.py``): a
-    local R/F/M population, the settings' rules, erasure when privacy is on. Without identity stitching,
+    local R/F/M population, the settings' rules and experiments, erasure when privacy is on. Without identity stitching,
     which needs the job's internal topic. Without a configured secret (a fresh checkout: the stack writes
     one), erasure confirmations hash with a secret of this run: a local run publishes nothing."""
     config = core_settings(settings)
@@ -220,6 +225,9 @@ def local_core(settings: Settings) -> UserCore:
     book = rule_book(settings)
     if book is not None:
         core.engine = SegmentEngine(book.catalog().rule_set(book.compiler()))
+    experiments = experiment_definitions(settings)
+    if experiments:
+        core.experiments = ExperimentPolicy(experiments, secret, experiment_bounds(settings))
     return core
 
 
@@ -395,7 +403,8 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         core=core, rules=rule_book(settings), state_ttl_ms=job.state_ttl_ms, redis=io.redis,
         population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
         privacy=privacy_operators(settings, secret), secret=secret, max_snapshot_bytes=validation.max_snapshot_bytes,
-        redact_deadletters=settings.privacy.redact_deadletters,
+        redact_deadletters=settings.privacy.redact_deadletters, experiments=experiments,
+        experiment_bounds=experiment_bounds(settings),
     )
     rules = control = io.rules(env, t_env)
     if models is not None:
@@ -406,7 +415,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         keyed = micro_batched(parsed, job.micro_batch_ms, job.micro_batch_max_records)
         function = ShardFunction(operators)
     users = (
-        keyed.connect(control.broadcast(RULE_CATALOG, MODEL_SNAPSHOT))
+        keyed.connect(control.broadcast(RULE_CATALOG, MODEL_SNAPSHOT, EXPERIMENT_CATALOG))
         .process(function, output_type=OUTPUT_TYPE)
         .name("user-state").uid("user-state")
     )
@@ -422,11 +431,9 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
             .name("model-trainer").uid("model-trainer")
         )
     if recs is not None:
-        bounds = Bounds(settings.experiments.max_exposures, settings.experiments.max_items,
-                        settings.experiments.lateness_ms)
         recommender = RecommenderSettings(recs, topics.recommendations.name, settings.recommendations.redis_ttl_s,
                                           job.state_ttl_ms, io.redis, settings.redis.flush_interval_ms,
-                                          job.model_state_write_ms, experiments, bounds,
+                                          job.model_state_write_ms, experiments, experiment_bounds(settings),
                                           secret, topics.deadletter.name)
         # The control topic's experiment commands reach the recommender too: experiments may start at run time.
         lists = (

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, Protocol
 from operators.deadletter import late_record
 from operators.events import Event
 from operators.experiments.attribution import VIEW_TYPE
+from operators.experiments.serving import ExperimentPolicy
 from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.operator import FeatureOperator, FeatureVector, UserFeatures
 from operators.models.config import ModelConfig
@@ -205,6 +206,8 @@ class UserCore:
             else None
         self.scorer = ModelScorer()
         self.engine: SegmentEngine | None = None
+        self.experiments: ExperimentPolicy | None = None
+        """The experiments in use (the caller loads them from broadcast state): segment changes say the arm."""
         self.segments_now: tuple[str, ...] = ()
         """The user's segments after the latest rule step (what the recommender's trending lists use)."""
 
@@ -520,8 +523,10 @@ class UserCore:
         if not changes:
             return
         processing_time = now_ms()
+        experiments = self.experiments
         for change in changes:
-            record = change.to_json(processing_time)
+            record = change.to_json(processing_time,
+                                    experiments.assigned(change.user_key) if experiments is not None else None)
             step.redis.append(StageSegmentChange(change, record))
             step.emit(change.user_key, record, self.settings.topics["segments"])
 

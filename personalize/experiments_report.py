@@ -16,17 +16,20 @@ recover a lift planted in the users), not the recommender, which ``personalize e
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import TextIO
+from typing import Any, TextIO
 
+from connectors.redis_client import connect
+from connectors.redis_keys import experiment_metrics_key
 from operators.events import Event
 from operators.experiments.assignment import assign
 from operators.experiments.attribution import Bounds, Counts, ExperimentState
 from operators.experiments.config import Experiment, ExperimentError, parse_experiment, parse_experiments
-from operators.experiments.stats import ArmMetrics, Interval, arm_metrics
+from operators.experiments.stats import ArmMetrics, arm_metrics, metrics_record
 from operators.validation import Rejection, parse_event
 from personalize.generator import EventGenerator
 from personalize.settings import ExperimentSettings, GeneratorSettings, Settings, SettingsError
@@ -111,8 +114,33 @@ def _pct(value: float | None, signed: bool = False) -> str:
     return "-" if value is None else f"{value:+.1%}" if signed else f"{value:.2%}"
 
 
-def _range(interval: Interval | None, spec: str) -> str:
-    return "-" if interval is None else f"[{interval.low:{spec}}, {interval.high:{spec}}]"
+def _range(interval: list[float] | None, spec: str) -> str:
+    return "-" if interval is None else f"[{interval[0]:{spec}}, {interval[1]:{spec}}]"
+
+
+def print_arms(record: dict[str, Any], treatments: Mapping[str, str], out: TextIO,
+               planted: Callable[[str], float] | None = None) -> None:
+    """One row per arm of an ``experiments.metrics`` record; ``planted``: the known lift of each arm (offline)."""
+    header = (f"{'arm':<14}{'treatment':<13}{'exposed':>8}{'exposures':>10}{'clicks':>8}{'conv.':>7}{'conv. users':>12}"
+              f"{'revenue':>11}{'conv. rate':>11}{'rate CI':>18}{'rev/user':>9}{'lift':>8}{'lift CI':>18}"
+              f"{'p':>7}{'rev. diff CI':>18}")
+    print(header + (f"{'planted':>9}{'in CI':>6}" if planted else ""), file=out)
+    for arm in record["arms"]:
+        v = arm["versus_control"]
+        lift_ci = v["relative_lift_ci"] if v else None
+        p_value = f"{v['p_value']:.3f}" if v and v["p_value"] is not None else "-"
+        row = (f"{arm['arm']:<14}{treatments.get(arm['arm'], '?'):<13}{arm['exposed_users']:>8,}"
+               f"{arm['exposures']:>10,}{arm['clicks']:>8,}{arm['conversions']:>7,}{arm['converted_users']:>12,}"
+               f"{arm['revenue']:>11,.2f}{_pct(arm['conversion_rate']):>11}"
+               f"{_range(arm['conversion_rate_ci'], '.1%'):>18}{(arm['revenue_per_user'] or 0):>9.2f}"
+               f"{_pct(v['relative_lift'] if v else None, True):>8}{_range(lift_ci, '+.1%'):>18}"
+               f"{p_value:>7}"
+               f"{_range(v['revenue_difference_ci'] if v else None, '+.2f'):>18}")
+        if planted:
+            known = planted(arm["arm"])
+            recovered = "-" if not lift_ci else "yes" if lift_ci[0] <= known <= lift_ci[1] else "NO"
+            row += f"{_pct(known if v else None, True):>9}{recovered:>6}"
+        print(row, file=out)
 
 
 def print_report(report: Report, out: TextIO) -> None:
@@ -120,24 +148,28 @@ def print_report(report: Report, out: TextIO) -> None:
     print(f"experiment {experiment.id} (control: {experiment.control}), {report.events:,} events replayed, "
           f"personalized arms planted to buy x{report.lift:g} as often, list of {len(report.list_items)} items, "
           f"intervals at {report.confidence:.0%}", file=out)
-    header = (f"{'arm':<14}{'treatment':<13}{'exposed':>8}{'exposures':>10}{'clicks':>8}{'conv.':>7}{'conv. users':>12}"
-              f"{'revenue':>11}{'conv. rate':>11}{'rate CI':>18}{'rev/user':>9}{'lift':>8}{'lift CI':>18}"
-              f"{'p':>7}{'rev. diff CI':>18}{'planted':>9}{'in CI':>6}")
-    print(header, file=out)
-    for m in report.metrics:
-        c, v = m.counts, m.versus_control
-        arm = experiment.arm(m.arm)
-        rate_ci = _range(m.conversion_rate_ci, ".1%")
-        lift_ci = _range(v.relative_lift_ci if v else None, "+.1%")
-        revenue_ci = _range(v.revenue_difference_ci if v else None, "+.2f")
-        p_value = f"{v.p_value:.3f}" if v and v.p_value is not None else "-"
-        planted = planted_lift(experiment, m.arm, report.lift)
-        recovered = "-" if not v or not v.relative_lift_ci else "yes" if planted in v.relative_lift_ci else "NO"
-        print(f"{m.arm:<14}{arm.treatment if arm else '?':<13}{c.exposed_users:>8,}{c.exposures:>10,}{c.clicks:>8,}"
-              f"{c.conversions:>7,}{c.converted_users:>12,}{c.revenue:>11,.2f}{_pct(m.conversion_rate):>11}"
-              f"{rate_ci:>18}{(m.revenue_per_user or 0):>9.2f}{_pct(v.relative_lift if v else None, True):>8}"
-              f"{lift_ci:>18}{p_value:>7}{revenue_ci:>18}{_pct(planted if v else None, True):>9}{recovered:>6}",
-              file=out)
+    print_arms(metrics_record(experiment, report.metrics, 0, report.confidence),
+               {arm.id: arm.treatment for arm in experiment.arms}, out,
+               lambda arm: planted_lift(experiment, arm, report.lift))
+
+
+def print_live(settings: Settings, out: TextIO) -> int:
+    """What the running job published: each experiment's latest metrics record in Redis."""
+    client = connect(settings.redis, decode_responses=True)
+    configured = {e.id: e for e in parse_experiments(list(settings.experiments.definitions))}
+    keys = sorted(client.scan_iter(experiment_metrics_key(settings.redis.key_prefix, "*"), count=100))
+    if not keys:
+        print(f"no experiment metrics in Redis at {settings.redis.url} under {settings.redis.key_prefix!r} yet "
+              f"(no experiment runs, or nobody was exposed)", file=out)
+        return 0
+    for key in keys:
+        record = json.loads(client.get(key))  # type: ignore[arg-type]
+        definition = configured.get(record["experiment_id"])
+        print(f"experiment {record['experiment_id']} v{record['experiment_version']} (control: "
+              f"{record['control']}), counts complete up to event time {record['event_time']}, intervals at "
+              f"{record['confidence']:.0%}", file=out)
+        print_arms(record, {arm.id: arm.treatment for arm in definition.arms} if definition else {}, out)
+    return 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,9 +182,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", help="replay this configured experiment (experiments.definitions) instead "
                                              "of the built-in popularity-vs-personalized one")
     parser.add_argument("--list-size", type=int, default=20, help="items in the simulated list (20)")
+    parser.add_argument("--live", action="store_true",
+                        help="instead of a replay: the running job's metrics of every experiment, from Redis")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.live:
+        return print_live(settings, sys.stdout)
     if args.lift <= 0 or args.list_size < 1:
         raise SettingsError("--lift must be positive and --list-size at least 1")
     experiment = demo_experiment(args.aa)

@@ -8,6 +8,7 @@ intent scores reach Redis and the segment output, and a restore keeps the model.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from connectors.redis_keys import (
     user_recs_key,
 )
 from jobs.personalize_job import run_job, source_spec, start_job, stop_with_savepoint
-from personalize import stack
+from personalize import experiments_report, stack
 from personalize.demo import distinct_records
 from personalize.generator import EventGenerator
 from personalize.kafka_tools import read_topic
@@ -101,11 +102,34 @@ def test_only_the_treated_arm_is_shown_lists_and_the_metrics_count_both(recs_run
     assert arms["control"]["exposed_users"] > 0 and arms["control"]["exposures"] > 0  # shadow lists count
     assert arms["recs"]["clicks"] > 0 and arms["recs"]["versus_control"] is not None
     assert final["experiment_version"] == 2  # the command applied while the job ran
+    # Segment changes say the arm too: the same one the user's lists carry.
+    changes = distinct_records(settings, settings.kafka.topics.segments, idle_timeout_s=1.0).values()
+    arm_of = {record["user"]: record["arm"] for record in lists}
+    tagged = [change for change in changes if "arm" in change]
+    assert tagged and all(change["experiment"] == "recs-v1" for change in tagged)
+    assert all(arm_of[change["user"]] == change["arm"] for change in tagged if change["user"] in arm_of)
+    assert {change["arm"] for change in tagged} == {"control", "recs"}
     dead = distinct_records(settings, settings.kafka.topics.deadletter, idle_timeout_s=1.0).values()
     refused = [letter for letter in dead if letter["reason"] == "invalid_experiment"]
     assert len(refused) == 1 and refused[0]["detail"].startswith("command.experiment")
     client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
     assert json.loads(client.get(experiment_metrics_key(settings.redis.key_prefix, "recs-v1"))) == final
+
+
+def test_the_report_shows_what_the_job_published(recs_run: dict[str, Any],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    settings: Settings = recs_run["settings"]
+    parser = argparse.ArgumentParser()
+    experiments_report.add_arguments(parser)
+    assert experiments_report.run(parser.parse_args(["--live"]), settings) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("experiment recs-v1 v2 (control: control)")
+    record = json.loads(redis.Redis.from_url(settings.redis.url).get(
+        experiment_metrics_key(settings.redis.key_prefix, "recs-v1")))  # type: ignore[arg-type]
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    assert {arm: (row[1], int(row[2].replace(",", ""))) for arm, row in rows.items()} == {
+        arm["arm"]: ({"control": "none", "recs": "personalized"}[arm["arm"]], arm["exposed_users"])
+        for arm in record["arms"]}
 
 
 def test_redis_holds_each_users_latest_list_with_a_ttl(recs_run: dict[str, Any]) -> None:

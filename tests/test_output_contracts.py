@@ -79,6 +79,9 @@ def test_records_of_the_pure_operators_match_their_contracts() -> None:
                                             {"kind": "event", "event": {"id": "e1", "type": "page_view"},
                                              "rule": "browsers", "version": 1},
                                             (), ("browsers",), 5).to_json(6))
+    check("segments.changes", SegmentChange("u1", 2, "browsers", "exit", {"kind": "expiry", "rule": "browsers",
+                                                                          "version": 1},
+                                            ("browsers",), (), 7).to_json(8, ("recs-v1", "control")))
     ranking = Ranking([Candidate("i2", 0.5, {"covisit": 0.3, "popular": 0.2})])
     check("recommendations.candidates", RecList("u1", 1, "e1", 5, ranking).to_json(6))
     check("recommendations.candidates", RecList("u1", 2, "e2", 6, Ranking(suppressed="checkout")).to_json(7))

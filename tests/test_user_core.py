@@ -11,10 +11,14 @@ import pytest
 from jobs.local_runner import LocalRunner
 from jobs.pipeline import core_settings, local_core
 from operators.events import Event
+from operators.experiments.assignment import assign
+from operators.experiments.attribution import Bounds
+from operators.experiments.config import parse_experiment
+from operators.experiments.serving import ExperimentPolicy
 from operators.features.config import FeatureConfig
 from operators.features.operator import FeatureOperator
 from operators.features.rfm import LocalPopulation
-from operators.user_core import StageErase, StageProfile, Step, UserCore
+from operators.user_core import StageErase, StageProfile, StageSegmentChange, Step, UserCore
 from operators.validation import Limits, parse_event
 from personalize import settings as settings_module
 from tests.test_privacy_integration import MINUTE, T0, browsing, consent
@@ -68,3 +72,20 @@ def test_consent_needs_erasure_settings() -> None:
     assert config.consent is not None
     with pytest.raises(ValueError, match="erasure"):
         UserCore(config, FeatureOperator(FeatureConfig(), LocalPopulation()))
+
+
+def test_segment_changes_say_the_users_arm_while_an_experiment_runs() -> None:
+    experiment = parse_experiment({"id": "recs-v1", "control": "control", "conversion_window": "1d", "arms": [
+        {"id": "control", "weight": 1, "treatment": "none"}, {"id": "recs", "weight": 1, "treatment": "personalized"}]})
+    core = local_core(SETTINGS)
+    core.experiments = ExperimentPolicy((experiment,), b"k" * 32, Bounds())
+    steps: list[Step] = []
+    runner = LocalRunner(core, SETTINGS.job.max_out_of_orderness_ms, lambda _user, step: steps.append(step))
+    for user in ("ann", "bob", "cid", "dan"):
+        for raw in browsing(user, T0):
+            event = parsed(raw)
+            runner.event(event.user_key, event)
+    changes = [json.loads(write.record) for step in steps for write in step.redis if isinstance(write,
+                                                                                              StageSegmentChange)]
+    assert changes and all(c["experiment"] == "recs-v1" for c in changes)
+    assert all(c["arm"] == assign(b"k" * 32, experiment, c["user"]) for c in changes)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from operators.events import Event
+from operators.experiments.assignment import assign
 from operators.experiments.attribution import Bounds, Counts, Delta, ExperimentState
 from operators.experiments.config import Arm, Experiment
 
@@ -71,6 +72,14 @@ class ExperimentPolicy:
         arm = experiment.arm(state.arm(experiment, user_key, self.secret))
         assert arm is not None  # an assignment is always one of the experiment's arms
         return ArmChoice(experiment, arm)
+
+    def assigned(self, user_key: str) -> tuple[str, str] | None:
+        """(experiment, arm) of the user in the experiment deciding lists, by the keyed hash alone: what
+        :meth:`choose` remembers, for outputs made where the user's experiment state is not (segment changes)."""
+        if not self.experiments:
+            return None
+        experiment = self.experiments[0]
+        return experiment.id, assign(self.secret, experiment, user_key)
 
     def on_event(self, state: ExperimentState, event: Event) -> list[Delta]:
         """A client's view exposes; a click, cart or purchase of an exposed item is attributed."""

@@ -71,12 +71,16 @@ class SegmentChange:
     def change_id(self) -> str:
         return f"{self.user_key}:s{self.seq}"
 
-    def to_json(self, processing_time: int) -> bytes:
-        return sorted_json({
+    def to_json(self, processing_time: int, arm: tuple[str, str] | None = None) -> bytes:
+        """``arm``: (experiment, arm) of the user while an experiment runs (docs/experiments.md)."""
+        document = {
             "id": self.change_id, "schema": SEGMENTS_SCHEMA, "user": self.user_key, "seq": self.seq,
             "segment": self.segment, "action": self.action, "cause": self.cause, "previous": list(self.previous),
             "segments": list(self.current), "event_time": self.event_time, "processing_time": processing_time,
-        })
+        }
+        if arm is not None:
+            document |= {"experiment": arm[0], "arm": arm[1]}
+        return sorted_json(document)
 
 
 def extract_attributes(attributes_json: str, wanted: frozenset[str]) -> dict[str, Any]:
