@@ -468,14 +468,26 @@ class UserCore:
                 user = values.get("recs") or UserRecState()
                 values.put("recs", user)  # so an erasure or retention also clears the recommender's side
                 self._rec_request(step, RecRequest(event.user_key, event.event_id, event.ts, None, user,
-                                                   self.segments_now, seq_base=seq_base, event=event, rank=False))
+                                                   self.segments_now, seq_base=seq_base, event=event, rank=False,
+                                                   arm=self._remember_arm(user, event.user_key)))
             return  # neither teaches the model nor changes the list: no state access
         user = values.get("recs") or UserRecState()
         interaction = user.remember(event, config, "", self.segments_now)
+        arm = self._remember_arm(user, event.user_key)
         values.put("recs", user)
         self._rec_request(step, RecRequest(event.user_key, event.event_id, event.ts, interaction, user,
                                            self.segments_now, seq_base=seq_base,
-                                           event=event if experiments else None))
+                                           event=event if experiments else None, arm=arm))
+
+    def _remember_arm(self, user: UserRecState, user_key: str) -> tuple[str, str] | None:
+        """The user's arm in the experiment deciding lists, remembered in their recommendation state (which a
+        login merges, so a visitor who signs up keeps the arm they were shown)."""
+        if self.experiments is None:
+            return None
+        arm = self.experiments.arm_of(user.arms, user_key)
+        if arm is not None:
+            user.arms[arm[0]] = arm[1]
+        return arm
 
     def _rec_request(self, step: Step, request: RecRequest) -> None:
         step.sends.append((RECS_ROUTE, rec_shard(request.user_key, self.settings.rec_shards), request))
@@ -503,7 +515,7 @@ class UserCore:
         if features is not None:
             self.features.forget(features)
         if self.engine is not None and rules is not None:
-            self._emit_changes(step, self.engine.forget(rules, user, ts, cause))
+            self._emit_changes(values, step, self.engine.forget(rules, user, ts, cause))
         if self.settings.recs is not None and values.get("recs") is not None:
             self._rec_request(step, RecRequest(user, "", ts, None, None, (), erase=erase))
         values.clear(USER_VALUES)
@@ -517,16 +529,18 @@ class UserCore:
         values.put("rules", state)
         if state.wake is not None and state.wake != wake_before:
             step.wakeups.append(state.wake)
-        self._emit_changes(step, changes)
+        self._emit_changes(values, step, changes)
 
-    def _emit_changes(self, step: Step, changes: list[SegmentChange]) -> None:
+    def _emit_changes(self, values: UserValues, step: Step, changes: list[SegmentChange]) -> None:
         if not changes:
             return
         processing_time = now_ms()
-        experiments = self.experiments
+        arm = None
+        if self.experiments is not None:  # the arm the user's lists carry
+            recs: UserRecState | None = values.get("recs")
+            arm = self.experiments.arm_of(recs.arms if recs is not None else {}, changes[0].user_key)
         for change in changes:
-            record = change.to_json(processing_time,
-                                    experiments.assigned(change.user_key) if experiments is not None else None)
+            record = change.to_json(processing_time, arm)
             step.redis.append(StageSegmentChange(change, record))
             step.emit(change.user_key, record, self.settings.topics["segments"])
 

@@ -247,6 +247,8 @@ def encode_recs(user: UserRecState) -> bytes:
         "a": {k: [score, ts] for k, (score, ts) in user.affinity.scores.items()},
         "k": user.checkout_ts, "t": user.reference_ts,
     }
+    if user.arms:  # only while experiments run: no bytes for everyone else
+        document["x"] = user.arms
     return compact_json(document)
 
 
@@ -254,7 +256,7 @@ def decode_recs(data: bytes) -> UserRecState:
     document = _json_document(data, "recommendation", RECS_CODEC_VERSION)
     return UserRecState(recent=document["r"], cart=document["c"], purchased=document["p"],
                         affinity=CategoryAffinity(scores={k: (score, ts) for k, (score, ts) in document["a"].items()}),
-                        checkout_ts=document["k"], reference_ts=document["t"])
+                        checkout_ts=document["k"], reference_ts=document["t"], arms=document.get("x", {}))
 
 
 MODELS_CODEC_VERSION = 2

@@ -585,6 +585,16 @@ def test_rec_merge_drops_carted_items_bought_later_and_closes_checkout() -> None
     assert list(merged.recent.items()) == [("a", 1.0), ("b", 2.0), ("d", 1.0)]
 
 
+def test_a_login_keeps_the_known_users_arm_else_the_visitors() -> None:
+    """docs/experiments.md: the known user's arm wins where they have one; a visitor who signs up keeps theirs."""
+    anonymous = UserRecState(arms={"recs-v1": "control", "layout-v2": "b"})
+    known = UserRecState(arms={"recs-v1": "recs"})
+    merged = merge_rec_states(known, anonymous, RecConfig())
+    assert merged is not None and merged.arms == {"recs-v1": "recs", "layout-v2": "b"}
+    signed_up = merge_rec_states(None, anonymous, RecConfig())
+    assert signed_up is not None and signed_up.arms == anonymous.arms
+
+
 def test_affinity_merge_equals_adding_the_events_to_one_state() -> None:
     half_life = 7 * 24 * HOUR
     one, a, b = CategoryAffinity(), CategoryAffinity(), CategoryAffinity()

@@ -98,6 +98,21 @@ def test_a_clients_view_exposes_without_ranking() -> None:
     assert shard.states.get("u1").exposures[0].items == ("x", "y")  # type: ignore[union-attr]
 
 
+def test_the_arm_the_user_operator_remembers_wins_over_the_hash() -> None:
+    """A visitor who logged in keeps their arm: the user operator sends it with the request."""
+    shard = warmed_up()
+    shard.send("u1", "product_view", "a", T0 + 10_000)
+    hashed = arm_of(shard, "u1")
+    kept = next(arm.id for arm in EXPERIMENT.arms if arm.id != hashed)
+    state = shard.users["u1"]
+    event = Event("u1-x", "product_view", "u1", "u1", "", T0 + 10_001, "b", "books", 0.0, 1, "", "{}")
+    request = RecRequest("u1", event.event_id, event.ts, state.remember(event, CONFIG, "", ()), state, (),
+                         event=event, arm=(EXPERIMENT.id, kept))
+    step = shard.core.on_requests(shard.model, [request], shard.published, shard.states)
+    assert arm_of(shard, "u1") == kept
+    assert all(recs.arm == kept for recs in step.outputs if isinstance(recs, RecList))
+
+
 def test_a_forgotten_user_leaves_no_experiment_state() -> None:
     shard = warmed_up()
     shard.send("u1", "product_view", "a", T0 + 10_000)

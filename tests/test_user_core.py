@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from jobs.local_runner import LocalRunner
+from jobs.local_runner import LocalRunner, UserCells
 from jobs.pipeline import core_settings, local_core
 from operators.events import Event
 from operators.experiments.assignment import assign
@@ -18,9 +18,11 @@ from operators.experiments.serving import ExperimentPolicy
 from operators.features.config import FeatureConfig
 from operators.features.operator import FeatureOperator
 from operators.features.rfm import LocalPopulation
-from operators.user_core import StageErase, StageProfile, StageSegmentChange, Step, UserCore
+from operators.recs.user import UserRecState
+from operators.user_core import RECS_ROUTE, StageErase, StageProfile, StageSegmentChange, Step, UserCore
 from operators.validation import Limits, parse_event
 from personalize import settings as settings_module
+from state.codecs import encode_recs
 from tests.test_privacy_integration import MINUTE, T0, browsing, consent
 
 SETTINGS = settings_module.load(environ={})
@@ -89,3 +91,17 @@ def test_segment_changes_say_the_users_arm_while_an_experiment_runs() -> None:
                                                                                               StageSegmentChange)]
     assert changes and all(c["experiment"] == "recs-v1" for c in changes)
     assert all(c["arm"] == assign(b"k" * 32, experiment, c["user"]) for c in changes)
+    # The arm is remembered in the user's recommendation state (what a login merges), and a remembered
+    # arm wins over the hash: a visitor who signed up keeps theirs.
+    values = dict(runner.users())
+    assert all(values[user].get("recs").arms == {"recs-v1": assign(b"k" * 32, experiment, user)}
+               for user in ("ann", "bob"))
+    other = {"control": "recs", "recs": "control"}[assign(b"k" * 32, experiment, "eve")]
+    cell = runner.cells.setdefault("eve", UserCells())
+    cell["recs"].update(encode_recs(UserRecState(arms={"recs-v1": other})))
+    steps.clear()
+    for raw in browsing("eve", T0):
+        event = parsed(raw)
+        runner.event(event.user_key, event)
+    requests = [message for step in steps for route, _, message in step.sends if route == RECS_ROUTE]
+    assert requests and all(request.arm == ("recs-v1", other) for request in requests)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from operators.events import Event
-from operators.experiments.assignment import assign
+from operators.experiments.assignment import Assignment, assign
 from operators.experiments.attribution import Bounds, Counts, Delta, ExperimentState
 from operators.experiments.config import Arm, Experiment
 
@@ -64,22 +64,31 @@ class ExperimentPolicy:
             state.forget(self.kept)
         return state
 
-    def choose(self, state: ExperimentState, user_key: str) -> ArmChoice | None:
-        """The experiment deciding the user's list and their arm in it (remembered in ``state``); None: none runs."""
+    def choose(self, state: ExperimentState, user_key: str, remembered: tuple[str, str] | None = None
+               ) -> ArmChoice | None:
+        """The experiment deciding the user's list and their arm in it (kept in ``state``); None: none runs.
+        ``remembered``: (experiment, arm) the user operator holds for the user, which wins (a visitor who
+        logged in keeps their arm; :meth:`arm_of`)."""
         if not self.experiments:
             return None
         experiment = self.experiments[0]
+        if remembered is not None and remembered[0] == experiment.id and experiment.arm(remembered[1]) is not None:
+            current = state.assignments.get(experiment.id)
+            if current is None or current.arm != remembered[1]:
+                state.assignments[experiment.id] = Assignment(remembered[1])
         arm = experiment.arm(state.arm(experiment, user_key, self.secret))
         assert arm is not None  # an assignment is always one of the experiment's arms
         return ArmChoice(experiment, arm)
 
-    def assigned(self, user_key: str) -> tuple[str, str] | None:
-        """(experiment, arm) of the user in the experiment deciding lists, by the keyed hash alone: what
-        :meth:`choose` remembers, for outputs made where the user's experiment state is not (segment changes)."""
+    def arm_of(self, arms: Mapping[str, str], user_key: str) -> tuple[str, str] | None:
+        """(experiment, arm) of the user in the experiment deciding lists: the arm the user operator
+        remembers for them (``UserRecState.arms``, merged at a login: the known user's wins, else the
+        visitor's), else the keyed hash of the user key. None: no experiment runs."""
         if not self.experiments:
             return None
         experiment = self.experiments[0]
-        return experiment.id, assign(self.secret, experiment, user_key)
+        remembered = arms.get(experiment.id)
+        return experiment.id, remembered if remembered is not None else assign(self.secret, experiment, user_key)
 
     def on_event(self, state: ExperimentState, event: Event) -> list[Delta]:
         """A client's view exposes; a click, cart or purchase of an exposed item is attributed."""

@@ -228,7 +228,8 @@ def merge_rec_states(known: UserRecState | None, anonymous: UserRecState | None,
                      config: RecConfig) -> UserRecState | None:
     """The cart survives the login: carts unite (an item bought later, by either key, leaves it),
     purchases unite, the anonymous visitor's recent items come before the known user's (position
-    counts in queries), affinity adds decayed, an open checkout stays open unless a purchase followed."""
+    counts in queries), affinity adds decayed, an open checkout stays open unless a purchase followed.
+    Experiment arms: the known user's wins where they have one, else the visitor keeps theirs."""
     if anonymous is None:
         return known
     base = known or UserRecState()
@@ -246,7 +247,8 @@ def merge_rec_states(known: UserRecState | None, anonymous: UserRecState | None,
     return UserRecState(recent=recent, cart=cart, purchased=purchased,
                         affinity=merge_affinity(base.affinity, anonymous.affinity, config.affinity_half_life_ms,
                                                 config.max_categories),
-                        checkout_ts=checkout, reference_ts=max(base.reference_ts, anonymous.reference_ts))
+                        checkout_ts=checkout, reference_ts=max(base.reference_ts, anonymous.reference_ts),
+                        arms={**anonymous.arms, **base.arms})
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,8 @@ class RecRequest(NamedTuple):
     """The event itself, when experiments run: it may expose (a view) or convert (docs/experiments.md)."""
     rank: bool = True
     """False: the event cannot change the list (a client's ``recommendation_view``), only count."""
+    arm: tuple[str, str] | None = None
+    """(experiment, arm) the user operator remembers for the user (sticky through a login)."""
 
 
 class Published(NamedTuple):
@@ -207,7 +209,7 @@ class RecommenderCore:
     def _rank(self, server: RecommendationServer, request: RecRequest, published: UserTable[Published],
               state: ExperimentState | None, step: RecStep) -> None:
         user, policy = request.user_key, self.experiments
-        choice = policy.choose(state, user) if policy is not None and state is not None else None
+        choice = policy.choose(state, user, request.arm) if policy is not None and state is not None else None
         stored = published.get(user)
         recs = server.handle(request, Published(*stored) if stored is not None else None,
                              choice.weights(self.config.weights) if choice is not None else None)

@@ -29,6 +29,9 @@ class UserRecState:
     """Time of an open ``checkout_start`` (0: none); a purchase closes it."""
     reference_ts: int = 0
     """Newest event time seen."""
+    arms: dict[str, str] = field(default_factory=dict)
+    """The user's arm per experiment, remembered when first needed, so it survives a login (identity
+    stitching merges it: docs/experiments.md)."""
 
     def remember(self, event: Event, config: RecConfig, category: str = "",
                  segments: tuple[str, ...] = ()) -> Interaction | None:
