@@ -634,6 +634,8 @@ class RecommenderSettings:
     secret: SecretSource
     """The assignment key (the job's secret), resolved on the worker."""
     deadletter_topic: str
+    redact_deadletters: bool
+    """Redact the dead letters of control records (``privacy.redact_deadletters``), as the user operator does."""
 
 
 class CodedTable:
@@ -685,17 +687,15 @@ class RecommenderFunction(KeyedBroadcastProcessFunction):
         """An experiment command applies (kept in broadcast state for a restore), or (one instance for all) is
         dead-lettered and changes nothing. Rule commands are the user operator's."""
         payload = value[0]
-        try:
-            document = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return  # not an experiment command: the user operator reports it
-        if not is_experiment_command(document):
-            return
+        if not is_experiment_command(_document(payload)):
+            return  # a rule command, or not JSON: the user operator applies or reports it
         try:
             self.experiments.apply(payload, ctx)
         except ExperimentError as exc:
             if self.subtask == 0:
                 key, letter = dead_letter(Rejection(INVALID_EXPERIMENT, str(exc)), payload, *value[1:])
+                if self.settings.redact_deadletters:
+                    letter = Redactor().dead_letter(letter)
                 yield Row(key, letter, self.settings.deadletter_topic)
 
     def process_element(self, row: Row, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:

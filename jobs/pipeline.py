@@ -434,7 +434,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         recommender = RecommenderSettings(recs, topics.recommendations.name, settings.recommendations.redis_ttl_s,
                                           job.state_ttl_ms, io.redis, settings.redis.flush_interval_ms,
                                           job.model_state_write_ms, experiments, experiment_bounds(settings),
-                                          secret, topics.deadletter.name)
+                                          secret, topics.deadletter.name, settings.privacy.redact_deadletters)
         # The control topic's experiment commands reach the recommender too: experiments may start at run time.
         lists = (
             routed(t_env, users, RECS_ROUTE)

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from jobs.local_runner import Table
 from operators.events import Event
-from operators.experiments.assignment import Assignment
+from operators.experiments.assignment import Assignment, assign
 from operators.experiments.attribution import Bounds, Counts, ExperimentState, Exposure
 from operators.experiments.config import PAUSED, Entry, entry_from_json, parse_experiment
 from operators.experiments.serving import ExperimentPolicy, by_experiment
@@ -111,6 +111,15 @@ def test_the_arm_the_user_operator_remembers_wins_over_the_hash() -> None:
     step = shard.core.on_requests(shard.model, [request], shard.published, shard.states)
     assert arm_of(shard, "u1") == kept
     assert all(recs.arm == kept for recs in step.outputs if isinstance(recs, RecList))
+    # A client's view on a key the recommender has not seen counts in the remembered arm too.
+    view = Event("u9-v", "recommendation_view", "u9", "u9", "", T0 + 10_002, "", "", 0.0, 1, "",
+                 '{"properties": {"items": ["a"]}}')
+    hashed_u9 = assign(SECRET, EXPERIMENT, "u9")
+    other = next(arm.id for arm in EXPERIMENT.arms if arm.id != hashed_u9)
+    request = RecRequest("u9", view.event_id, view.ts, None, UserRecState(), (), event=view, rank=False,
+                         arm=(EXPERIMENT.id, other))
+    step = shard.core.on_requests(shard.model, [request], shard.published, shard.states)
+    assert step.deltas == [(EXPERIMENT.id, other, Counts(exposures=1, exposed_users=1))]
 
 
 def test_a_forgotten_user_leaves_no_experiment_state() -> None:

@@ -58,24 +58,24 @@ class ExperimentPolicy:
         self.kept = frozenset(self.by_id) if kept is None else kept
         """Experiments not stopped (active or paused): a user's state keeps only theirs."""
 
-    def tidy(self, state: ExperimentState) -> ExperimentState:
-        """``state`` without what it holds of stopped experiments (their arms are never needed again)."""
+    def tidy(self, state: ExperimentState, remembered: tuple[str, str] | None = None) -> ExperimentState:
+        """``state`` without what it holds of stopped experiments (their arms are never needed again), and
+        with the arm the user operator remembers for the user (``remembered``: experiment, arm), which wins
+        over the hash: a visitor who logged in keeps their arm (:meth:`arm_of`)."""
         if state.assignments.keys() - self.kept:
             state.forget(self.kept)
+        experiment = self.by_id.get(remembered[0]) if remembered is not None else None
+        if remembered is not None and experiment is not None and experiment.arm(remembered[1]) is not None:
+            current = state.assignments.get(experiment.id)
+            if current is None or current.arm != remembered[1]:  # another arm's counters start afresh
+                state.assignments[experiment.id] = Assignment(remembered[1])
         return state
 
-    def choose(self, state: ExperimentState, user_key: str, remembered: tuple[str, str] | None = None
-               ) -> ArmChoice | None:
-        """The experiment deciding the user's list and their arm in it (kept in ``state``); None: none runs.
-        ``remembered``: (experiment, arm) the user operator holds for the user, which wins (a visitor who
-        logged in keeps their arm; :meth:`arm_of`)."""
+    def choose(self, state: ExperimentState, user_key: str) -> ArmChoice | None:
+        """The experiment deciding the user's list and their arm in it (kept in ``state``); None: none runs."""
         if not self.experiments:
             return None
         experiment = self.experiments[0]
-        if remembered is not None and remembered[0] == experiment.id and experiment.arm(remembered[1]) is not None:
-            current = state.assignments.get(experiment.id)
-            if current is None or current.arm != remembered[1]:
-                state.assignments[experiment.id] = Assignment(remembered[1])
         arm = experiment.arm(state.arm(experiment, user_key, self.secret))
         assert arm is not None  # an assignment is always one of the experiment's arms
         return ArmChoice(experiment, arm)

@@ -195,7 +195,7 @@ class RecommenderCore:
                 continue
             state = None
             if policy is not None:
-                state = policy.tidy(experiments.get(user) or ExperimentState())
+                state = policy.tidy(experiments.get(user) or ExperimentState(), request.arm)
                 if request.event is not None:
                     step.deltas += policy.on_event(state, request.event)
             if last.get(user) != index:  # a later request of the user in this list ranks for both
@@ -209,7 +209,7 @@ class RecommenderCore:
     def _rank(self, server: RecommendationServer, request: RecRequest, published: UserTable[Published],
               state: ExperimentState | None, step: RecStep) -> None:
         user, policy = request.user_key, self.experiments
-        choice = policy.choose(state, user, request.arm) if policy is not None and state is not None else None
+        choice = policy.choose(state, user) if policy is not None and state is not None else None
         stored = published.get(user)
         recs = server.handle(request, Published(*stored) if stored is not None else None,
                              choice.weights(self.config.weights) if choice is not None else None)
