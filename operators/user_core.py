@@ -345,7 +345,8 @@ class UserCore:
                                  settings.profile.dedup_max_ids,
                                  settings.models.intent_max_pending if settings.models else 16)
             known = UserStates(**{name: values.get(name) for name in USER_VALUES})
-            merged = merger.merge(known, values.decoded(handover.states), self._counter_base(values))
+            visitor = values.decoded(handover.states)
+            merged = merger.merge(known, visitor, self._counter_base(values))
             for name in USER_VALUES:
                 value = getattr(merged, name)
                 if value is None:
@@ -356,7 +357,20 @@ class UserCore:
             carried = tuple(name for name in USER_VALUES if name in handover.states)
             key, record = merge_record(handover, carried)
             step.records.append(Record(key, record, identity_settings.merges_topic))
+            self._count_crossovers(step, handover.target, known.recs, visitor.recs, merged.recs, handover.identify)
         return handover.identify
+
+    def _count_crossovers(self, step: Step, user_key: str, known: UserRecState | None, visitor: UserRecState | None,
+                          merged: UserRecState | None, identify: Event) -> None:
+        """Experiments in which the visitor had another arm than the known user's, which won: a crossover each,
+        counted in the known user's arm (docs/experiments.md; contamination to watch, expected small)."""
+        if known is None or visitor is None or merged is None or self.settings.recs is None:
+            return
+        crossed = tuple((experiment, arm) for experiment, arm in sorted(known.arms.items())
+                        if visitor.arms.get(experiment, arm) != arm)
+        if crossed:
+            self._rec_request(step, RecRequest(user_key, identify.event_id, identify.ts, None, merged,
+                                               self.segments_now, rank=False, crossed=crossed))
 
     def _cascaded_erasure(self, values: UserValues, step: Step, event: Event, key: str) -> None:
         """A related key (alias target or linked anonymous key) was erased: the same person, so this

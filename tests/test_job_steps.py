@@ -18,8 +18,11 @@ from jobs.adapters import (
     learn_interaction,
     learn_training_input,
 )
-from jobs.local_runner import UserCells
+from jobs.local_runner import Table, UserCells
 from operators.events import Event
+from operators.experiments.attribution import Bounds, Counts
+from operators.experiments.config import parse_experiment
+from operators.experiments.serving import ExperimentPolicy
 from operators.features.config import FeatureConfig
 from operators.features.operator import FeatureOperator, FeatureVector
 from operators.features.rfm import LocalPopulation
@@ -29,11 +32,12 @@ from operators.models.user import TrainingInput, UserModels, UserModelState
 from operators.privacy.identity import Handover
 from operators.profile import ProfileOperator, ProfileUpdate
 from operators.recs.config import RecConfig
-from operators.recs.serving import Published, RecommendationServer, RecRequest
+from operators.recs.model import ItemModel
+from operators.recs.serving import Published, RecommendationServer, RecommenderCore, RecRequest
 from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleCatalog
 from operators.rules.engine import RuleState, SegmentEngine
-from operators.user_core import CoreSettings, IdentitySettings, Step, UserCore
+from operators.user_core import RECS_ROUTE, CoreSettings, IdentitySettings, Step, UserCore
 from personalize import settings as settings_module
 from state.codecs import (
     HALF_MAX,
@@ -426,3 +430,26 @@ def test_a_redelivered_handover_merges_once() -> None:
     core._merge(values, again, anonymous_handover(4))  # the same anonymous key: skipped
     values.store()
     assert again.records == [] and cells["profile"].value() == merged
+
+
+def test_a_visitor_from_another_arm_counts_a_crossover_in_the_known_users_arm() -> None:
+    """docs/experiments.md: the known user's arm wins; the visitor's other arm is a crossover, counted there."""
+    identity = IdentitySettings("identity.handover", "identity.merges", 16)
+    settings = CoreSettings(profile=ProfileOperator(), features=FeatureConfig(), features_enabled=True, topics={},
+                            allowed_lateness_ms=0, identity=identity, recs=RecConfig(), experiments=True)
+    core, cells = UserCore(settings, FeatureOperator(FeatureConfig(), LocalPopulation())), UserCells()
+    cells["recs"].update(encode_recs(UserRecState(arms={"recs-v1": "recs", "old": "a"})))
+    handover = anonymous_handover(2)
+    visitor = UserRecState(arms={"recs-v1": "control", "old": "a", "other": "b"})
+    handover = replace(handover, states={**handover.states, "recs": encode_recs(visitor)})
+    step, values = Step(), StoredValues(cells)
+    core._merge(values, step, handover)
+    values.store()
+    assert decode_recs(cells["recs"].value() or b"").arms == {"recs-v1": "recs", "old": "a", "other": "b"}
+    requests = [message for route, _, message in step.sends if route == RECS_ROUTE]
+    assert [request.crossed for request in requests] == [(("recs-v1", "recs"),)]
+    experiment = parse_experiment({"id": "recs-v1", "control": "control", "conversion_window": "1d", "arms": [
+        {"id": "control", "weight": 1, "treatment": "none"}, {"id": "recs", "weight": 1, "treatment": "personalized"}]})
+    shard = RecommenderCore(RecConfig(), ExperimentPolicy((experiment,), b"k" * 32, Bounds()))
+    counted = shard.on_requests(ItemModel(), requests, Table(), Table())
+    assert counted.deltas == [("recs-v1", "recs", Counts(crossovers=1))] and not counted.outputs

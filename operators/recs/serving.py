@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from operators.events import Event
-from operators.experiments.attribution import Delta, ExperimentState
+from operators.experiments.attribution import Counts, Delta, ExperimentState
 from operators.experiments.serving import ExperimentPolicy
 from operators.jsontext import sorted_json
 from operators.recs.config import RecConfig
@@ -51,6 +51,8 @@ class RecRequest(NamedTuple):
     """False: the event cannot change the list (a client's ``recommendation_view``), only count."""
     arm: tuple[str, str] | None = None
     """(experiment, arm) the user operator remembers for the user (sticky through a login)."""
+    crossed: tuple[tuple[str, str], ...] = ()
+    """(experiment, the user's arm) where a login merged in a visitor who had another arm: a crossover each."""
 
 
 class Published(NamedTuple):
@@ -198,6 +200,8 @@ class RecommenderCore:
                 state = policy.tidy(experiments.get(user) or ExperimentState(), request.arm)
                 if request.event is not None:
                     step.deltas += policy.on_event(state, request.event)
+                step.deltas += [(experiment, arm, Counts(crossovers=1)) for experiment, arm in request.crossed
+                                if experiment in policy.by_id]
             if last.get(user) != index:  # a later request of the user in this list ranks for both
                 server.learn(request)
             else:
