@@ -49,7 +49,7 @@ from operators.privacy.erasure import ErasureSettings
 from operators.privacy.identity import (
     routing_key,
 )
-from operators.privacy.pii import PiiHasher, Redactor, pseudonymize_event
+from operators.privacy.pii import PiiHasher, Redactor, SecretError, pseudonymize_event
 from operators.recs.config import RecConfig
 from operators.recs.model import ItemModel
 from operators.recs.serving import Forget, RecommendationServer, RecommenderCore
@@ -328,7 +328,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.flush_timer_set = False
         self.catalog: RuleCatalog | None = None
         self.engine: SegmentEngine | None = None
-        self.experiments = ExperimentsInUse(ops.experiments, ops.secret.resolve(), ops.experiment_bounds) \
+        self.experiments = ExperimentsInUse(ops.experiments, ops.secret, ops.experiment_bounds) \
             if ops.core.recs is not None and ops.secret is not None else None
 
     def _user_state(self, runtime_context: RuntimeContext, descriptor: ValueStateDescriptor) -> Any:
@@ -589,10 +589,12 @@ class ExperimentsInUse:
     """The experiments a job instance uses: the configured ones, then the control topic's commands, kept in
     the operator's broadcast state for a restore (the user operator and the recommender each keep theirs)."""
 
-    def __init__(self, configured: tuple[Experiment, ...], secret: bytes, bounds: Bounds) -> None:
+    def __init__(self, configured: tuple[Experiment, ...], secret: SecretSource, bounds: Bounds) -> None:
         self.configured, self.secret, self.bounds = configured, secret, bounds
         self.catalog: ExperimentCatalog | None = None
         self.policy: ExperimentPolicy | None = None
+        self.key: bytes | None = None
+        """The assignment key, resolved when an experiment first runs (a job without one needs no secret)."""
 
     def load(self, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> ExperimentPolicy | None:
         """The active experiments as a policy (None: none runs); read from broadcast state at the first call."""
@@ -607,6 +609,10 @@ class ExperimentsInUse:
         """Apply an experiment command; raises :class:`ExperimentError` (changing nothing) when it cannot."""
         self.load(ctx)
         assert self.catalog is not None
+        try:
+            self._key()
+        except SecretError as exc:  # checked at start only when the settings define experiments
+            raise ExperimentError(f"experiments need the job's secret (the assignment key): {exc}") from None
         entry = self.catalog.apply(parse_experiment_command(payload))
         ctx.get_broadcast_state(EXPERIMENT_CATALOG).put(entry.experiment.id, entry.to_json())
         self._use(self.catalog)
@@ -614,7 +620,12 @@ class ExperimentsInUse:
     def _use(self, catalog: ExperimentCatalog) -> None:
         active = catalog.active()
         kept = frozenset(i for i, entry in catalog.entries.items() if entry.status != STOPPED)
-        self.policy = ExperimentPolicy(active, self.secret, self.bounds, kept) if active else None
+        self.policy = ExperimentPolicy(active, self._key(), self.bounds, kept) if active else None
+
+    def _key(self) -> bytes:
+        if self.key is None:
+            self.key = self.secret.resolve()
+        return self.key
 
 
 @dataclass(frozen=True)
@@ -673,8 +684,7 @@ class RecommenderFunction(KeyedBroadcastProcessFunction):
             runtime_context.get_map_state(experiment_state(self.settings.state_ttl_ms)),
             encode_experiments, decode_experiments)
         self.core = RecommenderCore(config)
-        self.experiments = ExperimentsInUse(self.settings.experiments, self.settings.secret.resolve(),
-                                            self.settings.bounds)
+        self.experiments = ExperimentsInUse(self.settings.experiments, self.settings.secret, self.settings.bounds)
         self.subtask = subtask_index(runtime_context)
         self.sink = self.settings.redis()
         self.flush_timer_set = False

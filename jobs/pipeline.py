@@ -145,10 +145,11 @@ def secret_location(settings: Settings) -> SecretSource:
 
 def secret_source(settings: Settings) -> SecretSource:
     """Where workers find the job's secret (pseudonyms, erasure confirmations, the signatures of model
-    snapshots); checked here, so a missing secret stops the job at start."""
+    snapshots, the experiments' assignment key); checked here, so a missing secret stops the job at start."""
     privacy = settings.privacy
     source = secret_location(settings)
-    if privacy.enabled or privacy.hash_identifiers or model_config(settings) is not None:
+    if privacy.enabled or privacy.hash_identifiers or model_config(settings) is not None \
+            or settings.experiments.definitions:
         try:
             source.resolve()
         except SecretError as exc:

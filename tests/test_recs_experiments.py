@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from jobs.local_runner import Table
+from jobs.pipeline import experiment_definitions, secret_source
 from operators.events import Event
 from operators.experiments.assignment import Assignment, assign
 from operators.experiments.attribution import Bounds, Counts, ExperimentState, Exposure
@@ -15,6 +20,8 @@ from operators.recs.config import RecConfig
 from operators.recs.model import ItemModel
 from operators.recs.serving import Forget, Published, RecList, RecommenderCore, RecRequest, RecStep
 from operators.recs.user import UserRecState
+from personalize import settings as settings_module
+from personalize.settings import SettingsError
 from state.codecs import decode_arm_counts, decode_experiments, encode_arm_counts, encode_experiments
 from tests.test_experiments import SECRET, definition
 
@@ -174,3 +181,19 @@ def test_a_users_state_keeps_nothing_of_a_stopped_experiment() -> None:
 def test_a_catalog_entry_round_trips_through_broadcast_state() -> None:
     entry = Entry(EXPERIMENT, PAUSED)
     assert entry_from_json(entry.to_json()) == entry
+
+
+def test_experiments_need_the_secret_and_recommendations_at_start(tmp_path: Path) -> None:
+    base = settings_module.load(environ={})
+    settings = replace(base, stack=replace(base.stack, run_dir=str(tmp_path)),
+                       privacy=replace(base.privacy, enabled=False, hash_identifiers=False, secret="",
+                                       secret_env="P13N_NO_SUCH_VARIABLE", secret_file=""),
+                       models=replace(base.models, enabled=False))
+    secret_source(settings)  # nothing needs it yet
+    running = replace(settings, experiments=replace(settings.experiments, definitions=(EXPERIMENT.definition(),)))
+    with pytest.raises(SettingsError, match="secret"):
+        secret_source(running)
+    off = replace(running, recommendations=replace(running.recommendations, enabled=False))
+    with pytest.raises(SettingsError, match="recommendations"):
+        experiment_definitions(off)
+    assert experiment_definitions(running) == (EXPERIMENT,)
