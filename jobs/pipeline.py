@@ -206,7 +206,7 @@ def core_settings(settings: Settings, stitching: bool = False) -> CoreSettings:
                 "models": topics.models.name},
         allowed_lateness_ms=settings.features.allowed_lateness_ms, models=model_config(settings),
         recs=recommendation_config(settings), rec_shards=settings.recommendations.shards, consent=consent,
-        identity=identity, experiments=settings.recommendations.enabled)
+        identity=identity)
 
 
 def local_core(settings: Settings) -> UserCore:

@@ -167,9 +167,6 @@ class CoreSettings:
     consent: ConsentPolicy | None = None
     """Consent and erasure; None: every event is personalized."""
     identity: IdentitySettings | None = None
-    experiments: bool = False
-    """Experiments may run (configured, or started by a command at any time): the recommender gets each
-    request's event, and clients' recommendation views."""
 
 
 def retention_due(features: UserFeatures, config: FeatureConfig) -> int:
@@ -207,7 +204,9 @@ class UserCore:
         self.scorer = ModelScorer()
         self.engine: SegmentEngine | None = None
         self.experiments: ExperimentPolicy | None = None
-        """The experiments in use (the caller loads them from broadcast state): segment changes say the arm."""
+        """The experiments in use (the caller loads them from broadcast state). While one runs, the
+        recommender gets each request's event and clients' recommendation views, and segment changes say
+        the arm."""
         self.segments_now: tuple[str, ...] = ()
         """The user's segments after the latest rule step (what the recommender's trending lists use)."""
 
@@ -475,7 +474,7 @@ class UserCore:
     def _recommend(self, values: UserValues, step: Step, event: Event, seq_base: int) -> None:
         """Update the user's recommendation state; ask the recommender for a list when it may change
         (``seq_base``: the user's counter base, read off the profile ``seq``)."""
-        config, experiments = self.settings.recs, self.settings.experiments
+        config, experiments = self.settings.recs, self.experiments is not None
         assert config is not None
         if event.type not in config.event_weights and event.type not in LIST_EVENTS:
             if experiments and event.type == VIEW_TYPE:  # counts as an exposure, changes no list

@@ -436,7 +436,7 @@ def test_a_visitor_from_another_arm_counts_a_crossover_in_the_known_users_arm() 
     """docs/experiments.md: the known user's arm wins; the visitor's other arm is a crossover, counted there."""
     identity = IdentitySettings("identity.handover", "identity.merges", 16)
     settings = CoreSettings(profile=ProfileOperator(), features=FeatureConfig(), features_enabled=True, topics={},
-                            allowed_lateness_ms=0, identity=identity, recs=RecConfig(), experiments=True)
+                            allowed_lateness_ms=0, identity=identity, recs=RecConfig())
     core, cells = UserCore(settings, FeatureOperator(FeatureConfig(), LocalPopulation())), UserCells()
     cells["recs"].update(encode_recs(UserRecState(arms={"recs-v1": "recs", "old": "a"})))
     handover = anonymous_handover(2)
