@@ -26,7 +26,7 @@ from connectors.kafka import OUTPUT_TYPE
 from connectors.pii_secret import SecretSource
 from connectors.redis_keys import USER_KEYS
 from connectors.redis_writer import DeadLetterCounter, UserStateSink
-from jobs.metrics import LabelledCounter, redis_gauges
+from jobs.metrics import JobMetrics, redis_readings
 from operators.deadletter import dead_letter
 from operators.events import Event
 from operators.experiments.attribution import Bounds
@@ -170,15 +170,16 @@ class ParseEvents(ProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.counter = self.counter_factory() if self.counter_factory is not None else None
-        metrics = runtime_context.get_metrics_group()
-        self.events_in = LabelledCounter(metrics, "events_in", "event_type")
-        self.dead_letters = LabelledCounter(metrics, "dead_letters", "reason")
+        self.metrics = metrics = JobMetrics(runtime_context.get_metrics_group())
+        self.events_in = metrics.labelled("events_in", "event_type")
+        self.dead_letters = metrics.labelled("dead_letters", "reason")
         privacy = self.privacy
         self.hasher = PiiHasher(privacy.secret.resolve()) if privacy and privacy.hash_identifiers else None
         self.redactor = Redactor(self.hasher) if privacy and privacy.redact_deadletters else None
         self.internal_signer = internal_signer(privacy.secret.resolve()) if privacy and privacy.internal_topic else None
 
     def process_element(self, value: Row, ctx: ProcessFunction.Context) -> Iterator[Any]:
+        self.metrics.tick()
         payload, topic, partition, offset, record_ts = value
         result: Event | tuple[Event, ...] | Rejection
         if self.internal_signer is not None and self.privacy is not None and topic == self.privacy.internal_topic:
@@ -213,6 +214,7 @@ class ParseEvents(ProcessFunction):
         return Row(shard_of(key, sharding.shards), orjson.dumps((key, *event)).decode())
 
     def close(self) -> None:
+        close_function(self)
         counter = getattr(self, "counter", None)
         if counter is not None:
             counter.close()
@@ -296,7 +298,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.value_states = {slot.name: self._user_state(runtime_context, user_value(slot, ops.state_ttl_ms))
                              for slot in USER_SLOTS}
         """The user's values by logical name (``state/slots.py``), as the core reads and writes them."""
-        metrics = runtime_context.get_metrics_group()
+        self.metrics = metrics = JobMetrics(runtime_context.get_metrics_group())
         privacy = ops.privacy
         erasure: ErasureSettings | None = None
         internal: Callable[[Event], bytes] | None = None
@@ -320,10 +322,10 @@ class UserFunction(KeyedBroadcastProcessFunction):
         self.invalid_snapshots = metrics.counter("invalid_snapshots")
         self.redactor = Redactor() if ops.redact_deadletters else None
         self.sink = ops.redis()
-        redis_gauges(metrics, self.sink)
-        self.dead_letters = LabelledCounter(metrics, "dead_letters", "reason")
-        self.segment_entries = LabelledCounter(metrics, "segment_entries", "segment")
-        self.segment_exits = LabelledCounter(metrics, "segment_exits", "segment")
+        redis_readings(metrics, self.sink)
+        self.dead_letters = metrics.labelled("dead_letters", "reason")
+        self.segment_entries = metrics.labelled("segment_entries", "segment")
+        self.segment_exits = metrics.labelled("segment_exits", "segment")
         self.late_events = metrics.counter("late_events")
         self.flush_timer_set = False
         self.catalog: RuleCatalog | None = None
@@ -432,6 +434,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self.flush_timer_set = False
             self.sink.flush()
+            self.metrics.tick()
             return
         timers = ctx.timer_service()
         if timers.current_watermark() >= END_OF_INPUT_WATERMARK:
@@ -486,6 +489,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         # Flush a quiet stream's tail too: what event time changed (a closed session's vector, expiries,
         # dormancy) reaches Redis even when no event follows.
         flush_later(self, timers, self.operators.flush_interval_ms)
+        self.metrics.tick()
 
     def _send(self, route: str, receiver: str, message: Any) -> Iterator[Row]:
         """An internal record for the trainer or a recommender shard (``receiver``): one per message here;
@@ -493,7 +497,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
         yield Row(receiver.encode("utf-8"), pickle.dumps(message), route)
 
     def close(self) -> None:
-        close_sink(self)
+        close_function(self)
 
 
 class GlobalObject:
@@ -688,8 +692,8 @@ class RecommenderFunction(KeyedBroadcastProcessFunction):
         self.subtask = subtask_index(runtime_context)
         self.sink = self.settings.redis()
         self.flush_timer_set = False
-        metrics = runtime_context.get_metrics_group()
-        redis_gauges(metrics, self.sink)
+        self.metrics = metrics = JobMetrics(runtime_context.get_metrics_group())
+        redis_readings(metrics, self.sink)
         self.rec_lists = metrics.counter("rec_lists")
         self.shadow_lists = metrics.counter("rec_shadow_lists")
 
@@ -736,16 +740,18 @@ class RecommenderFunction(KeyedBroadcastProcessFunction):
         if step.interactions:
             self.models.changed(shard, ctx.timer_service(), pickle.dumps(step.interactions))
         flush_later(self, ctx.timer_service(), settings.flush_interval_ms)
+        self.metrics.tick()
 
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:
         """The Redis flush timer, or a shard's model write timer."""
         self.models.on_timer(ctx.get_current_key(), timestamp)
         self.flush_timer_set = False
         self.sink.flush()
+        self.metrics.tick()
         return iter(())
 
     def close(self) -> None:
-        close_sink(self)
+        close_function(self)
 
 
 @dataclass(frozen=True)
@@ -775,11 +781,11 @@ class ModelTrainerFunction(KeyedProcessFunction):
         self.signer = snapshot_signer(self.settings.secret.resolve())
         self.end_timer_set = False
         self.quality: dict[str, float] = {}
-        metrics = runtime_context.get_metrics_group()
-        redis_gauges(metrics, self.sink)
-        metrics.gauge("model_version", lambda: int(self.quality.get("version", 0)))
-        metrics.gauge("intent_auc_permille", lambda: int(1000 * self.quality.get("intent_auc", 0.0)))
-        metrics.gauge("intent_log_loss_permille", lambda: int(1000 * self.quality.get("intent_log_loss", 0.0)))
+        self.metrics = metrics = JobMetrics(runtime_context.get_metrics_group())
+        redis_readings(metrics, self.sink)
+        metrics.reading("model_version", lambda: int(self.quality.get("version", 0)))
+        metrics.reading("intent_auc_permille", lambda: int(1000 * self.quality.get("intent_auc", 0.0)))
+        metrics.reading("intent_log_loss_permille", lambda: int(1000 * self.quality.get("intent_log_loss", 0.0)))
 
     def process_element(self, row: Row, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
         topics = self.settings.topics
@@ -800,11 +806,13 @@ class ModelTrainerFunction(KeyedProcessFunction):
         if not self.end_timer_set:  # deduplicated by Flink, and kept in state across a restore
             ctx.timer_service().register_event_time_timer(END_OF_INPUT_WATERMARK)
             self.end_timer_set = True
+        self.metrics.tick()
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         """A state write timer, or the end of a bounded input: publish what was learned since the last snapshot."""
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self.trainers.on_timer(ctx.get_current_key(), timestamp)
+            self.metrics.tick()
             return
         trainer: ModelTrainer = self.trainers.get(TRAINER_KEY)
         snapshot = trainer.maybe_snapshot(final=True)
@@ -820,7 +828,7 @@ class ModelTrainerFunction(KeyedProcessFunction):
         return Row(b"models", encode_snapshot(snapshot, self.signer), self.settings.topics["models"])
 
     def close(self) -> None:
-        close_sink(self)
+        close_function(self)
 
 
 def flush_later(function: Any, timers: TimerService, interval_ms: int) -> None:
@@ -833,7 +841,12 @@ def flush_later(function: Any, timers: TimerService, interval_ms: int) -> None:
         function.flush_timer_set = True
 
 
-def close_sink(function: Any) -> None:
-    sink = getattr(function, "sink", None)  # absent when open() failed: keep that error visible
+def close_function(function: Any) -> None:
+    """Push the function's last counts and close its Redis sink (either may be absent when ``open`` failed:
+    keep that error visible)."""
+    metrics = getattr(function, "metrics", None)
+    if metrics is not None:
+        metrics.push()
+    sink = getattr(function, "sink", None)
     if sink is not None:
         sink.close()

@@ -18,7 +18,7 @@ from pyflink.common import Row
 from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
 
 from connectors.redis_writer import UserStateSink
-from jobs.adapters import END_OF_INPUT_WATERMARK, close_sink
+from jobs.adapters import END_OF_INPUT_WATERMARK, close_function
 from operators.experiments.attribution import Counts
 from operators.experiments.config import Experiment
 from operators.experiments.stats import arm_metrics, metrics_record
@@ -77,4 +77,4 @@ class ExperimentMetricsFunction(KeyedProcessFunction):
         yield Row(experiment.id.encode("utf-8"), record, self.settings.topic)
 
     def close(self) -> None:
-        close_sink(self)
+        close_function(self)

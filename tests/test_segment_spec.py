@@ -433,6 +433,7 @@ def test_the_parse_operator_maps_the_tracking_topic_and_dead_letters_the_rest() 
     assert (tag, letter[0], letter[2]) == (DEAD_LETTERS, b"events.tracking:0:9", "dlq")
     assert record["reason"] == UNMAPPED_SPEC_EVENT
     assert "peter@example.com" not in letter[1].decode() and "traits.email" in record["redacted"]
+    parse_op.close()  # pushes its counts to Flink's counters
     assert metrics.read() == {("reason", "missing_field", "dead_letters"): 1,
                               ("reason", UNMAPPED_SPEC_EVENT, "dead_letters"): 1,
                               ("event_type", "purchase", "events_in"): 2}
