@@ -162,7 +162,7 @@ class Suite:
         self.records: list[GeneratedRecord] = []
         self.step = 0
         chosen = set(stages)
-        self.total_steps = (bool(chosen & {"pure", "state"}) + 2 * ("trivial" in chosen)
+        self.total_steps = (2 * bool(chosen & {"pure", "state"}) + 2 * ("trivial" in chosen)
                             + 3 * bool(chosen & {"full", "state"}) + ("per_record" in chosen) + ("latency" in chosen)
                             + 2 * ("cluster" in chosen))
 
@@ -190,7 +190,11 @@ class Suite:
             self.stage("pure logic in a Python loop")
             pure = replay(self.records, settings)
             say(f"      {pure['events_per_s']:,} events/s")
+            self.stage("pure logic in a Python loop, values decoded and encoded per call (no cache)")
+            uncached = replay(self.records, settings, cached=False)
+            say(f"      {uncached['events_per_s']:,} events/s")
             result["pure"] = {key: value for key, value in pure.items() if key != "state_bytes"}
+            result["pure"]["uncached"] = {key: uncached[key] for key in ("events_per_s", "us_per_event")}
             result["state"] = {"keyed_bytes_per_user": pure["state_bytes"]}
         if {"trivial", "full", "latency", "state", "cluster"} & set(self.stages):
             stack.require_java()
@@ -539,6 +543,8 @@ def summary(result: dict[str, Any]) -> str:
     lines = [f"== personalize bench: {result['events']:,} events, {result['date']}, {result['commit']} =="]
     if "pure" in result:
         lines.append(f"pure logic (Python loop)        {result['pure']['events_per_s']:>8,} events/s")
+        if "uncached" in result["pure"]:
+            lines.append(f"  without the value cache       {result['pure']['uncached']['events_per_s']:>8,} events/s")
     for label in ("trivial", "full", "per_record", "cluster"):
         for p, run_ in result.get(label, {}).items():
             lines.append(f"{label + ' job ' + p:<31} {run_['events_per_s']:>8,} events/s "

@@ -279,6 +279,8 @@ class UserOperators:
     experiments: tuple[Experiment, ...] = ()
     """The configured experiments: segment changes say the user's arm (commands change them at run time)."""
     experiment_bounds: Bounds = field(default_factory=Bounds)
+    cache_users: int = 0
+    """The micro-batched operator's decoded-value cache: users kept beyond those with unwritten changes."""
 
 
 class UserFunction(KeyedBroadcastProcessFunction):
@@ -571,9 +573,12 @@ def _document(payload: bytes | None) -> Any:
 
 
 def messages(payload: bytes) -> list[Any]:
-    """The messages of an internal record: one (per-event user operator) or a list (micro-batched)."""
+    """The messages of an internal record: one (per-event user operator), or a list of them (a model's
+    log) or of each one pickled (micro-batched: pickled when sent)."""
     message = pickle.loads(payload)
-    return message if isinstance(message, list) else [message]
+    if not isinstance(message, list):
+        return [message]
+    return [pickle.loads(item) if isinstance(item, bytes) else item for item in message]
 
 
 def learn_interaction(config: RecConfig, model: ItemModel, entry: bytes) -> None:

@@ -3,6 +3,10 @@ without Flink. Values live in dicts (stored as the job stores them, through ``st
 in a heap, and event time advances with the events: a user's wake-up fires once the watermark (the
 newest event time less the allowed out-of-orderness) has passed it, before the next event is applied.
 
+With a :class:`ValueCache` it keeps decoded values between calls as the micro-batched operator does,
+writing an event's changes back every ``write_back_every`` events (the job: before each checkpoint) and a
+wake-up's at its end.
+
 Benchmarks, offline evaluation and tests use it, so the sequence of steps exists once, in the core.
 """
 
@@ -14,6 +18,7 @@ from typing import TypeVar
 
 from operators.events import Event
 from operators.user_core import Step, UserCore
+from state.cache import ValueCache
 from state.slots import StoredValues
 
 
@@ -63,8 +68,12 @@ StepHandler = Callable[[str, Step], None]
 class LocalRunner:
     """Feeds events to the core in order, and wakes users at their wake-up times as the watermark passes."""
 
-    def __init__(self, core: UserCore, out_of_orderness_ms: int = 0, on_step: StepHandler | None = None) -> None:
+    def __init__(self, core: UserCore, out_of_orderness_ms: int = 0, on_step: StepHandler | None = None,
+                 cache: ValueCache | None = None, write_back_every: int = 0) -> None:
         self.core = core
+        self.cache = cache
+        self.write_back_every = write_back_every
+        self.events = 0
         self.out_of_orderness_ms = out_of_orderness_ms
         self.on_step = on_step
         self.cells: dict[str, UserCells] = {}
@@ -80,6 +89,11 @@ class LocalRunner:
         self.advance(event.ts - self.out_of_orderness_ms - 1)
         values = self._values(key)
         self._done(key, values, self.core.on_event(values, key, event, self.watermark))
+        self.events += 1
+        if self.cache is not None:
+            self.cache.defer(None, self.cache.take_changed())
+            if self.write_back_every and self.events % self.write_back_every == 0:
+                self.write_back()
 
     def advance(self, watermark: int) -> None:
         """Move the watermark to ``watermark`` (never back), waking every user whose time it reached."""
@@ -92,19 +106,43 @@ class LocalRunner:
             self.woken += 1
             values = self._values(user)
             self._done(user, values, self.core.on_timer(values, user, timestamp))
+            if self.cache is not None:
+                self.cache.write(self.cache.take_changed(), self._write)
+
+    def write_back(self) -> None:
+        """Write the cached changes into the stored values, as the job does before a checkpoint."""
+        if self.cache is not None:
+            self.cache.write_group(None, self._write)
+            self.cache.trim()
+
+    def restore(self) -> None:
+        """Write back, then lose the cache, as a restore from the checkpoint just taken would."""
+        if self.cache is not None:
+            self.write_back()
+            self.cache.clear()
 
     def users(self) -> Iterator[tuple[str, StoredValues]]:
         """Every user with stored values, and a view of them (read it, do not change it)."""
+        self.write_back()
         for user, cells in self.cells.items():
             if any(cell.data is not None for cell in cells.values()):
                 yield user, StoredValues(cells)
 
     def stored_bytes(self, user: str) -> dict[str, int]:
         """The size of each of the user's stored values, by name."""
+        self.write_back()
         return {name: len(cell.data) for name, cell in self.cells.get(user, {}).items() if cell.data is not None}
 
     def _values(self, user: str) -> StoredValues:
-        return StoredValues(self.cells.setdefault(user, UserCells()))
+        cells = self.cells.setdefault(user, UserCells())
+        return self.cache.values(user, cells) if self.cache is not None else StoredValues(cells)
+
+    def _write(self, user: str, name: str, data: bytes | None) -> None:
+        cell = self.cells[user][name]
+        if data is None:
+            cell.clear()
+        else:
+            cell.update(data)
 
     def _done(self, user: str, values: StoredValues, step: Step) -> None:
         """Store what the call changed, schedule its wake-ups, hand its step on."""

@@ -325,6 +325,9 @@ def create_environment(settings: Settings, jars: list[Path], savepoint: str | No
     # On disk, never in JobManager memory: that caps a task's state at 5 MB, and the item model is larger.
     checkpoints = resolve(settings.job.checkpoint_dir or str(Path(settings.stack.run_dir) / "checkpoints"))
     config.set_string("execution.checkpointing.dir", checkpoints.resolve().as_uri())
+    # The micro-batched user operator writes its cached values on the batcher's marker, which must reach it
+    # before the barrier: an unaligned barrier would overtake it (docs/architecture.md, the decoded-value cache).
+    config.set_string("execution.checkpointing.unaligned.enabled", "false")
     env = StreamExecutionEnvironment.get_execution_environment(config)
     env.set_parallelism(settings.job.parallelism)
     env.set_buffer_timeout(settings.job.buffer_timeout_ms)
@@ -405,7 +408,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         population=io.population, flush_interval_ms=settings.redis.flush_interval_ms,
         privacy=privacy_operators(settings, secret), secret=secret, max_snapshot_bytes=validation.max_snapshot_bytes,
         redact_deadletters=settings.privacy.redact_deadletters, experiments=experiments,
-        experiment_bounds=experiment_bounds(settings),
+        experiment_bounds=experiment_bounds(settings), cache_users=job.state_cache_users,
     )
     rules = control = io.rules(env, t_env)
     if models is not None:

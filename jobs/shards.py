@@ -24,7 +24,9 @@ from pyflink.datastream.state import MapState, MapStateDescriptor, ValueStateDes
 from pyflink.java_gateway import get_gateway
 
 from jobs.adapters import UserFunction
+from state.cache import ValueCache
 from state.descriptors import USER_WAKEUPS, by_user
+from state.slots import StoredValues
 
 #: A shard's list: its events' records (:data:`KEYED_EVENT_TYPE`'s ``record``) in arrival order.
 BATCH_TYPE = Types.BASIC_ARRAY(Types.STRING())
@@ -53,37 +55,15 @@ class UserCursor:
 
 class Slot:
     """One of the user operator's values for every user of a shard: a ``MapState`` user -> bytes behind
-    the ``ValueState`` calls the user operator makes, read at most once and written at most once per list."""
+    the ``value()`` read the user operator makes for the cursor's user. Writes come from the
+    :class:`ValueCache` (``ShardFunction._write``)."""
 
     def __init__(self, state: MapState, cursor: UserCursor) -> None:
         self.state = state
         self.cursor = cursor
-        self.read: dict[str, bytes | None] = {}
-        self.written: dict[str, bytes | None] = {}
 
     def value(self) -> bytes | None:
-        user = self.cursor.user
-        if user in self.written:
-            return self.written[user]
-        if user not in self.read:
-            self.read[user] = self.state.get(user)
-        return self.read[user]
-
-    def update(self, value: bytes) -> None:
-        self.written[self.cursor.user] = value
-
-    def clear(self) -> None:
-        self.written[self.cursor.user] = None
-
-    def store(self) -> None:
-        """Write what the list changed; nothing is kept for the next list (it is in Flink's state)."""
-        for user, value in self.written.items():
-            if value is None:
-                self.state.remove(user)
-            else:
-                self.state.put(user, value)
-        self.read.clear()
-        self.written.clear()
+        return self.state.get(self.cursor.user)
 
 
 class ShardTimers:
@@ -154,28 +134,41 @@ class UserContext:
 
 
 class ShardFunction(UserFunction):
-    """:class:`UserFunction` keyed by shard, called with a shard's list of events (or a wake-up time)."""
+    """:class:`UserFunction` keyed by shard, called with a shard's list of events (or a wake-up time).
+
+    Users' decoded values stay in a :class:`ValueCache` between calls. A list's changes are written when
+    the batcher's empty list for the shard says a checkpoint barrier comes next; a wake-up's at its end.
+    """
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.cursor = UserCursor()
         self.slots: list[Slot] = []
-        self.outbox: dict[tuple[str, str], list[Any]] = {}
-        """Internal messages of the current list per (route, receiver): one record each at its end."""
+        self.outbox: dict[tuple[str, str], list[bytes]] = {}
+        """Internal messages of the current list per (route, receiver), each pickled when sent (a cached
+        value it holds may change with the user's next event): one record each at the list's end."""
         super().open(runtime_context)
         self.timers = ShardTimers(runtime_context.get_map_state(USER_WAKEUPS), self.cursor)
         self.context = UserContext(self.cursor, self.timers)
+        self.cache = ValueCache(self.operators.cache_users, self.operators.state_ttl_ms / 1000)
 
     def _user_state(self, runtime_context: RuntimeContext, descriptor: ValueStateDescriptor) -> Slot:
         slot = Slot(runtime_context.get_map_state(by_user(descriptor)), self.cursor)
         self.slots.append(slot)
         return slot
 
+    def _values(self) -> StoredValues:
+        return self.cache.values(self.cursor.user, self.value_states)
+
     def process_element(self, value: Any, ctx: KeyedBroadcastProcessFunction.ReadOnlyContext) -> Iterator[Any]:
         context = self._enter(ctx)
+        if not value:  # the batcher's marker: a checkpoint barrier follows
+            self.cache.write_group(ctx.get_current_key(), self._write)
+            return
         for record in value:
             key, *event = orjson.loads(record)
             self.cursor.user = key
             yield from super().process_element(event, context)
+        self.cache.defer(ctx.get_current_key(), self.cache.take_changed())
         yield from self._store()
 
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:
@@ -185,6 +178,7 @@ class ShardFunction(UserFunction):
         for user in users:
             self.cursor.user = user
             yield from super().on_timer(timestamp, context)
+        self.cache.write(sorted(self.cache.take_changed()), self._write)
         yield from self._store()
 
     def _enter(self, ctx: Any) -> UserContext:
@@ -192,16 +186,21 @@ class ShardFunction(UserFunction):
         self.timers.service = ctx.timer_service()
         return self.context
 
+    def _write(self, user: str, name: str, data: bytes | None) -> None:
+        state = self.value_states[name].state
+        if data is None:
+            state.remove(user)
+        else:
+            state.put(user, data)
+
     def _send(self, route: str, receiver: str, message: Any) -> Iterator[Row]:
-        self.outbox.setdefault((route, receiver), []).append(message)
+        self.outbox.setdefault((route, receiver), []).append(pickle.dumps(message))
         return iter(())
 
     def _store(self) -> Iterator[Row]:
-        """The end of a list (or of a wake-up): write the users' values and timers, send the messages."""
-        for slot in self.slots:
-            slot.store()
+        """The end of a list (or of a wake-up): store the timers, send the messages, trim the cache."""
         self.timers.store()
         for (route, receiver), messages in self.outbox.items():
             yield Row(receiver.encode("utf-8"), pickle.dumps(messages), route)
         self.outbox.clear()
-
+        self.cache.trim()

@@ -147,6 +147,7 @@ class JobSettings:
     """0: the user operator is called per record; else per list of a shard's records, emitted at most
     this long after its first record (and at every watermark and checkpoint)."""
     micro_batch_max_records: int
+    state_cache_users: int
     shards: int
     """Key space of the micro-batched user operator (each shard's users share one list); the upper
     bound of its parallelism, so rescaling works."""

@@ -28,7 +28,7 @@ from operators.features.rfm import PurchaseHistory
 from operators.features.sessions import Session, SessionTracker
 from operators.features.windows import SlidingCount
 from operators.jsontext import compact_json
-from operators.models.inputs import INTENT_FEATURES
+from operators.models.inputs import HALF_MAX, INTENT_FEATURES
 from operators.models.intent import PendingExamples
 from operators.models.membership import Membership as ClusterMembership
 from operators.models.user import UserModelState
@@ -39,8 +39,13 @@ from operators.recs.user import UserRecState
 from operators.rules.engine import Membership, RuleState
 from operators.rules.signals import SignalLog
 
-PROFILE_CODEC_VERSION = 1
-_MAX_AGE_S = 2**32 - 1
+PROFILE_CODEC_VERSION = 2
+#: Version 1 (still read) kept the recent ids' ages in whole seconds, so a value read back differed from
+#: the one kept in memory (the user operator keeps decoded values between calls, ``state/cache.py``).
+#: Version 2 keeps milliseconds, exactly: uint32, or uint64 (header ``"w": 8``) when an age passes 49 days.
+_AGE_UNIT_MS = {1: 1000, 2: 1}
+_MAX_AGE = 2**32 - 1
+_MAX_WIDE_AGE = 2**64 - 1
 
 
 class CodecError(ValueError):
@@ -49,24 +54,30 @@ class CodecError(ValueError):
 
 def encode_profile(profile: UserProfile) -> bytes:
     seen, last_seen = profile.recent.seen, profile.last_seen
-    header = compact_json({"c": profile.counts, "f": profile.first_seen, "l": last_seen,
-                           "s": profile.seq, "n": len(seen)})
-    ages = [(last_seen - ts) // 1000 for ts in seen.values()]
-    if ages and (min(ages) < 0 or max(ages) > _MAX_AGE_S):  # clamped only when needed: rare
-        ages = [min(max(age, 0), _MAX_AGE_S) for age in ages]
-    packed = struct.pack(f"<{len(seen)}I{len(seen)}I", *seen, *ages)
+    fields: dict[str, Any] = {"c": profile.counts, "f": profile.first_seen, "l": last_seen, "s": profile.seq,
+                              "n": len(seen)}
+    ages = [last_seen - ts for ts in seen.values()]
+    age_format = "I"
+    if ages and (min(ages) < 0 or max(ages) > _MAX_AGE):  # rare: an id older than 49 days, or a broken clock
+        ages = [min(max(age, 0), _MAX_WIDE_AGE) for age in ages]
+        if max(ages) > _MAX_AGE:
+            age_format, fields["w"] = "Q", 8
+    header = compact_json(fields)
+    packed = struct.pack(f"<{len(seen)}I{len(seen)}{age_format}", *seen, *ages)
     return bytes([PROFILE_CODEC_VERSION]) + struct.pack("<I", len(header)) + header + packed
 
 
 def decode_profile(data: bytes) -> UserProfile:
-    if not data or data[0] != PROFILE_CODEC_VERSION:
+    if not data or data[0] not in _AGE_UNIT_MS:
         raise CodecError(f"unknown profile codec version {data[:1]!r}; expected {PROFILE_CODEC_VERSION}")
+    unit = _AGE_UNIT_MS[data[0]]
     (header_length,) = struct.unpack_from("<I", data, 1)
     header = orjson.loads(data[5:5 + header_length])
     count = header["n"]
-    values = struct.unpack_from(f"<{count}I{count}I", data, 5 + header_length)
+    age_format = "Q" if header.get("w") == 8 else "I"
+    values = struct.unpack_from(f"<{count}I{count}{age_format}", data, 5 + header_length)
     last_seen = header["l"]
-    seen = dict(zip(values[:count], [last_seen - age * 1000 for age in values[count:]], strict=True))
+    seen = dict(zip(values[:count], [last_seen - age * unit for age in values[count:]], strict=True))
     return UserProfile(counts=header["c"], first_seen=header["f"], last_seen=last_seen, seq=header["s"],
                        recent=RecentIds(seen=seen))
 
@@ -269,9 +280,6 @@ MODELS_CODEC_VERSION = 2
 #: Half precision (3 significant digits) is far below what SGD on these log counts and rates resolves,
 #: and an example takes 58 bytes instead of ~150 as JSON. Version 1 (all JSON) is still read.
 _EXAMPLE = struct.Struct(f"<q{len(INTENT_FEATURES)}e")
-#: The largest float16: a rate of a pathological user (100,000 email opens in no session) is capped
-#: there rather than failing the encoding, far past where the model's inputs mean anything different.
-HALF_MAX = 65504.0
 
 
 def encode_models(state: UserModelState) -> bytes:

@@ -40,13 +40,18 @@ from operators.user_core import (
 from operators.validation import Limits, parse_event
 from personalize import settings as settings_module
 from personalize.generator import EventGenerator
+from state.cache import ValueCache
 
 GOLDEN = Path(__file__).parent / "data" / "pure_outputs.json"
 EVENTS, SEED = 8000, 7
 
 
-def outputs() -> dict[str, list[str]]:
-    """Each kind of output of the core in the local runner, one line per output, in order."""
+def outputs(cached: bool = False) -> dict[str, list[str]]:
+    """Each kind of output of the core in the local runner, one line per output, in order.
+
+    ``cached``: with the micro-batched operator's decoded-value cache, small enough to evict, written back
+    every 500 events and lost every 1,700 (a restore from the checkpoint just taken): a value the core
+    changed in place without storing it would show up as a different output."""
     settings = settings_module.load()
     records = list(EventGenerator(replace(settings.generator, events=EVENTS, seed=SEED)).records())
     validation = settings.validation
@@ -90,12 +95,15 @@ def outputs() -> dict[str, list[str]]:
                     out["recs"].append(f"forget {receiver} {output.user_key}" if isinstance(output, Forget)
                                        else output.to_json(0).decode())
 
-    runner = LocalRunner(core, settings.job.max_out_of_orderness_ms, carry_out)
-    for record in records:
+    cache = ValueCache(max_users=300, max_idle_s=float("inf")) if cached else None
+    runner = LocalRunner(core, settings.job.max_out_of_orderness_ms, carry_out, cache, write_back_every=500)
+    for index, record in enumerate(records):
         event = parse_event(record.value, record.ts, limits)
         out["parse"].append(repr(event))
         if isinstance(event, Event):
             runner.event(event.user_key, event)
+        if cached and index % 1700 == 1699:
+            runner.restore()
     for user_key, values in sorted(runner.users()):
         for part in ("profile", "features", "models", "rules", "recs", "consent"):
             decoded = values.get(part)
@@ -125,6 +133,13 @@ def test_pure_outputs_are_unchanged() -> None:
     actual = digests(outputs())
     changed = sorted(kind for kind in expected.keys() | actual.keys() if expected.get(kind) != actual.get(kind))
     assert not changed, f"outputs changed: {changed}"
+
+
+def test_the_decoded_value_cache_changes_no_output() -> None:
+    expected = json.loads(GOLDEN.read_text())
+    actual = digests(outputs(cached=True))
+    changed = sorted(kind for kind in expected.keys() | actual.keys() if expected.get(kind) != actual.get(kind))
+    assert not changed, f"outputs changed with the cache: {changed}"
 
 
 if __name__ == "__main__":

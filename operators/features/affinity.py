@@ -5,6 +5,9 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+#: Decimal digits an affinity score keeps (the state codecs store it as JSON).
+SCORE_DIGITS = 6
+
 
 def decay(score: float, elapsed_ms: int, half_life_ms: int) -> float:
     return score * 0.5 ** (elapsed_ms / half_life_ms)
@@ -26,7 +29,8 @@ class CategoryAffinity:
             score, as_of = decay(score, ts - as_of, half_life_ms) + weight, ts
         else:
             score += decay(weight, as_of - ts, half_life_ms)
-        self.scores[category] = (score, as_of)
+        # Kept at the precision the state codec stores, so a value read back equals the one kept in memory.
+        self.scores[category] = (round(score, SCORE_DIGITS), as_of)
         if len(self.scores) > max_categories:
             reference = max(t for _, t in self.scores.values())
             weakest = min(self.scores, key=lambda c: self.at(c, reference, half_life_ms))

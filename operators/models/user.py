@@ -13,7 +13,7 @@ from typing import NamedTuple
 from operators.features.operator import FeatureVector
 from operators.models.config import ModelConfig
 from operators.models.drift import DriftEvent
-from operators.models.inputs import ModelInput, intent_example, intent_values, model_inputs
+from operators.models.inputs import ModelInput, half_precision, intent_example, intent_values, model_inputs
 from operators.models.intent import IntentLabeler, Labelled, PendingExamples
 from operators.models.membership import Membership, MembershipPolicy, update_membership
 from operators.models.training import ModelScore, ModelScorer, ModelTrainer, learns_from
@@ -90,7 +90,7 @@ class UserModels:
         if behaviour is not None and learns_from(vector, self.config):
             learned.append(TrainingInput(vector.ts, behaviour, None, values["top_category"] or ""))
         if not by_purchase:
-            self.labeler.add(state.pending, vector.ts, intent_values(intent))
+            self.labeler.add(state.pending, vector.ts, half_precision(intent_values(intent)))
         return learned
 
     def purchase(self, state: UserModelState, ts: int) -> list[TrainingInput]:

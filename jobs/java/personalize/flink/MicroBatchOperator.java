@@ -1,9 +1,11 @@
 package personalize.flink;
 
 import java.util.ArrayList;
+import java.util.LinkedHashSet;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 
 import org.apache.flink.api.common.operators.ProcessingTimeService.ProcessingTimeCallback;
 import org.apache.flink.streaming.api.operators.AbstractStreamOperator;
@@ -23,6 +25,11 @@ import org.apache.flink.types.Row;
  * is emitted at the latest {@code intervalMs} after its first record, or when {@code maxRecords}
  * are buffered.
  *
+ * <p>Before every barrier (and at the end of input), after the lists, every shard that got a list
+ * since the last barrier also gets an empty list: the marker on which the Python function writes the
+ * shard's users' changed values into Flink's state (its decoded-value cache, {@code state/cache.py}),
+ * so they are in the checkpoint that the barrier starts.
+ *
  * <p>Input: {@code Row(Integer shard, String record)}. Output: {@code Row(shard, String[] records)}, in
  * arrival order. Records travel as text, not as rows: PyFlink's Java-to-Python conversion reuses one
  * buffer per row type, so every row of a {@code Row[]} would reach Python as the last one.
@@ -36,6 +43,7 @@ public final class MicroBatchOperator extends AbstractStreamOperator<Row>
     private final int maxRecords;
 
     private transient Map<Integer, List<String>> buffer;
+    private transient Set<Integer> sentSinceBarrier;
     private transient int buffered;
     private transient boolean timerSet;
 
@@ -51,6 +59,7 @@ public final class MicroBatchOperator extends AbstractStreamOperator<Row>
     public void open() throws Exception {
         super.open();
         buffer = new LinkedHashMap<>();
+        sentSinceBarrier = new LinkedHashSet<>();
     }
 
     @Override
@@ -84,13 +93,22 @@ public final class MicroBatchOperator extends AbstractStreamOperator<Row>
     @Override
     public void prepareSnapshotPreBarrier(long checkpointId) throws Exception {
         flush();
+        mark();
         super.prepareSnapshotPreBarrier(checkpointId);
     }
 
     @Override
     public void finish() throws Exception {
         flush();
+        mark();
         super.finish();
+    }
+
+    private void mark() {
+        for (Integer shard : sentSinceBarrier) {
+            output.collect(new StreamRecord<>(Row.of(shard, new String[0])));
+        }
+        sentSinceBarrier.clear();
     }
 
     private void flush() {
@@ -100,6 +118,7 @@ public final class MicroBatchOperator extends AbstractStreamOperator<Row>
         for (Map.Entry<Integer, List<String>> entry : buffer.entrySet()) {
             List<String> records = entry.getValue();
             output.collect(new StreamRecord<>(Row.of(entry.getKey(), records.toArray(new String[0]))));
+            sentSinceBarrier.add(entry.getKey());
         }
         buffer.clear();
         buffered = 0;
