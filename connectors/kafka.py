@@ -44,6 +44,10 @@ class SourceSpec:
     start: str = "group"
     end_offsets: Mapping[str, Mapping[int, int]] | None = None
     partitions: Mapping[str, int] = field(default_factory=dict)
+    read_back: bool = True
+    """An unbounded run reads the identity loop's internal topic back; False leaves the loop off, as a
+    bounded replay does (the demo: replaying a month in a minute and a half, a forwarded event's round
+    trip would bring it back hours of event time behind the watermark, late)."""
 
 
 def _quote(value: str) -> str:

@@ -72,14 +72,15 @@ def start_job(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None 
     return _environment(settings, spec, jars, None, savepoint).execute_async(settings.job.name)
 
 
-def stop_with_savepoint(job: JobClient, directory: str) -> str:
+def stop_with_savepoint(job: JobClient, directory: str, drain: bool = False) -> str:
     """Stop ``job`` with a canonical savepoint in ``directory`` (a URI); returns the savepoint's path.
+    ``drain``: first end event time, as a bounded input's end does (its outputs are then complete).
 
     PyFlink 2.0.2's ``JobClient.stop_with_savepoint`` calls a Java overload Flink 2.0 removed, so
     this calls the three-argument one (with the savepoint format) itself.
     """
     format_type = get_gateway().jvm.org.apache.flink.core.execution.SavepointFormatType.CANONICAL
-    return str(job._j_job_client.stopWithSavepoint(False, directory, format_type).get())
+    return str(job._j_job_client.stopWithSavepoint(drain, directory, format_type).get())
 
 
 def parse_end_offsets(path: str) -> dict[str, dict[int, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from types import TracebackType
@@ -18,12 +19,13 @@ from connectors.redis_keys import (
     experiment_metrics_key,
     layout_patterns,
     models_current_key,
+    models_instances_key,
     segment_counts_key,
     user_features_pattern,
     user_profile_pattern,
     user_recs_info_key,
 )
-from jobs.personalize_job import run_job, source_spec
+from jobs.personalize_job import source_spec, start_job, stop_with_savepoint
 from jobs.pipeline import flink_log_dir
 from personalize import stack
 from personalize.generator import EventGenerator
@@ -231,6 +233,26 @@ class JobProgress:
         if admin is not None:
             admin.close()
 
+    def extend(self, end_offsets: dict[str, dict[int, int]]) -> None:
+        """More events were published: wait for these end offsets too."""
+        for topic, partitions in end_offsets.items():
+            known = self.end_offsets.setdefault(topic, {})
+            for partition, end in partitions.items():
+                known[partition] = max(known.get(partition, 0), end)
+        self.total = self.bar.total = sum(sum(partitions.values()) for partitions in self.end_offsets.values())
+
+    def wait_all_read(self, job: Any, timeout_s: float) -> None:
+        """Until the job has committed the offsets of every published event (checked once a second);
+        a job that ended or failed first, or the timeout, raises."""
+        deadline = time.monotonic() + timeout_s
+        while self.done < self.total:
+            status = job.get_job_status().result().name
+            if status not in ("CREATED", "INITIALIZING", "RUNNING", "RESTARTING"):
+                raise RuntimeError(f"the demo job stopped ({status}) before reading its input (its log is named above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the demo job read {self.done:,} of {self.total:,} events in {timeout_s:.0f} s")
+            time.sleep(self.interval_s)
+
     def __enter__(self) -> JobProgress:
         self.thread.start()
         return self
@@ -242,11 +264,34 @@ class JobProgress:
         self.bar.close(self.total if error is None else self.done)  # a bounded run that ended read them all
 
 
+#: The longest the demo waits for its job to read what it published.
+DEMO_TIMEOUT_S = 1800.0
+#: The share of the demo's events published only once the user operator scores with a model snapshot,
+#: so model segments have members however fast the machine ran the rest.
+DEMO_SCORED_TAIL = 0.1
+#: The longest the demo waits for the first model snapshot to reach the user operator.
+MODEL_WAIT_S = 180.0
 #: Run by the demo when the settings define no experiment: popularity lists against personalized ones.
 DEMO_EXPERIMENT = {"id": "demo-recs", "version": 1, "name": "Personalized lists vs popularity", "control": "control",
                    "conversion_window": "24h",
                    "arms": [{"id": "control", "weight": 1, "treatment": "popularity"},
                             {"id": "personalized", "weight": 1, "treatment": "personalized"}]}
+
+
+def wait_for_scoring_model(settings: Settings) -> int | None:
+    """The model version an instance of the user operator loaded (Redis ``{models}:instances``), once
+    one has; None when none did within :data:`MODEL_WAIT_S` (too little was learned for a snapshot)."""
+    client = connect(settings.redis, decode_responses=True)
+    deadline = time.monotonic() + MODEL_WAIT_S
+    try:
+        while time.monotonic() < deadline:
+            loaded: dict[str, str] = client.hgetall(models_instances_key(settings.redis.key_prefix))  # type: ignore[assignment]
+            if loaded:
+                return max(int(value.split(":")[1]) for value in loaded.values())
+            time.sleep(0.5)
+        return None
+    finally:
+        client.close()
 
 
 def run_demo(settings: Settings, out: IO[str] = sys.stdout) -> Summary:
@@ -264,12 +309,33 @@ def run_demo(settings: Settings, out: IO[str] = sys.stdout) -> Summary:
     personas_path = resolve(settings.stack.run_dir) / "personas.json"
     write_personas(generator.personas(), personas_path)
     print(f"planted personas of {settings.generator.users:,} users: {personas_path}", file=out)
-    published = publish(generator.records(), settings.kafka, total=settings.generator.events)
+    records = list(generator.records())
+    tail = int(len(records) * DEMO_SCORED_TAIL) if settings.models.enabled else 0
+    published = publish(records[:len(records) - tail], settings.kafka, total=len(records) - tail)
     summary = Summary(published=published.count, publish_seconds=published.seconds)
     print(f"running the job on a local MiniCluster (parallelism {settings.job.parallelism}); its log: "
           f"{flink_log_dir(settings)}", file=out)
-    with JobProgress(settings, published.end_offsets):
-        summary.job_seconds = run_job(settings, source_spec(settings, "earliest", published.end_offsets)).seconds
+    # Unbounded, then drained: a bounded source would leave the model snapshot topic unread, and no user
+    # would be scored. Drained, the run ends as a bounded one does (docs/models.md, "Bounded runs").
+    started = time.monotonic()
+    with JobProgress(settings, published.end_offsets) as progress:
+        job = start_job(settings, replace(source_spec(settings, "earliest", None), read_back=False))
+        try:
+            progress.wait_all_read(job, DEMO_TIMEOUT_S)
+            if tail:
+                version = wait_for_scoring_model(settings)
+                print(f"\nthe user operator scores with model v{version or '?'}: publishing the last "
+                      f"{tail:,} events", file=out)
+                rest = publish(records[len(records) - tail:], settings.kafka, total=tail)
+                summary.published += rest.count
+                summary.publish_seconds += rest.seconds
+                progress.extend(rest.end_offsets)
+                progress.wait_all_read(job, DEMO_TIMEOUT_S)
+            stop_with_savepoint(job, (resolve(settings.stack.run_dir) / "savepoints" / "demo").as_uri(), drain=True)
+        except BaseException:
+            job.cancel().result()
+            raise
+    summary.job_seconds = time.monotonic() - started
     read_back(settings, summary)
     print_summary(summary, out)
     return summary
