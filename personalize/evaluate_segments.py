@@ -23,21 +23,20 @@ from typing import Any, NamedTuple
 from river import metrics
 
 from operators.events import Event, user_key_of
-from operators.features.operator import FeatureOperator, FeatureVector, UserFeatures
-from operators.features.rfm import LocalPopulation
-from operators.models.clustering import CLUSTERERS, Assignment
+from operators.features.operator import FeatureVector
+from operators.models.clustering import CLUSTERERS
 from operators.models.config import ModelConfig
 from operators.models.drift import DriftEvent
-from operators.models.inputs import behaviour_input, intent_example, intent_input, intent_values
-from operators.models.intent import IntentLabeler, Labelled, PendingExamples
-from operators.models.membership import Membership, MembershipPolicy, update_membership
-from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer, learns_from
-from operators.profile import ProfileOperator, UserProfile
+from operators.models.inputs import behaviour_input
+from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
+from operators.models.user import TrainingInput, UserModels, UserModelState
+from operators.user_core import StageFeatures, StageProfile, Step
 from operators.validation import Limits, parse_event
 from personalize.generator import PERSONA_MIXES, EventGenerator
 from personalize.labelled_events import InputError, load_events, load_labels
 from personalize.paths import write_json_report
 from personalize.settings import ModelSettings, Settings
+from state.cache import ValueCache
 from state.signing import canonical
 
 HELP = "online clusters vs planted personas (ARI), purchase-intent AUC and log loss, learning cost"
@@ -103,47 +102,49 @@ class Timeline:
 
 
 def feature_timeline(settings: Settings, stream: LabelledStream | None = None) -> Timeline:
-    """Featurize ``stream`` (default: the generated one) in event-time order as the keyed user operator would."""
-    from jobs.pipeline import feature_config  # the job's own settings -> FeatureConfig (imports, never runs, Flink)
+    """Featurize ``stream`` (default: the generated one) in event-time order: the job's per-user core in the
+    local runner, with features alone (the models under evaluation run on its vectors, :class:`ModelRun`)."""
+    from jobs.local_runner import LocalRunner
+    from jobs.pipeline import local_core  # the job's own wiring (imports, never runs, Flink)
 
     stream = stream or generated_stream(settings)
     if not stream.events:
         raise InputError("no valid events")
     events = sorted(stream.events, key=lambda e: e.ts)
-    job = settings.job
-    profile_operator = ProfileOperator(job.dedup_window_ms, job.dedup_max_ids_per_user)
-    config = feature_config(settings.features)
-    feature_operator = FeatureOperator(config, LocalPopulation())
-    profiles: dict[str, UserProfile] = {}
-    features: dict[str, UserFeatures] = {}
-    session_timers: list[tuple[int, str]] = []
+    core = local_core(replace(settings, models=replace(settings.models, enabled=False),
+                              rules=replace(settings.rules, enabled=False),
+                              recommendations=replace(settings.recommendations, enabled=False),
+                              privacy=replace(settings.privacy, enabled=False),
+                              experiments=replace(settings.experiments, definitions=())))
     steps: list[FeatureVector | Purchase] = []
     owners: dict[str, str] = {}
+    keys: set[str] = set()
+    current: list[Event] = []
+    """The event being applied (empty while wake-ups fire)."""
+
+    def collect(user: str, step: Step) -> None:
+        vectors = [write.vector for write in step.redis if isinstance(write, StageFeatures)]
+        event = current[0] if current else None
+        if event is None or event.type != "purchase" or not any(isinstance(w, StageProfile) for w in step.redis):
+            steps.extend(vectors)
+            return
+        # A purchase: a session it closed first, then what the purchase itself emitted (if anything).
+        own = vectors.pop() if vectors and vectors[-1].ts == event.ts else None
+        steps.extend(vectors)
+        steps.append(Purchase(user, event.ts, own))
+
+    # Sorted input: a wake-up fires before the first later event. Values stay decoded, as in the job.
+    runner = LocalRunner(core, 0, collect, ValueCache(settings.job.state_cache_users, float("inf")), 2000)
     started = time.perf_counter()
     for event in events:
-        while session_timers and session_timers[0][0] < event.ts:  # the watermark has passed the timer
-            timer_ts, key = heapq.heappop(session_timers)
-            state = features[key]
-            state.sessions.timer_fired(timer_ts)
-            closed = feature_operator.close_session(state, key, timer_ts)
-            if closed is not None:
-                steps.append(closed)
-        key = event.user_key
-        profiles[key], update = profile_operator.process(profiles.get(key), event)
-        if update is None:
-            continue
+        keys.add(event.user_key)
         if event.type == "identify":
             owners[user_key_of("", event.anonymous_id)] = event.user_id
-        features[key], vector = feature_operator.process(features.get(key), event)
-        expiry = features[key].sessions.needs_timer(config.session_gap_ms)
-        if expiry is not None:
-            heapq.heappush(session_timers, (expiry, key))
-        if event.type == "purchase":
-            steps.append(Purchase(key, event.ts, vector))
-        elif vector is not None:
-            steps.append(vector)
+        current[:] = [event]
+        runner.event(event.user_key, event)
+        current.clear()
     seconds = time.perf_counter() - started
-    return Timeline(steps, owners, stream.personas, frozenset(profiles), len(events), events[0].ts, events[-1].ts,
+    return Timeline(steps, owners, stream.personas, frozenset(keys), len(events), events[0].ts, events[-1].ts,
                     1e6 * seconds / max(len(events), 1))
 
 
@@ -152,11 +153,12 @@ Scoring = tuple[int, int, int | None, FeatureVector]
 
 
 class ModelRun:
-    """The job's model wiring over a timeline, with everything measured along the way.
+    """The job's model steps over a timeline (``UserModels`` per user, the trainer, the scorer), with
+    everything measured along the way.
 
-    Keyed parts (pending intent examples, their deadline timers, memberships) are dicts by user
-    key; the trainer and the scorer are single, as in the job, and the scorer only ever sees
-    published snapshots.
+    Users' model states and their intent-deadline wake-ups are dicts and a heap, as the runner keeps
+    them; the trainer and the scorer are single, as in the job, and the scorer only ever sees
+    published snapshots (loaded as soon as they are published).
     """
 
     def __init__(self, config: ModelConfig, warmup_ts: int) -> None:
@@ -164,11 +166,9 @@ class ModelRun:
         self.warmup_ts = warmup_ts
         self.trainer = ModelTrainer(config)
         self.scorer = ModelScorer()
-        self.labeler = IntentLabeler(config.intent_horizon_ms, config.intent_max_pending)
-        self.policy = MembershipPolicy(config.hysteresis_margin, config.hysteresis_patience)
-        self.pending: dict[str, PendingExamples] = {}
+        self.models = UserModels(config)
+        self.states: dict[str, UserModelState] = {}
         self.deadlines: list[tuple[int, str]] = []
-        self.memberships: dict[str, Membership] = {}
         self.last_cluster: dict[str, int] = {}
         self.snapshots: list[ModelSnapshot] = []
         self.drifts: list[DriftEvent] = []
@@ -179,59 +179,64 @@ class ModelRun:
         self.vector_learn_s = self.intent_learn_s = self.score_s = 0.0
 
     def step(self, step: FeatureVector | Purchase) -> None:
-        while self.deadlines and self.deadlines[0][0] < step.ts:  # timers the watermark has passed
+        while self.deadlines and self.deadlines[0][0] < step.ts:  # wake-ups the watermark has passed
             deadline, key = heapq.heappop(self.deadlines)
-            self._learn_labelled(self.labeler.expire(self.pending[key], deadline), deadline)
+            state = self.states[key]
+            if self.models.deadline(state) == deadline:
+                self._learn(self.models.expire(state, deadline))
+                self._wake(key, state, deadline)
+        key = step.user_key
+        state = self.states.setdefault(key, UserModelState())
+        before = self.models.deadline(state)
         if isinstance(step, FeatureVector):
-            self._vector(step, example=True)
-            return
-        if step.user_key in self.pending:
-            self._learn_labelled(self.labeler.purchase(self.pending[step.user_key], step.ts), step.ts)
-        if step.vector is not None:
-            self._vector(step.vector, example=False)
+            self._vector(state, step, by_purchase=False)
+        else:
+            self._learn(self.models.purchase(state, step.ts))
+            if step.vector is not None:
+                self._vector(state, step.vector, by_purchase=True)
+        self._wake(key, state, before)
 
-    def _learn_labelled(self, settled: list[Labelled], ts: int) -> None:
-        for example, label in settled:
+    def _wake(self, key: str, state: UserModelState, before: int | None) -> None:
+        """Wake at the user's next intent deadline when it moved (as the core does)."""
+        deadline = self.models.deadline(state)
+        if deadline is not None and deadline != before:
+            heapq.heappush(self.deadlines, (deadline, key))
+
+    def _learn(self, inputs: list[TrainingInput]) -> None:
+        for training_input in inputs:
             started = time.perf_counter()
-            self._drift(self.trainer.learn_intent(intent_example(example), label, ts))
-            self.intent_learn_s += time.perf_counter() - started
-            self.positives += label
-            self.negatives += not label
+            drift = training_input.learn(self.trainer)
+            elapsed = time.perf_counter() - started
+            if training_input.label is None:
+                self.vector_learn_s += elapsed
+            else:
+                self.intent_learn_s += elapsed
+                self.positives += training_input.label
+                self.negatives += not training_input.label
+            if drift is not None:
+                self.drifts.append(drift)
 
-    def _drift(self, drift: DriftEvent | None) -> None:
-        if drift is not None:
-            self.drifts.append(drift)
-
-    def _vector(self, vector: FeatureVector, example: bool) -> None:
-        key, values = vector.user_key, vector.values
-        if learns_from(vector, self.config):
-            started = time.perf_counter()
-            self._drift(self.trainer.learn_vector(values, vector.ts))
-            self.vector_learn_s += time.perf_counter() - started
+    def _vector(self, state: UserModelState, vector: FeatureVector, by_purchase: bool) -> None:
+        key = vector.user_key
+        self._learn(self.models.vector(state, vector, by_purchase))
+        previous = state.membership
         started = time.perf_counter()
-        score = self.scorer.score(values)
+        self.models.score(state, vector, self.scorer)
         self.score_s += time.perf_counter() - started
+        score = self.models.last_score
         if score is not None:
             self.scored += 1
             if score.assignment is not None:
-                self._membership(key, score.assignment, vector)
-        if example:
-            pending = self.pending.setdefault(key, PendingExamples())
-            self.labeler.add(pending, vector.ts, intent_values(intent_input(values)))
-            heapq.heappush(self.deadlines, (self.labeler.next_deadline(pending) or vector.ts, key))
+                cluster = score.assignment.cluster
+                self.cluster_switches += self.last_cluster.get(key, cluster) != cluster
+                self.membership_switches += previous.cluster not in (None, state.membership.cluster)
+                self.last_cluster[key] = cluster
+                if vector.ts >= self.warmup_ts:
+                    self.latest[key] = (vector.ts, cluster, state.membership.cluster, vector)
         snapshot = self.trainer.maybe_snapshot()
         if snapshot is not None:
             self.scorer.load(snapshot)
             self.snapshots.append(snapshot)
-
-    def _membership(self, key: str, assignment: Assignment, vector: FeatureVector) -> None:
-        previous = self.memberships.get(key, Membership())
-        membership = update_membership(self.policy, previous, assignment)
-        self.cluster_switches += self.last_cluster.get(key, assignment.cluster) != assignment.cluster
-        self.membership_switches += previous.cluster not in (None, membership.cluster)
-        self.memberships[key], self.last_cluster[key] = membership, assignment.cluster
-        if vector.ts >= self.warmup_ts:
-            self.latest[key] = (vector.ts, assignment.cluster, membership.cluster, vector)
 
 
 def run_models(timeline: Timeline, config: ModelConfig, warmup_ts: int) -> ModelRun:

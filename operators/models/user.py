@@ -66,6 +66,8 @@ class UserModels:
         self.labeler = IntentLabeler(config.intent_horizon_ms, config.intent_max_pending)
         self.policy = MembershipPolicy(config.hysteresis_margin, config.hysteresis_patience)
         self._last_inputs: tuple[FeatureVector, tuple[ModelInput | None, ModelInput]] | None = None
+        self.last_score: ModelScore | None = None
+        """The latest :meth:`score`'s score, membership change or not (the offline evaluation reads it)."""
 
     def _inputs(self, vector: FeatureVector) -> tuple[ModelInput | None, ModelInput]:
         """The vector's model inputs, computed once for learning (:meth:`vector`) and scoring (:meth:`score`).
@@ -110,7 +112,7 @@ class UserModels:
 
     def score(self, state: UserModelState, vector: FeatureVector, scorer: ModelScorer) -> Rescored | None:
         """Score with the loaded snapshot; a :class:`Rescored` when the cluster membership changed."""
-        score = scorer.score(vector.values, self._inputs(vector))
+        score = self.last_score = scorer.score(vector.values, self._inputs(vector))
         if score is None:
             return None
         state.intent, state.version = score.intent, score.version
