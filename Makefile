@@ -48,8 +48,8 @@ test: bootstrap
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -m "not fault_extra" $(PYTEST_ARGS)
 
-# Every fault test, with the two `make test` leaves out: both TaskManagers lost in one recovery (for time), and
-# the TaskManager kill (flaky on Flink 2.0.2: a restart can wait out the slot request; docs/operations.md).
+# Every fault test, with the one `make test` leaves out for time: both TaskManagers lost in one recovery
+# (docs/operations.md).
 test-faults: bootstrap
 	$(PY) -m pytest -q tests/test_faults.py $(PYTEST_ARGS)
 

@@ -45,6 +45,7 @@ PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFac
 METRICS_PORTS = 16
 HEARTBEAT_INTERVAL = "1 s"
 HEARTBEAT_TIMEOUT = "20 s"
+SLOT_REQUEST_TIMEOUT = "60 s"
 #: What Flink reports as the watermark of a task that has none yet.
 LONG_MIN = -(2**63)
 #: Files of the TaskManager supervisor (personalize/supervisor.py) in the run directory.
@@ -107,6 +108,10 @@ def cluster_config(cluster: ClusterSettings, where: ClusterPaths) -> dict[str, A
         # fail at once and use up the job's restart attempts. Two failed heartbeat RPCs 1 s apart mark
         # it lost; the timeout covers a live but hung process.
         "heartbeat": {"interval": HEARTBEAT_INTERVAL, "timeout": HEARTBEAT_TIMEOUT, "rpc-failure-threshold": 2},
+        # A restart whose slot request stays unmatched (seen on Flink 2.0.2 after a TaskManager kill, although the
+        # replacement had registered) fails after this and is retried by the restart strategy, instead of
+        # waiting Flink's default 5 minutes.
+        "slot": {"request": {"timeout": SLOT_REQUEST_TIMEOUT}},
         "state": {"backend": {"type": cluster.state_backend}},
         "execution": {"checkpointing": {"incremental": cluster.incremental_checkpoints,
                                         "dir": where.checkpoints.resolve().as_uri(),

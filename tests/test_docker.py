@@ -84,7 +84,7 @@ def test_flink_configuration_matches_the_local_cluster(compose: dict[str, Any], 
         for key in ("jobmanager.memory.process.size", "taskmanager.memory.process.size",
                     "taskmanager.numberOfTaskSlots", "state.backend.type", "execution.checkpointing.incremental",
                     "execution.checkpointing.num-retained", "heartbeat.interval", "heartbeat.timeout",
-                    "heartbeat.rpc-failure-threshold"):
+                    "heartbeat.rpc-failure-threshold", "slot.request.timeout"):
             assert yaml.safe_load(properties[key]) == local[key], (name, key)
         assert properties["execution.checkpointing.dir"].startswith("file:///flink-data/")
         # The job overrides the directory with job.checkpoint_dir (jobs/pipeline.py): the same one.

@@ -393,7 +393,6 @@ def kill_a_taskmanager(settings: Settings, job_id: str, mid_stream: int, total: 
             - started_before}
 
 
-@pytest.mark.fault_extra  # flaky on Flink 2.0.2: a restart can wait out the slot request (docs/operations.md)
 def test_a_killed_taskmanager_loses_nothing(cluster_settings: Settings, inputs: Inputs, reference: Outcome,
                                             tmp_path: Path, report: dict[str, Any]) -> None:
     crashed = run(cluster_settings, inputs, tmp_path, "taskmanager-kill",
