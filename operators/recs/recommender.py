@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from operators.events import Event
@@ -15,8 +14,6 @@ from operators.recs.user import UserRecState
 PINNED = "pinned"
 #: Sources that propose items the user already has; the others leave those items to them.
 REMINDERS = frozenset({"recent", "cart"})
-#: Candidates ranked up front per list item; more are sorted only when exclusions and caps eat them.
-BEST_FIRST_FACTOR = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +106,7 @@ class Recommender:
 
         sources = self.sources(user, segments)
         scores, scales = blend(sources, config.weights)
-        ranked = (item for item in best_first(scores, BEST_FIRST_FACTOR * k) if allowed(item))
+        ranked = (item for item in best_first(scores) if allowed(item))
         organic = rules.cap_per_category(ranked, model.category_of, config.max_per_category, k - len(pins))
         top = scores[organic[0]] if organic else 0.0
         candidates = [Candidate(item, round(top + len(pins) - index, 6), {PINNED: 1.0})
@@ -142,13 +139,13 @@ def blend(sources: Mapping[str, Mapping[str, float]],
     return scores, scales
 
 
-def best_first(scores: Mapping[str, float], expected: int) -> Iterator[str]:
-    """Items by descending score, lazily: the ``expected`` best first (cheap), the rest sorted only if
-    the rules consume that many. Equal scores keep the scores' insertion order (deterministic)."""
-    head = heapq.nlargest(expected, scores, key=scores.__getitem__)
-    yield from head
-    if len(head) < len(scores):
-        yield from sorted(scores, key=scores.__getitem__, reverse=True)[len(head):]
+def best_first(scores: Mapping[str, float]) -> list[str]:
+    """Items by descending score; equal scores keep the scores' insertion order (a stable sort).
+
+    One sort in C costs about half of ``heapq.nlargest``'s partial heap, which runs in Python, for the
+    ~1,000 items a ranking blends, and gives the same order (``nlargest`` is defined as this sort cut short).
+    """
+    return sorted(scores, key=scores.__getitem__, reverse=True)
 
 
 def _by_recency(items: dict[str, float] | dict[str, int], decay: float) -> dict[str, float]:
