@@ -7,6 +7,7 @@ import dataclasses
 import doctest
 import inspect
 import json
+import math
 import os
 import pickle
 import random
@@ -519,3 +520,6 @@ def test_the_binned_auc_agrees_with_rivers_finest_roc_auc() -> None:
     ours.update(True, 1.5)
     ours.update(False, -0.5)
     assert abs(ours.get() - rivers.get()) < 0.005
+    for hostile in (math.nan, math.inf, -math.inf):  # a diverging model must not stop the trainer
+        ours.update(True, hostile)
+    assert 0.0 < ours.get() < 1.0

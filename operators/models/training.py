@@ -58,8 +58,12 @@ class BinnedAUC:
         self.negatives = [0] * bins
 
     def update(self, label: bool, p_true: float) -> None:
+        """Count one example. A probability above 1 counts in the last bin, one below 0 or NaN in the first,
+        instead of failing the trainer."""
         counts = self.positives if label else self.negatives
-        counts[min(max(int(p_true * len(counts)), 0), len(counts) - 1)] += 1
+        bins = len(counts)
+        index = int(p_true * bins) if 0.0 <= p_true < 1.0 else (bins - 1 if p_true >= 1.0 else 0)
+        counts[index] += 1
 
     def get(self) -> float:
         """P(a positive scores above a negative), ties half; 0.0 until both classes were seen."""
