@@ -218,6 +218,10 @@ class UserCore:
         not depend on whether the watermark reached the timer before this event arrived."""
         step = Step()
         settings = self.settings
+        # The retention wake-up this key already has (asked for when it last moved), read before a merge
+        # can replace the features.
+        before: UserFeatures | None = values.get("features") if settings.features_enabled else None
+        registered = retention_due(before, settings.features) if before is not None else None
         if settings.consent is not None:
             admitted = self._privacy(values, step, event, key)
             if admitted is None:
@@ -230,7 +234,7 @@ class UserCore:
                 due = retention_due(features, settings.features)
                 if due <= event.ts:
                     self._forget(values, step, event.user_key, features, due)
-                    features = None
+                    features = registered = None
         stored = values.get("profile")
         profile, update = settings.profile.process(
             stored if stored is not None
@@ -253,7 +257,7 @@ class UserCore:
             features, vector = self.features.process(features or UserFeatures(version=self._counter_base(values)),
                                                      event)
             decision = features.decision
-            self._after_features(values, step, features, vector)
+            self._after_features(values, step, features, vector, registered)
             if self.user_models is not None:
                 purchase = event.ts if event.type == "purchase" else None
                 rescored, decision["intent"] = self._models(values, step, vector, purchase, None)
@@ -274,7 +278,8 @@ class UserCore:
         rescored: Rescored | None = None
         features = values.get("features")
         if features is not None:
-            if retention_due(features, self.settings.features) <= timestamp:
+            registered = retention_due(features, self.settings.features)
+            if registered <= timestamp:
                 self._forget(values, step, user, features, timestamp)
                 return step
             session_timer = features.sessions.timer_at
@@ -282,7 +287,7 @@ class UserCore:
             if session_timer is not None and session_timer <= timestamp:  # not a rule timer: close the session
                 features.sessions.timer_fired(timestamp)
                 vector = self.features.close_session(features, user, timestamp)
-                self._after_features(values, step, features, vector)
+                self._after_features(values, step, features, vector, registered)
             if self.user_models is not None:  # intent deadlines, and scoring the closed session's vector
                 rescored, _ = self._models(values, step, vector, None, timestamp)
         if engine is not None and (values.get("rules") is not None or rescored is not None):
@@ -558,12 +563,20 @@ class UserCore:
             step.emit(change.user_key, record, self.settings.topics["segments"])
 
     def _after_features(self, values: UserValues, step: Step, features: UserFeatures,
-                        vector: FeatureVector | None) -> None:
+                        vector: FeatureVector | None, registered: int | None) -> None:
+        """Store the features, wake at a session's close and at retention, stage and emit the vector.
+
+        The retention wake-up is asked for only when it moved from ``registered`` (the day it was last
+        asked for; None for new features): it moves once per day of activity, and asking again per event
+        cost the job a wake-up store and a timer registration per event for nothing.
+        """
         config = self.settings.features
         expiry = features.sessions.needs_timer(config.session_gap_ms)
         if expiry is not None:
             step.wakeups.append(expiry)
-        step.wakeups.append(retention_due(features, config))
+        retention = retention_due(features, config)
+        if retention != registered:
+            step.wakeups.append(retention)
         values.put("features", features)
         if vector is not None:
             step.redis.append(StageFeatures(vector))

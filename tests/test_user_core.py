@@ -69,6 +69,21 @@ def test_a_session_closes_when_the_watermark_passes_its_gap() -> None:
     assert not any(isinstance(write, StageProfile) for step in woken for write in step.redis)
 
 
+def test_retention_is_asked_for_once_per_day_of_activity_and_still_forgets() -> None:
+    """A retention wake-up moves once per day of activity: asking again per event cost the job a wake-up
+    store and a timer registration per event. The one asked for on the last day still forgets the user."""
+    day = 86_400_000
+    retention = SETTINGS.features.retention_ms
+    days = [T0, T0 + 2 * day]
+    later = days[-1] + retention + 2 * day
+    runner, steps = run([*browsing("dan", days[0]), *browsing("dan", days[1]), *browsing("eve", later)])
+    asked = [ts for user, step in steps if user == "dan"
+             for ts in step.wakeups if ts % day == 0 and ts > later - 4 * day]  # retention days only
+    assert len(asked) == len(days) == len(set(asked)), asked
+    left = dict(runner.users()).get("dan")
+    assert left is None or left.get("features") is None, "dan was not forgotten at retention"
+
+
 def test_consent_needs_erasure_settings() -> None:
     config = core_settings(replace(SETTINGS, privacy=replace(SETTINGS.privacy, enabled=True)))
     assert config.consent is not None
