@@ -75,8 +75,16 @@ class ShardTimers:
         self.wakeups = wakeups
         self.cursor = cursor
         self.service: TimerService | None = None
-        """The shard's timer service, set at every call."""
+        """The shard's timer service, set at every call (:meth:`enter`)."""
+        self.watermark: int | None = None
+        """The shard's watermark in this call, read once: it cannot move until the call returns, and
+        each read is a call into Java (one per event before)."""
         self.pending: dict[int, set[str]] = {}
+
+    def enter(self, service: TimerService) -> None:
+        """A new call into the operator, with the shard's timer service."""
+        self.service = service
+        self.watermark = None
 
     def register_event_time_timer(self, timestamp: int) -> None:
         self.pending.setdefault(timestamp, set()).add(self.cursor.user)
@@ -86,8 +94,10 @@ class ShardTimers:
         self.service.register_processing_time_timer(timestamp)
 
     def current_watermark(self) -> int:
-        assert self.service is not None
-        return self.service.current_watermark()
+        if self.watermark is None:
+            assert self.service is not None
+            self.watermark = self.service.current_watermark()
+        return self.watermark
 
     def current_processing_time(self) -> int:
         assert self.service is not None
@@ -183,7 +193,7 @@ class ShardFunction(UserFunction):
 
     def _enter(self, ctx: Any) -> UserContext:
         self.context.ctx = ctx
-        self.timers.service = ctx.timer_service()
+        self.timers.enter(ctx.timer_service())
         return self.context
 
     def _write(self, user: str, name: str, data: bytes | None) -> None:

@@ -149,7 +149,7 @@ def test_stored_bytes_are_the_values_as_they_are_now() -> None:
 def test_users_waking_at_the_same_time_share_one_flink_timer() -> None:
     wakeups, cursor, service = FakeMapState(), UserCursor(), FakeTimerService()
     timers = ShardTimers(wakeups, cursor)
-    timers.service = service  # type: ignore[assignment]
+    timers.enter(service)  # type: ignore[arg-type]
     for user in ("b", "a", "b"):
         cursor.user = user
         timers.register_event_time_timer(1000)
@@ -164,3 +164,23 @@ def test_users_waking_at_the_same_time_share_one_flink_timer() -> None:
     assert timers.due(1000) == [], "a wake-up is handed out once"
     assert timers.due(2000) == ["c"]
     assert wakeups.items == {}
+
+
+class CountingTimerService(FakeTimerService):
+    def __init__(self, watermark: int) -> None:
+        super().__init__(watermark)
+        self.reads = 0
+
+    def current_watermark(self) -> int:
+        self.reads += 1
+        return self.watermark
+
+
+def test_the_watermark_is_read_from_java_once_per_call() -> None:
+    """It cannot move within a call; each read crosses into Java (it was one read per event)."""
+    timers = ShardTimers(FakeMapState(), UserCursor())
+    first, second = CountingTimerService(1000), CountingTimerService(2000)
+    timers.enter(first)  # type: ignore[arg-type]
+    assert [timers.current_watermark() for _ in range(3)] == [1000] * 3 and first.reads == 1
+    timers.enter(second)  # type: ignore[arg-type]
+    assert timers.current_watermark() == 2000 and second.reads == 1
