@@ -15,7 +15,7 @@ from operators.experiments.assignment import assign
 from operators.experiments.attribution import Bounds
 from operators.experiments.config import parse_experiment
 from operators.experiments.serving import ExperimentPolicy
-from operators.features.config import FeatureConfig
+from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.operator import FeatureOperator
 from operators.features.rfm import LocalPopulation
 from operators.recs.user import UserRecState
@@ -72,13 +72,12 @@ def test_a_session_closes_when_the_watermark_passes_its_gap() -> None:
 def test_retention_is_asked_for_once_per_day_of_activity_and_still_forgets() -> None:
     """A retention wake-up moves once per day of activity: asking again per event cost the job a wake-up
     store and a timer registration per event. The one asked for on the last day still forgets the user."""
-    day = 86_400_000
     retention = SETTINGS.features.retention_ms
-    days = [T0, T0 + 2 * day]
-    later = days[-1] + retention + 2 * day
+    days = [T0, T0 + 2 * DAY_MS]
+    later = days[-1] + retention + 2 * DAY_MS
     runner, steps = run([*browsing("dan", days[0]), *browsing("dan", days[1]), *browsing("eve", later)])
     asked = [ts for user, step in steps if user == "dan"
-             for ts in step.wakeups if ts % day == 0 and ts > later - 4 * day]  # retention days only
+             for ts in step.wakeups if ts % DAY_MS == 0 and ts > later - 4 * DAY_MS]  # retention days only
     assert len(asked) == len(days) == len(set(asked)), asked
     left = dict(runner.users()).get("dan")
     assert left is None or left.get("features") is None, "dan was not forgotten at retention"
