@@ -11,9 +11,8 @@ from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any
 
+from operators.features.config import DAY_MS
 from operators.recs.similarity import SIMILARITIES
-
-DAY_MS = 86_400_000
 
 #: Blend weights of the candidate sources (each source is first scaled to a maximum of 1).
 DEFAULT_WEIGHTS = {"covisit": 1.0, "trending": 0.15, "affinity": 0.1, "recent": 0.1, "cart": 0.5}
