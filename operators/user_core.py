@@ -536,6 +536,8 @@ class UserCore:
             self._emit_changes(values, step, self.engine.forget(rules, user, ts, cause))
         if self.settings.recs is not None and values.get("recs") is not None:
             self._rec_request(step, RecRequest(user, "", ts, None, None, (), erase=erase))
+        if self.user_models is not None and values.get("models") is not None:
+            step.sends.append((TRAINING_ROUTE, TRAINER_KEY, self.user_models.leave(user)))
         values.clear(USER_VALUES)
 
     def _segments(self, values: UserValues, step: Step, advance: Callable[[RuleState], list[SegmentChange]]) -> None:

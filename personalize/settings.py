@@ -215,6 +215,8 @@ class ModelSettings:
     clusterer: str
     n_clusters: int
     seed: int
+    sample_users: int
+    refit_every: int
     train_sample_share: float
     train_vectors_per_user: int
     intent_horizon_ms: int

@@ -46,7 +46,7 @@ def report(settings: Settings, timeline: Timeline) -> dict[str, Any]:
 
 
 def test_clusters_recover_the_planted_personas(report: dict[str, Any]) -> None:
-    assert report["clusterer"] == "kmeans"
+    assert report["clusterer"] == "sampled_kmeans"
     assert report["users_scored"] > 0.8 * USERS
     assert report["ari"] >= evaluate_segments.TARGET_ARI
     assert report["ari_with_hysteresis"] >= evaluate_segments.TARGET_ARI
@@ -87,7 +87,7 @@ def test_the_cli_writes_the_report_and_says_whether_targets_were_met(settings: S
     report = json.loads(out.read_text())
     met = report["default"]["ari"] >= 0.7 and report["default"]["intent"]["roc_auc"] >= 0.8
     assert code == (evaluate_segments.EXIT_OK if met else evaluate_segments.EXIT_FAILURE)
-    assert [row["clusterer"] for row in report["comparison"]] == ["kmeans"]
+    assert [row["clusterer"] for row in report["comparison"]] == ["sampled_kmeans", "kmeans"]
     assert {"ari", "intent", "cost_us", "clusters", "drifts", "snapshot_model_bytes"} <= set(report["default"])
 
 

@@ -47,6 +47,7 @@ from operators.models.inputs import (
 )
 from operators.models.intent import IntentClassifier, IntentLabeler, PendingExamples
 from operators.models.membership import Membership, MembershipPolicy, update_membership
+from operators.models.scoring import ScoringModel
 from operators.models.training import (
     AUC_BINS,
     BinnedAUC,
@@ -97,7 +98,8 @@ class Case:
 
 
 CASES = [
-    *(pytest.param(Case(BehaviourClusterer, {"clusterer": name, "n_clusters": 3, "seed": 7},
+    *(pytest.param(Case(BehaviourClusterer, {"clusterer": name, "n_clusters": 3, "seed": 7,
+                                                  "refit_every": 100, "sample_users": 64},
                         [(x, None) for x in behaviour_points(520)]), id=f"clusterer-{name}")
       for name in CLUSTERERS),
     pytest.param(Case(IntentClassifier, {"learning_rate": 0.05, "l2": 0.001}, intent_examples(300)), id="intent"),
@@ -215,6 +217,59 @@ def test_kmeans_is_the_same_under_any_hash_seed() -> None:
         [sys.executable, "-c", "from tests.test_models import kmeans_centroids; print(kmeans_centroids())"],
         capture_output=True, text=True, timeout=60, check=True, env={"PYTHONHASHSEED": other_seed, "PYTHONPATH": "."})
     assert elsewhere.stdout.strip() == kmeans_centroids()
+
+
+def blob(center: float, spread: float, rng: random.Random) -> ModelInput:
+    return {name: center + rng.gauss(0, spread) for name in BEHAVIOUR_FEATURES}
+
+
+def test_sampled_kmeans_counts_each_user_once_however_busy() -> None:
+    """A user sending hundreds of inputs holds one slot: two groups of 40 users stay the two clusters,
+    where an online KMeans lets the busy user's inputs pull a center of their own."""
+    rng = random.Random(3)
+    model = BehaviourClusterer("sampled_kmeans", 2, seed=1, refit_every=50, sample_users=1024)
+    for user in range(80):
+        model.learn_one(blob(0.0 if user < 40 else 4.0, 0.3, rng), slot=user)
+    busy = 500
+    for _ in range(400):
+        model.learn_one(blob(9.0, 0.3, rng), slot=busy)
+    for _ in range(40):  # ordinary traffic after the busy burst, so a re-fit runs with the busy slot stored
+        model.learn_one(blob(0.0, 0.3, rng), slot=rng.randrange(40))
+    left, right = model.predict_one(blob(0.0, 0.0, rng)), model.predict_one(blob(4.0, 0.0, rng))
+    assert left != right
+
+
+def test_sampled_kmeans_keeps_cluster_ids_across_refits_and_forgets_slots() -> None:
+    rng = random.Random(5)
+    model = BehaviourClusterer("sampled_kmeans", 3, seed=2, refit_every=30, sample_users=1024)
+    for user in range(90):
+        model.learn_one(blob(3.0 * (user % 3), 0.2, rng), slot=user)
+    ids = [model.predict_one(blob(3.0 * group, 0.0, rng)) for group in range(3)]
+    assert sorted(ids) == [0, 1, 2]
+    for user in range(300):  # the groups drift a little; many re-fits, each from fresh k-means++ starts
+        model.learn_one(blob(3.0 * (user % 3) + 0.5, 0.2, rng), slot=user % 90)
+    assert [model.predict_one(blob(3.0 * group + 0.5, 0.0, rng)) for group in range(3)] == ids
+    sample = model._sample
+    assert sample is not None and sample.size == 90
+    model.forget(7)
+    model.forget(7 + 1024)  # the same slot (a sample restored under another models.sample_users)
+    model.forget(1000)  # a slot never stored: nothing to forget
+    assert sample.size == 89 == int(sample.filled.sum()) and not sample.filled[7]
+
+
+def test_sampled_kmeans_centers_come_with_the_scaler_they_were_fitted_in() -> None:
+    """The published scaler is the one of the last re-fit, so a snapshot scores as the trainer assigns."""
+    rng = random.Random(8)
+    trainer = ModelTrainer(ModelConfig(n_clusters=2, refit_every=40, sample_users=1024))
+    for user in range(120):
+        trainer.learn_behaviour(blob(0.0 if user % 2 else 5.0, 0.5, rng), "", T0 + user, slot=user % 60)
+    clusterer = trainer.models.clusterer
+    model = ScoringModel.of(clusterer, trainer.models.intent)
+    for group in (0.0, 5.0):
+        x = blob(group, 0.5, rng)
+        published, trained = model.assign(x), clusterer.assign(x)
+        assert published is not None and trained is not None
+        assert published.cluster == trained.cluster and published.distance == pytest.approx(trained.distance)
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------

@@ -18,8 +18,18 @@ from operators.experiments.serving import ExperimentPolicy
 from operators.features.config import DAY_MS, FeatureConfig
 from operators.features.operator import FeatureOperator
 from operators.features.rfm import LocalPopulation
+from operators.models.user import ForgetSlot, sample_slot
 from operators.recs.user import UserRecState
-from operators.user_core import RECS_ROUTE, StageErase, StageProfile, StageSegmentChange, Step, UserCore
+from operators.user_core import (
+    RECS_ROUTE,
+    TRAINER_KEY,
+    TRAINING_ROUTE,
+    StageErase,
+    StageProfile,
+    StageSegmentChange,
+    Step,
+    UserCore,
+)
 from operators.validation import Limits, parse_event
 from personalize import settings as settings_module
 from state.codecs import encode_recs
@@ -58,6 +68,8 @@ def test_an_erasure_request_clears_the_user_tombstones_and_confirms() -> None:
     values = dict(runner.users())["ann"]
     assert values.get("consent") is not None
     assert all(values.get(name) is None for name in ("profile", "features", "rules", "models", "recs"))
+    # The trainer's clustering sample keeps ann's newest behaviour input in her slot: it goes too.
+    assert (TRAINING_ROUTE, TRAINER_KEY, ForgetSlot(sample_slot("ann", SETTINGS.models.sample_users))) in erased.sends
 
 
 def test_a_session_closes_when_the_watermark_passes_its_gap() -> None:

@@ -1,5 +1,7 @@
-"""Behavioural clusters: standard scaling and a River streaming clusterer behind one estimator.
+"""Behavioural clusters: standard scaling and a clusterer behind one estimator.
 
+The default, ``sampled_kmeans``, re-fits k-means++ over the newest input of a sample of users
+(:class:`SampledKMeans`); the others are River's streaming clusterers, kept for comparison.
 Centroids live in the scaled space, so a centroid coordinate *is* the cluster's z-score against
 the population of learned vectors; :func:`describe` turns the largest ones into words.
 """
@@ -11,11 +13,17 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 from river import base, cluster, preprocessing
+from scipy.optimize import linear_sum_assignment
 
 from operators.models.inputs import BEHAVIOUR_FEATURES
 
-CLUSTERERS = ("kmeans", "streamkmeans", "dbstream", "clustream")
+SAMPLED = "sampled_kmeans"
+CLUSTERERS = (SAMPLED, "kmeans", "streamkmeans", "dbstream", "clustream")
+RESTARTS = 10
+"""k-means++ starts per re-fit; the fit with the least within-cluster squared distance wins."""
+LLOYD_ITERATIONS = 30
 NOTABLE_Z = 0.5
 """A centroid coordinate at least this far from the population mean (in standard deviations) is a trait."""
 MAX_TRAITS = 3
@@ -23,7 +31,7 @@ DOMINANT_CATEGORY_SHARE = 0.4
 CATEGORY_LIFT = 1.5
 """A cluster is named after a category when at least 40% of its recent vectors have it as top category,
 and 1.5 times the share it has over all clusters: popular categories alone do not characterize a cluster."""
-NEAREST_CENTER = frozenset({"kmeans", "streamkmeans", "dbstream"})
+NEAREST_CENTER = frozenset({SAMPLED, "kmeans", "streamkmeans", "dbstream"})
 """Clusterers that predict the nearest center: the assignment takes it from distances computed anyway."""
 DESCRIPTORS: dict[str, tuple[str, str]] = {
     "sessions": ("occasional", "frequent"),
@@ -67,6 +75,105 @@ def make_clusterer(name: str, n_clusters: int, seed: int) -> CenterClusterer:
     raise ValueError(f"unknown clusterer {name!r}; known: {', '.join(CLUSTERERS)}")
 
 
+def _squared_distances(points: np.ndarray, norms: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Point x center squared distances, as ``|p|^2 - 2 p.c + |c|^2`` (one matrix product)."""
+    return np.maximum(norms[:, None] - 2.0 * points @ centers.T + (centers * centers).sum(axis=1)[None], 0.0)
+
+
+def _kmeans(points: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, float]:
+    """Lloyd's iterations from ``centers``: (centers, within-cluster squared distance)."""
+    norms = (points * points).sum(axis=1)
+    identity = np.eye(len(centers))
+    labels = None
+    for _ in range(LLOYD_ITERATIONS):
+        moved = _squared_distances(points, norms, centers).argmin(axis=1)
+        if labels is not None and np.array_equal(moved, labels):
+            break
+        labels = moved
+        members = identity[labels]  # one row per point, a 1 in its cluster's column
+        counts = members.sum(axis=0)
+        centers = np.where(counts[:, None] > 0, (members.T @ points) / np.maximum(counts, 1)[:, None], centers)
+    return centers, float(_squared_distances(points, norms, centers).min(axis=1).sum())
+
+
+def _kmeans_plus_plus_start(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding: each next center drawn with probability proportional to its squared distance."""
+    n = len(points)
+    centers = np.empty((k, points.shape[1]))
+    centers[0] = points[rng.integers(n)]
+    closest = ((points - centers[0]) ** 2).sum(axis=1)
+    for j in range(1, k):
+        total = float(closest.sum())
+        centers[j] = points[rng.choice(n, p=closest / total) if total > 0 else rng.integers(n)]
+        closest = np.minimum(closest, ((points - centers[j]) ** 2).sum(axis=1))
+    return centers
+
+
+class SampledKMeans:
+    """k-means++ re-fitted now and then over the newest behaviour input of a sample of users.
+
+    Why not an online KMeans: it learns vectors, so busy users pull its centers, and it stays in the
+    local optimum its first points lead it to (docs/models.md measures both). Here each sample slot (a
+    hash bucket of the user key, chosen by the user operator) holds its user's newest input, so every
+    sampled user counts once and with their current habits. Every ``refit_every`` stored inputs (sooner
+    while the sample is smaller than that) the centers are fitted afresh, the best of :data:`RESTARTS`
+    k-means++ starts, and matched to the previous ones (least total squared distance), so a re-fit
+    does not rename clusters under scored users. Cost: a store per input, and a re-fit of at most
+    ``slots x n_clusters x RESTARTS x LLOYD_ITERATIONS`` distances (numpy) per ``refit_every`` inputs.
+    """
+
+    def __init__(self, n_clusters: int, seed: int, refit_every: int, slots: int) -> None:
+        self.n_clusters = n_clusters
+        self.refit_every = refit_every
+        self.rng = np.random.default_rng(seed)
+        self.inputs = np.zeros((slots, len(BEHAVIOUR_FEATURES)), dtype=np.float32)
+        """Row ``slot``: the slot's newest input, raw, in ``BEHAVIOUR_FEATURES`` order. One array, not a
+        dict of tuples: the trainer's state is pickled at every snapshot, and an array pickles as one copy."""
+        self.filled = np.zeros(slots, dtype=bool)
+        self.size = 0
+        """Slots holding an input."""
+        self.stored_since_fit = 0
+        self.centers: dict[int, dict[Hashable, float]] = {}
+        """Cluster id -> center by position, in the space of :attr:`scaler`; empty before the first fit."""
+        self.scaler: tuple[dict[Hashable, float], dict[Hashable, float]] = ({}, {})
+        """The means and variances by feature name the centers were fitted in (what scoring must use)."""
+
+    def store(self, slot: int, x: Mapping[Hashable, float]) -> bool:
+        """Keep ``x`` as the slot's newest input; True when a re-fit is due."""
+        slot %= len(self.filled)  # a restored sample keeps its size if models.sample_users changed
+        self.inputs[slot] = [x[name] for name in BEHAVIOUR_FEATURES]
+        if not self.filled[slot]:
+            self.filled[slot] = True
+            self.size += 1
+        self.stored_since_fit += 1
+        return self.size >= self.n_clusters and self.stored_since_fit >= min(self.refit_every, self.size)
+
+    def forget(self, slot: int) -> None:
+        slot %= len(self.filled)
+        if self.filled[slot]:
+            self.filled[slot] = False
+            self.size -= 1
+
+    def fit(self, means: Mapping[Hashable, float], variances: Mapping[Hashable, float]) -> None:
+        """Fit the sample scaled by ``means`` and ``variances`` (a feature without variance scales to 0)."""
+        self.stored_since_fit = 0
+        mean = np.array([means.get(name, 0.0) for name in BEHAVIOUR_FEATURES])
+        std = np.sqrt(np.array([variances.get(name, 0.0) for name in BEHAVIOUR_FEATURES]))
+        raw = self.inputs[self.filled].astype(np.float64)
+        points = np.where(std > 0, (raw - mean) / np.where(std > 0, std, 1.0), 0.0)
+        starts = [_kmeans_plus_plus_start(points, self.n_clusters, self.rng) for _ in range(RESTARTS)]
+        previous = np.array([[self.centers[c][i] for i in range(len(BEHAVIOUR_FEATURES))]
+                             for c in range(self.n_clusters)]) if self.centers else None
+        if previous is not None:
+            starts.append(previous)
+        fitted = min((_kmeans(points, start) for start in starts), key=lambda fit: fit[1])[0]
+        if previous is not None:
+            _, order = linear_sum_assignment(((previous[:, None, :] - fitted[None]) ** 2).sum(axis=2))
+            fitted = fitted[order]
+        self.centers = {c: {i: float(v) for i, v in enumerate(center)} for c, center in enumerate(fitted)}
+        self.scaler = (dict(means), dict(variances))
+
+
 @dataclass(frozen=True)
 class Assignment:
     cluster: int
@@ -81,44 +188,70 @@ def _distance(point: Mapping[Hashable, float], center: Mapping[Hashable, float])
 
 
 class BehaviourClusterer(base.Clusterer):
-    """``StandardScaler`` then a River clusterer over :func:`~operators.models.inputs.behaviour_input` dicts.
+    """``StandardScaler`` then a clusterer over :func:`~operators.models.inputs.behaviour_input` dicts.
 
     The clusterer sees features by position (0..n-1), not by name: River's KMeans draws initial
     center coordinates lazily in the iteration order of a *set* of feature keys, which for strings
     changes with ``PYTHONHASHSEED``. Integer keys make one seed give one model in every process.
 
     >>> model = BehaviourClusterer(n_clusters=2, seed=1)
-    >>> for carts in (0, 0, 0, 5, 5, 5) * 50:
-    ...     model.learn_one({name: float(carts) for name in BEHAVIOUR_FEATURES})
+    >>> for user, carts in enumerate((0, 0, 0, 5, 5, 5) * 50):
+    ...     model.learn_one({name: float(carts) for name in BEHAVIOUR_FEATURES}, slot=user % 60)
     >>> model.predict_one({name: 0.0 for name in BEHAVIOUR_FEATURES}) != model.predict_one(
     ...     {name: 5.0 for name in BEHAVIOUR_FEATURES})
     True
     """
 
-    def __init__(self, clusterer: str = "kmeans", n_clusters: int = 5, seed: int = 42) -> None:
+    def __init__(self, clusterer: str = SAMPLED, n_clusters: int = 5, seed: int = 42, refit_every: int = 1000,
+                 sample_users: int = 2048) -> None:
         self.clusterer = clusterer
         self.n_clusters = n_clusters
         self.seed = seed
+        self.refit_every = refit_every
+        self.sample_users = sample_users
         self._scaler = preprocessing.StandardScaler()
-        self._model = make_clusterer(clusterer, n_clusters, seed)
+        self._sample = SampledKMeans(n_clusters, seed, refit_every, sample_users) if clusterer == SAMPLED else None
+        self._model = make_clusterer(clusterer, n_clusters, seed) if self._sample is None else None
         self._learned = 0
 
     def _positional(self, x: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        if self._sample is not None:  # in the space the centers were fitted in
+            means, variances = self._sample.scaler
+            return {i: (x[name] - means[name]) / math.sqrt(variances[name]) if variances[name] > 0 else 0.0
+                    for i, name in enumerate(BEHAVIOUR_FEATURES)}
         scaled = self._scaler.transform_one(dict(x))
         return {i: scaled[name] for i, name in enumerate(BEHAVIOUR_FEATURES)}
 
-    def learn_one(self, x: dict[Hashable, Any]) -> None:
+    def learn_one(self, x: dict[Hashable, Any], slot: int | None = None) -> None:
+        """Learn ``x``; for ``sampled_kmeans`` as the newest input of sample ``slot`` (without one, the
+        newest ``sample_users`` inputs are the sample)."""
         self._scaler.learn_one(x)
-        self._model.learn_one(self._positional(x))
+        if self._sample is not None:
+            if self._sample.store(self._learned % self.sample_users if slot is None else slot, x):
+                self._sample.fit(self._scaler.means, self._scaler.vars)
+        else:
+            assert self._model is not None
+            self._model.learn_one(self._positional(x))
         self._learned += 1
 
-    def assign(self, x: Mapping[Hashable, Any]) -> Assignment | None:
-        """The cluster of ``x`` and its distances to every center; None until there are centers.
+    def forget(self, slot: int) -> None:
+        """Drop the slot's input (its user left: erasure, retention, a merge); the next re-fit goes without it."""
+        if self._sample is not None:
+            self._sample.forget(slot)
 
-        An unfitted KMeans has random centers whose coordinates are drawn when first read: reading
-        them before learning would both mislead and mutate the model.
-        """
-        centers = self._model.centers if self._learned else {}
+    def fitted_centers(self) -> Mapping[int, Mapping[Hashable, float]]:
+        """Centers by position in the scaled space; empty until something was learned (see :meth:`assign`).
+
+        An unfitted River KMeans has random centers whose coordinates are drawn when first read: reading
+        them before learning would both mislead and mutate the model."""
+        if self._sample is not None:
+            return self._sample.centers
+        assert self._model is not None
+        return self._model.centers if self._learned else {}
+
+    def assign(self, x: Mapping[Hashable, Any]) -> Assignment | None:
+        """The cluster of ``x`` and its distances to every center; None until there are centers."""
+        centers = self.fitted_centers()
         if not centers:
             return None
         point = self._positional(x)
@@ -126,6 +259,7 @@ class BehaviourClusterer(base.Clusterer):
         if self.clusterer in NEAREST_CENTER:
             chosen = min(distances, key=distances.__getitem__)
         else:
+            assert self._model is not None
             chosen = self._model.predict_one(point)
         return Assignment(chosen, distances[chosen], distances)
 
@@ -134,18 +268,15 @@ class BehaviourClusterer(base.Clusterer):
         return 0 if assignment is None else assignment.cluster
 
     def scaler_state(self) -> tuple[Mapping[Hashable, float], Mapping[Hashable, float]]:
-        """The scaler's means and variances by feature name (what a published model carries)."""
+        """The means and variances by feature name that scoring must scale with (what a published model carries)."""
+        if self._sample is not None:
+            return self._sample.scaler
         return self._scaler.means, self._scaler.vars
-
-    def fitted_centers(self) -> Mapping[int, Mapping[Hashable, float]]:
-        """Centers by position in the scaled space; empty until something was learned (see :meth:`assign`)."""
-        return self._model.centers if self._learned else {}
 
     def centroids(self) -> dict[int, dict[str, float]]:
         """Each cluster's center as z-scores per feature (0 = the population mean)."""
-        centers = self._model.centers if self._learned else {}
         return {c: {name: center.get(i, 0.0) for i, name in enumerate(BEHAVIOUR_FEATURES)}
-                for c, center in centers.items()}
+                for c, center in self.fitted_centers().items()}
 
 
 @dataclass

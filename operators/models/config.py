@@ -9,10 +9,14 @@ HOUR_MS = 3_600_000
 
 @dataclass(frozen=True)
 class ModelConfig:
-    clusterer: str = "kmeans"
+    clusterer: str = "sampled_kmeans"
     """A name of ``clustering.CLUSTERERS``."""
     n_clusters: int = 5
     seed: int = 42
+    sample_users: int = 2048
+    """``sampled_kmeans``: sample slots (users hashed into them) whose newest input the re-fits cluster."""
+    refit_every: int = 1000
+    """``sampled_kmeans``: re-fit after this many stored inputs (sooner while the sample is smaller)."""
     train_sample_share: float = 1.0
     """Share of emitted feature vectors the trainer learns from (chosen by a hash of the vector id)."""
     train_vectors_per_user: int = 20

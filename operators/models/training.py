@@ -147,7 +147,8 @@ class ModelTrainer:
         self.config = config
         self.lineage = lineage
         """Names this trainer's snapshots apart from another trainer's (a job started without state)."""
-        self.models = SegmentModels(BehaviourClusterer(config.clusterer, config.n_clusters, config.seed),
+        self.models = SegmentModels(BehaviourClusterer(config.clusterer, config.n_clusters, config.seed,
+                                                       config.refit_every, config.sample_users),
                                     IntentClassifier(config.intent_learning_rate))
         self.stats = ClusterStats()
         self.intent_auc = BinnedAUC()
@@ -169,17 +170,22 @@ class ModelTrainer:
             return None
         return self.learn_behaviour(behaviour_input(values), values["top_category"] or "", ts)
 
-    def learn_behaviour(self, x: ModelInput, top_category: str, ts: int) -> DriftEvent | None:
-        """Learn the clusters from one behaviour input (what the job's keyed operator sends)."""
+    def learn_behaviour(self, x: ModelInput, top_category: str, ts: int, slot: int | None = None) -> DriftEvent | None:
+        """Learn the clusters from one behaviour input (what the job's keyed operator sends), the newest of
+        its user's sample ``slot``."""
         clusterer = self.models.clusterer
         assignment = clusterer.assign(x)
-        clusterer.learn_one(x)
+        clusterer.learn_one(x, slot)
         self.vectors_learned += 1
         self._learned(ts)
         if assignment is None:
             return None
         self.stats.add(assignment.cluster, top_category)
         return self._drift(self.distance_drift.update(assignment.distance, ts, self.version))
+
+    def forget_slot(self, slot: int) -> None:
+        """The user of sample ``slot`` left (erasure, retention, a merge): their input leaves the sample."""
+        self.models.clusterer.forget(slot)
 
     def learn_intent(self, example: ModelInput, label: bool, ts: int) -> DriftEvent | None:
         """Learn one settled intent example; ``ts`` is when its label became known."""

@@ -1,12 +1,14 @@
 """Per-user model work of the keyed operator: intent examples awaiting labels, scores, cluster membership.
 
 The trainer never sees a user: what leaves the user is a :class:`TrainingInput` (a sampled
-behaviour input or a labelled intent example). What stays is a :class:`UserModelState`, a few
+behaviour input with the user's sample slot, a bucket of a hash of the key, or a labelled intent
+example) and, when the user leaves, a :class:`ForgetSlot`. What stays is a :class:`UserModelState`, a few
 hundred bytes kept next to the user's other keyed state and erased with it.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -29,12 +31,29 @@ class TrainingInput(NamedTuple):
     x: ModelInput
     label: bool | None = None
     top_category: str = ""
+    slot: int | None = None
+    """A behaviour input's sample slot: the clusterer keeps each slot's newest input."""
 
     def learn(self, trainer: ModelTrainer) -> DriftEvent | None:
         """Apply to ``trainer``; returns its drift event, if any."""
         if self.label is None:
-            return trainer.learn_behaviour(self.x, self.top_category, self.ts)
+            return trainer.learn_behaviour(self.x, self.top_category, self.ts, self.slot)
         return trainer.learn_intent(self.x, self.label, self.ts)
+
+
+class ForgetSlot(NamedTuple):
+    """The user of a sample slot left (erasure, retention, a merge into another key): their input leaves the
+    trainer's sample. Another user hashed into the same slot loses theirs until their next input."""
+
+    slot: int
+
+    def learn(self, trainer: ModelTrainer) -> None:
+        trainer.forget_slot(self.slot)
+
+
+def sample_slot(user_key: str, slots: int) -> int:
+    """The user's slot in the trainer's sample: stable across processes and restarts (CRC-32, not ``hash``)."""
+    return zlib.crc32(user_key.encode("utf-8")) % slots
 
 
 @dataclass
@@ -90,7 +109,8 @@ class UserModels:
         behaviour, intent = self._inputs(vector)
         learned = []
         if behaviour is not None and learns_from(vector, self.config):
-            learned.append(TrainingInput(vector.ts, behaviour, None, values["top_category"] or ""))
+            learned.append(TrainingInput(vector.ts, behaviour, None, values["top_category"] or "",
+                                         sample_slot(vector.user_key, self.config.sample_users)))
         if not by_purchase:
             self.labeler.add(state.pending, vector.ts, half_precision(intent_values(intent)))
         return learned
@@ -102,6 +122,10 @@ class UserModels:
     def expire(self, state: UserModelState, now: int) -> list[TrainingInput]:
         """Negative examples: those whose horizon passed by ``now`` without a purchase."""
         return self._settled(self.labeler.expire(state.pending, now), now)
+
+    def leave(self, user_key: str) -> ForgetSlot:
+        """What the trainer must forget of a user who leaves."""
+        return ForgetSlot(sample_slot(user_key, self.config.sample_users))
 
     def deadline(self, state: UserModelState) -> int | None:
         return self.labeler.next_deadline(state.pending)
