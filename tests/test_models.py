@@ -462,6 +462,18 @@ def test_the_first_snapshot_needs_enough_examples_then_count_or_event_time_trigg
     assert trainer.maybe_snapshot() is None  # nothing new learned
 
 
+def test_racing_event_time_publishes_after_a_tenth_of_snapshot_every_at_the_soonest() -> None:
+    """A replay whose examples are hours of event time apart: the interval alone would publish after
+    each one; it waits for snapshot_every // 10 (10) examples since the last snapshot."""
+    trainer = ModelTrainer(CONFIG)
+    published_after = []
+    for i in range(300):
+        trainer.learn_intent(intent_input(VALUES[i % 3]), i % 3 == 1, T0 + i * 2 * HOUR)
+        if trainer.maybe_snapshot() is not None:
+            published_after.append(i + 1)
+    assert published_after == [100, *range(110, 301, 10)]  # the first by count, then one per ten examples
+
+
 def test_the_end_of_a_bounded_input_publishes_what_was_learned_since_the_last_snapshot() -> None:
     trainer = ModelTrainer(CONFIG)
     assert trainer.maybe_snapshot(final=True) is None  # nothing learned: nothing to publish
