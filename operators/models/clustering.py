@@ -116,9 +116,10 @@ class SampledKMeans:
     local optimum its first points lead it to (docs/models.md measures both). Here each sample slot (a
     hash bucket of the user key, chosen by the user operator) holds its user's newest input, so every
     sampled user counts once and with their current habits. Every ``refit_every`` stored inputs (sooner
-    while the sample is smaller than that) the centers are fitted afresh, the best of :data:`RESTARTS`
-    k-means++ starts, and matched to the previous ones (least total squared distance), so a re-fit
-    does not rename clusters under scored users. Cost: a store per input, and a re-fit of at most
+    while the sample is smaller than that) the centers are fitted afresh: the best of :data:`RESTARTS`
+    k-means++ starts and the previous centers (so a re-fit never trades the current partition for a
+    worse one), matched to the previous ids (least total squared distance), so a re-fit does not
+    rename clusters under scored users. Cost: a store per input, and a re-fit of at most
     ``slots x n_clusters x RESTARTS x LLOYD_ITERATIONS`` distances (numpy) per ``refit_every`` inputs.
     """
 
