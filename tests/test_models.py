@@ -257,6 +257,21 @@ def test_sampled_kmeans_keeps_cluster_ids_across_refits_and_forgets_slots() -> N
     assert sample.size == 89 == int(sample.filled.sum()) and not sample.filled[7]
 
 
+def test_a_clusterer_pickled_before_sampled_kmeans_restores_as_it_was() -> None:
+    """A savepoint of the trainer from before 2026-12-07 holds a River KMeans without the sample's fields."""
+    old = BehaviourClusterer("kmeans", 3, seed=7)
+    for x in behaviour_points(60):
+        old.learn_one(x)
+    point = behaviour_points(3)[0]
+    expected = old.assign(point)
+    for name in ("refit_every", "sample_users", "_sample"):
+        del old.__dict__[name]
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.assign(point) == expected
+    restored.learn_one(point, slot=4)
+    assert restored.clusterer == "kmeans" and restored._sample is None
+
+
 def test_sampled_kmeans_centers_come_with_the_scaler_they_were_fitted_in() -> None:
     """The published scaler is the one of the last re-fit, so a snapshot scores as the trainer assigns."""
     rng = random.Random(8)

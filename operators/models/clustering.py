@@ -215,6 +215,10 @@ class BehaviourClusterer(base.Clusterer):
         self._model = make_clusterer(clusterer, n_clusters, seed) if self._sample is None else None
         self._learned = 0
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A trainer checkpointed before ``sampled_kmeans`` existed restores as the River clusterer it was."""
+        self.__dict__.update({"refit_every": 1000, "sample_users": 2048, "_sample": None, **state})
+
     def _positional(self, x: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         if self._sample is not None:  # in the space the centers were fitted in
             means, variances = self._sample.scaler
