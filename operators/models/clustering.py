@@ -138,6 +138,9 @@ class SampledKMeans:
         """Cluster id -> center by position, in the space of :attr:`scaler`; empty before the first fit."""
         self.scaler: tuple[dict[Hashable, float], dict[Hashable, float]] = ({}, {})
         """The means and variances by feature name the centers were fitted in (what scoring must use)."""
+        self.means: tuple[float, ...] = ()
+        self.stds: tuple[float, ...] = ()
+        """The same scaler in ``BEHAVIOUR_FEATURES`` order, as :meth:`scale` uses it for every assignment."""
 
     def store(self, slot: int, x: Mapping[Hashable, float]) -> bool:
         """Keep ``x`` as the slot's newest input; True when a re-fit is due."""
@@ -155,11 +158,17 @@ class SampledKMeans:
             self.filled[slot] = False
             self.size -= 1
 
+    def scale(self, x: Mapping[Hashable, Any]) -> dict[Hashable, float]:
+        """``x`` by position in the space the centers were fitted in (a feature without variance scales to 0)."""
+        return {i: (x[name] - mean) / std if std > 0 else 0.0
+                for i, (name, mean, std) in enumerate(zip(BEHAVIOUR_FEATURES, self.means, self.stds, strict=True))}
+
     def fit(self, means: Mapping[Hashable, float], variances: Mapping[Hashable, float]) -> None:
         """Fit the sample scaled by ``means`` and ``variances`` (a feature without variance scales to 0)."""
         self.stored_since_fit = 0
-        mean = np.array([means.get(name, 0.0) for name in BEHAVIOUR_FEATURES])
-        std = np.sqrt(np.array([variances.get(name, 0.0) for name in BEHAVIOUR_FEATURES]))
+        self.means = tuple(means.get(name, 0.0) for name in BEHAVIOUR_FEATURES)
+        self.stds = tuple(math.sqrt(variances.get(name, 0.0)) for name in BEHAVIOUR_FEATURES)
+        mean, std = np.array(self.means), np.array(self.stds)
         raw = self.inputs[self.filled].astype(np.float64)
         points = np.where(std > 0, (raw - mean) / np.where(std > 0, std, 1.0), 0.0)
         starts = [_kmeans_plus_plus_start(points, self.n_clusters, self.rng) for _ in range(RESTARTS)]
@@ -220,10 +229,8 @@ class BehaviourClusterer(base.Clusterer):
         self.__dict__.update({"refit_every": 1000, "sample_users": 2048, "_sample": None, **state})
 
     def _positional(self, x: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        if self._sample is not None:  # in the space the centers were fitted in
-            means, variances = self._sample.scaler
-            return {i: (x[name] - means[name]) / math.sqrt(variances[name]) if variances[name] > 0 else 0.0
-                    for i, name in enumerate(BEHAVIOUR_FEATURES)}
+        if self._sample is not None:
+            return self._sample.scale(x)
         scaled = self._scaler.transform_one(dict(x))
         return {i: scaled[name] for i, name in enumerate(BEHAVIOUR_FEATURES)}
 
