@@ -358,9 +358,13 @@ class UserFunction(KeyedBroadcastProcessFunction):
             self.snapshot_loaded = True
             stored = ctx.get_broadcast_state(MODEL_SNAPSHOT).get(MODEL_SNAPSHOT_KEY)
             if stored:
-                snapshot = decode_snapshot(bytes(stored), self.snapshot_signer, len(stored))
-                self.core.scorer.load(snapshot)
-                self.sink.write_model_instance(self.subtask, snapshot)
+                try:
+                    snapshot = decode_snapshot(bytes(stored), self.snapshot_signer, len(stored))
+                except SnapshotError:  # kept by an older version (schema v2) or under another secret: no
+                    self.invalid_snapshots.inc()  # clusters until the trainer's next snapshot, not a crash loop
+                else:
+                    self.core.scorer.load(snapshot)
+                    self.sink.write_model_instance(self.subtask, snapshot)
         return self.core.scorer
 
     def process_broadcast_element(self, value: Row, ctx: KeyedBroadcastProcessFunction.Context) -> Iterator[Any]:

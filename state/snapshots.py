@@ -1,10 +1,11 @@
 """The record format of ``models.snapshots``: signed, size-bounded, data only.
 
-A snapshot record is JSON (``models.snapshot.v2``): the snapshot's summary, its id, the scoring
-model as numbers (:class:`~operators.models.scoring.ScoringModel`) and an HMAC of all of it with
-the job's secret. A scorer refuses a record that is too large, not JSON, unsigned or signed with
-another key, of another schema, or malformed, with a :class:`SnapshotError` that says which; the job
-dead-letters it and keeps the model it had (docs/security.md).
+A snapshot record is JSON (``models.snapshot.v3``; v2 had nine clustering features, before
+``remove_rate``): the snapshot's summary, its id, the scoring model as numbers
+(:class:`~operators.models.scoring.ScoringModel`) and an HMAC of all of it with the job's secret. A
+scorer refuses a record that is too large, not JSON, unsigned or signed with another key, of another
+schema, or malformed, with a :class:`SnapshotError` that says which; the job dead-letters it and keeps
+the model it had (docs/security.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from operators.models.scoring import ScoringModel, ScoringModelError
 from operators.models.training import ModelSnapshot
 from state.signing import Signer, UnsignedRecord
 
-SNAPSHOT_SCHEMA = "models.snapshot.v2"
+SNAPSHOT_SCHEMA = "models.snapshot.v3"
 SIGNING_DOMAIN = SNAPSHOT_SCHEMA
 MAX_CLUSTERS = 256
 MAX_TEXT = 500

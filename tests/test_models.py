@@ -272,6 +272,25 @@ def test_a_clusterer_pickled_before_sampled_kmeans_restores_as_it_was() -> None:
     assert restored.clusterer == "kmeans" and restored._sample is None
 
 
+def test_a_sample_pickled_with_other_clustering_features_restores_empty_and_refits() -> None:
+    """A savepoint from before ``remove_rate`` joined the inputs (2026-12-08) holds 9-wide rows and centers."""
+    rng = random.Random(4)
+    model = BehaviourClusterer("sampled_kmeans", 2, seed=1, refit_every=20, sample_users=64)
+    for user in range(40):
+        model.learn_one(blob(0.0 if user % 2 else 4.0, 0.3, rng), slot=user)
+    sample = model._sample
+    assert sample is not None and sample.centers
+    sample.inputs = sample.inputs[:, :-1].copy()
+    sample.centers = {c: {i: v for i, v in center.items() if i < len(BEHAVIOUR_FEATURES) - 1}
+                      for c, center in sample.centers.items()}
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored._sample is not None and restored._sample.size == 0 and not restored.fitted_centers()
+    assert restored.assign(blob(0.0, 0.0, rng)) is None  # no cluster rather than one from another space
+    for user in range(4):
+        restored.learn_one(blob(0.0 if user % 2 else 4.0, 0.3, rng), slot=user)
+    assert restored.predict_one(blob(0.0, 0.0, rng)) != restored.predict_one(blob(4.0, 0.0, rng))
+
+
 def test_sampled_kmeans_centers_come_with_the_scaler_they_were_fitted_in() -> None:
     """The published scaler is the one of the last re-fit, so a snapshot scores as the trainer assigns."""
     rng = random.Random(8)
@@ -306,7 +325,8 @@ def test_inputs_are_finite_numbers_for_every_model_feature() -> None:
     x = behaviour_input(values)
     assert tuple(x) == BEHAVIOUR_FEATURES
     assert x["cart_rate"] == pytest.approx(1 / 3)  # 1 cart / (1 view + prior 2)
-    assert tuple(intent_input(values)) == INTENT_FEATURES and set(x) < set(INTENT_FEATURES)
+    assert x["remove_rate"] == 0.0  # no removes: the cart churn of a buyer who keeps what they cart
+    assert tuple(intent_input(values)) == INTENT_FEATURES and set(x) - {"remove_rate"} < set(INTENT_FEATURES)
     assert all(isinstance(v, float) for v in intent_input(values).values())
 
 

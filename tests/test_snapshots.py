@@ -18,40 +18,43 @@ from operators.models.inputs import BEHAVIOUR_FEATURES, INTENT_FEATURES
 from operators.models.intent import IntentClassifier
 from operators.models.scoring import ScoringModel, ScoringModelError
 from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
-from state.signing import canonical
+from state.signing import Signer, canonical
 from state.snapshots import SNAPSHOT_SCHEMA, SnapshotError, decode_snapshot, encode_snapshot, snapshot_signer
 from tests.test_models import VALUES, train
 
 SECRET = b"0123456789abcdef-the-jobs-secret"
 SIGNER = snapshot_signer(SECRET)
 LIMIT = 1 << 20
+INPUTS = tuple(dict.fromkeys((*INTENT_FEATURES, *BEHAVIOUR_FEATURES)))
+"""Every model input: both models' features (the clusterer's include one the intent model does not see)."""
 
 
 def trained_models(seed: int, clusterer: str = "kmeans") -> tuple[BehaviourClusterer, IntentClassifier]:
     rng = random.Random(seed)
     clusters, intent = BehaviourClusterer(clusterer, 4, seed), IntentClassifier()
     for _ in range(300):
-        x = {name: rng.uniform(0, 3) for name in INTENT_FEATURES}
+        x = {name: rng.uniform(0, 3) for name in INPUTS}
         x["email_open_rate"] = 0.0  # a feature without variance scales to 0, as in River
         clusters.learn_one({name: x[name] for name in BEHAVIOUR_FEATURES})
-        intent.learn_one(x, rng.random() < 0.3)
+        intent.learn_one({name: x[name] for name in INTENT_FEATURES}, rng.random() < 0.3)
     return clusters, intent
 
 
 @pytest.mark.parametrize("clusterer", ["kmeans", "streamkmeans"])
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 1000), point=st.lists(st.floats(-5, 50, allow_nan=False), min_size=len(INTENT_FEATURES),
-                                                   max_size=len(INTENT_FEATURES)))
+@given(seed=st.integers(0, 1000), point=st.lists(st.floats(-5, 50, allow_nan=False), min_size=len(INPUTS),
+                                                   max_size=len(INPUTS)))
 def test_the_published_model_scores_as_rivers_models_do(clusterer: str, seed: int, point: list[float]) -> None:
     clusters, intent = trained_models(seed % 7, clusterer)
     model = ScoringModel.from_data(orjson.loads(canonical(ScoringModel.of(clusters, intent).to_data())))
-    x = dict(zip(INTENT_FEATURES, point, strict=True))
+    x = dict(zip(INPUTS, point, strict=True))
     expected, got = clusters.assign({name: x[name] for name in BEHAVIOUR_FEATURES}), model.assign(x)
     assert expected is not None and got is not None
     assert got.cluster == expected.cluster or got.distances[got.cluster] == pytest.approx(
         expected.distances[expected.cluster])  # a tie between two centers
     assert got.distances == pytest.approx(expected.distances)
-    assert model.intent(x) == pytest.approx(intent.predict_proba_one(x)[True], abs=1e-12)
+    assert model.intent(x) == pytest.approx(
+        intent.predict_proba_one({name: x[name] for name in INTENT_FEATURES})[True], abs=1e-12)
 
 
 def snapshot() -> ModelSnapshot:
@@ -85,8 +88,14 @@ def refusals() -> dict[str, bytes]:
     del unsigned["sig"]
     old_schema = {k: v for k, v in document.items() if k != "model"} | {
         "schema": "models.snapshot.v1", "models": base64.b64encode(pickle.dumps(object())).decode()}
+    before_remove_rate = dict(document, schema="models.snapshot.v2", model=dict(document["model"], clusters={
+        "scaler": document["model"]["clusters"]["scaler"],
+        "centers": {c: center[:-1] for c, center in document["model"]["clusters"]["centers"].items()}}))
     return {
         "another job's key": encode_snapshot(snapshot(), snapshot_signer(b"another-secret-of-16-bytes")),
+        "a v2 record of an older version (nine clustering features)": Signer(SECRET, "models.snapshot.v2").sign(
+            {k: v for k, v in before_remove_rate.items() if k != "sig"}),
+        "a v2 centroid width signed as v3": resigned(dict(before_remove_rate, schema=SNAPSHOT_SCHEMA)),
         "a field changed after signing": orjson.dumps(tampered),
         "no signature": orjson.dumps(unsigned),
         "pickle bytes": pickle.dumps(snapshot()),

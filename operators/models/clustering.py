@@ -36,6 +36,7 @@ NEAREST_CENTER = frozenset({SAMPLED, "kmeans", "streamkmeans", "dbstream"})
 DESCRIPTORS: dict[str, tuple[str, str]] = {
     "sessions": ("occasional", "frequent"),
     "cart_rate": ("rarely carts", "carts often"),
+    "remove_rate": ("keeps what it carts", "takes items out of the cart"),
     "checkout_rate": ("rarely checks out", "checks out often"),
     "purchase_rate": ("few completed orders", "completes orders"),
     "search_share": ("rarely searches", "searches a lot"),
@@ -141,6 +142,17 @@ class SampledKMeans:
         self.means: tuple[float, ...] = ()
         self.stds: tuple[float, ...] = ()
         """The same scaler in ``BEHAVIOUR_FEATURES`` order, as :meth:`scale` uses it for every assignment."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A sample checkpointed with other clustering features (an older version) restores empty: its rows
+        and centers are in a space the scorers no longer use, and a re-fit follows within ``n_clusters``
+        new inputs."""
+        self.__dict__.update(state)
+        if self.inputs.shape[1] != len(BEHAVIOUR_FEATURES):
+            self.inputs = np.zeros((len(self.filled), len(BEHAVIOUR_FEATURES)), dtype=np.float32)
+            self.filled[:] = False
+            self.size = self.stored_since_fit = 0
+            self.centers, self.scaler, self.means, self.stds = {}, ({}, {}), (), ()
 
     def store(self, slot: int, x: Mapping[Hashable, float]) -> bool:
         """Keep ``x`` as the slot's newest input; True when a re-fit is due."""

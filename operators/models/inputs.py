@@ -20,15 +20,18 @@ ModelInput = dict[Hashable, float]
 
 PRIOR = 2.0
 """Pseudo-count added to rate denominators: 1 cart after 1 view is weak evidence of a carting habit."""
-BEHAVIOUR_FEATURES = ("sessions", "cart_rate", "checkout_rate", "purchase_rate", "search_share",
-                      "email_click_rate", "email_open_rate", "order_value", "session_depth")
-"""What the clusterer sees: long-run habits over the 30-day windows and the 180-day order value."""
+HABITS = ("sessions", "cart_rate", "checkout_rate", "purchase_rate", "search_share",
+          "email_click_rate", "email_open_rate", "order_value", "session_depth")
+"""Long-run habits over the 30-day windows and the 180-day order value: what both models see."""
+BEHAVIOUR_FEATURES = (*HABITS, "remove_rate")
+"""What the clusterer sees: the habits and how often carted items are taken out again (cart churn,
+which tells a hesitant carter from a buyer who carts as much; docs/models.md measures it)."""
 ON_SITE_COUNTS = ("page_view_30d", "product_view_30d", "search_30d")
 RECENT_COUNTS = ("product_view_1h", "add_to_cart_1h", "remove_from_cart_1h", "checkout_start_1h", "purchase_1h",
                  "product_view_24h", "add_to_cart_24h", "checkout_start_24h", "purchase_24h", "purchase_30d")
 OPEN_SESSION = ("open_session_depth", "open_session_minutes", "cart_abandoned", "returned_after_abandon",
                 "purchase_recency", "engagement")
-INTENT_FEATURES = (*BEHAVIOUR_FEATURES, *RECENT_COUNTS, *OPEN_SESSION)
+INTENT_FEATURES = (*HABITS, *RECENT_COUNTS, *OPEN_SESSION)
 """What the intent model sees, in order: pending examples can be stored as bare values in this order."""
 PURCHASE_RECENCY_HALF_LIFE_DAYS = 7.0
 IntentValues = tuple[float, ...]
@@ -76,6 +79,7 @@ def behaviour_input(values: Mapping[str, Any]) -> ModelInput:
         "email_open_rate": values["email_open_30d"] / (sessions + 1),
         "order_value": math.log1p(values["aov_180d"]),
         "session_depth": math.log1p(values["avg_session_depth_30d"]),
+        "remove_rate": values["remove_from_cart_30d"] / (carts + PRIOR),
     }
 
 
@@ -83,7 +87,8 @@ def intent_input(values: Mapping[str, Any], behaviour: ModelInput | None = None)
     """The purchase-intent input: the habits above (``behaviour``, when already computed) plus what the user is
     doing right now."""
     recency = values["recency_days"]
-    x = behaviour_input(values) if behaviour is None else dict(behaviour)
+    habits = behaviour_input(values) if behaviour is None else behaviour
+    x: ModelInput = {name: habits[name] for name in HABITS}
     x.update({name: math.log1p(values[name]) for name in RECENT_COUNTS})
     x.update({
         "open_session_depth": math.log1p(values["session_depth"]),
