@@ -107,7 +107,7 @@ class LocalRunner:
             values = self._values(user)
             self._done(user, values, self.core.on_timer(values, user, timestamp))
             if self.cache is not None:
-                self.cache.write(self.cache.take_changed(), self._write)
+                self.cache.woken(None, self._write)
 
     def write_back(self) -> None:
         """Write the cached changes into the stored values, as the job does before a checkpoint."""

@@ -147,7 +147,8 @@ class ShardFunction(UserFunction):
     """:class:`UserFunction` keyed by shard, called with a shard's list of events (or a wake-up time).
 
     Users' decoded values stay in a :class:`ValueCache` between calls. A list's changes are written when
-    the batcher's empty list for the shard says a checkpoint barrier comes next; a wake-up's at its end.
+    the batcher's empty list for the shard says a checkpoint barrier comes next; a wake-up's too when that
+    marker is owed, else at the wake-up's end (:meth:`ValueCache.woken`).
     """
 
     def open(self, runtime_context: RuntimeContext) -> None:
@@ -188,7 +189,7 @@ class ShardFunction(UserFunction):
         for user in users:
             self.cursor.user = user
             yield from super().on_timer(timestamp, context)
-        self.cache.write(sorted(self.cache.take_changed()), self._write)
+        self.cache.woken(ctx.get_current_key(), self._write)
         yield from self._store()
 
     def _enter(self, ctx: Any) -> UserContext:

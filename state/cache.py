@@ -6,10 +6,12 @@ it was done per call (docs/performance.md). Python cannot take part in a checkpo
 snapshot hook), so the Java batcher tells it when one comes: before each barrier it sends an empty
 list to every shard it sent a list since the last one (``MicroBatchOperator``), and the operator then
 writes that shard's changed users (:meth:`ValueCache.write_group`). What a list changed is therefore
-in Flink's state before the barrier that follows the list, as before. A wake-up's changes are written
-at the end of the wake-up: timers fire when the watermark moves, which an idle input may do between
-the batcher's markers and the barrier. After a restore the cache is empty and everything is read from
-the restored state. docs/architecture.md, "The decoded-value cache".
+in Flink's state before the barrier that follows the list, as before. A wake-up's changes wait for the
+same marker when the shard got a list since its last marker (the batcher owes it one before the next
+barrier); otherwise they are written at the end of the wake-up, since timers fire when the watermark
+moves, which the other input going idle may do between a marker and its barrier
+(:meth:`ValueCache.woken`). After a restore the cache is empty and everything is read from the
+restored state. docs/architecture.md, "The decoded-value cache".
 
 Unchanged users are dropped oldest first beyond ``max_users``, and an entry idle longer than Flink's
 state TTL is read again (the state may have expired). Changed users stay until written.
@@ -94,6 +96,17 @@ class ValueCache:
     def defer(self, group: Hashable, users: Iterable[str]) -> None:
         """Write ``users``' changes at the next :meth:`write_group` of ``group`` (before the next checkpoint)."""
         self.deferred.setdefault(group, set()).update(users)
+
+    def woken(self, group: Hashable, write: Write) -> None:
+        """The end of a wake-up in ``group``: its changes wait for the group's marker when one is owed (a list
+        of the group came since its last marker), else they are written now. Most wake-ups fire between a
+        shard's lists, so a user woken several times (a session close, an intent deadline, a rule expiry)
+        is encoded and written once per checkpoint, not once per wake-up."""
+        changed = self.take_changed()
+        if group in self.deferred:
+            self.deferred[group].update(changed)
+        else:
+            self.write(sorted(changed), write)
 
     def write_group(self, group: Hashable, write: Write) -> None:
         """Write every deferred change of ``group``: its checkpoint barrier comes next."""

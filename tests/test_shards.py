@@ -107,6 +107,29 @@ def test_a_cleared_value_is_removed_at_the_write_and_reads_as_empty() -> None:
     assert call(cache, cursor, slots, "a") is None
 
 
+def test_a_wake_up_waits_for_the_marker_only_when_one_is_owed() -> None:
+    """After a list of shard 7 the batcher owes it a marker before the barrier, so a wake-up's changes wait
+    for it; after the marker (the barrier may be next, and an idle input can move the watermark first) or in
+    a shard without a list since, they are written at the wake-up's end."""
+    state, cursor, slots, write = shard({"a": profile(1), "b": profile(1)})
+    cache = ValueCache(max_users=10, max_idle_s=3600)
+    call(cache, cursor, slots, "a", profile(2))
+    cache.defer(7, cache.take_changed())  # the end of a list of shard 7
+    call(cache, cursor, slots, "a", profile(3))  # a session close of a
+    cache.woken(7, write)
+    call(cache, cursor, slots, "b", profile(3))  # and an intent deadline of b, the same shard
+    cache.woken(7, write)
+    assert state.puts == 0, "both wait for the marker"
+    cache.write_group(7, write)
+    assert state.items == {"a": encode_profile(profile(3)), "b": encode_profile(profile(3))} and state.puts == 2
+    call(cache, cursor, slots, "a", profile(4))  # a wake-up between the marker and the barrier
+    cache.woken(7, write)
+    assert state.items["a"] == encode_profile(profile(4)) and state.puts == 3
+    call(cache, cursor, slots, "b", profile(5))  # shard 8 got no list since its last marker
+    cache.woken(8, write)
+    assert state.items["b"] == encode_profile(profile(5)) and state.puts == 4
+
+
 def test_only_unchanged_users_are_evicted_oldest_first() -> None:
     _state, cursor, slots, write = shard({user: profile(1) for user in "abcd"})
     cache = ValueCache(max_users=2, max_idle_s=3600)
