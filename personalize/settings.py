@@ -222,6 +222,7 @@ class ModelSettings:
     intent_horizon_ms: int
     intent_max_pending: int
     intent_learning_rate: float
+    intent_negative_share: float
     snapshot_every: int
     snapshot_interval_ms: int
     drift_detector: str

@@ -91,6 +91,17 @@ def test_purchases_label_positive_and_deadlines_negative() -> None:
     assert models.deadline(state) is None
 
 
+def test_every_positive_and_a_share_of_the_negatives_reach_the_trainer_the_same_in_every_run() -> None:
+    models, again = (UserModels(replace(CONFIG, intent_negative_share=0.25)) for _ in range(2))
+    examples = [(float(i),) * len(INTENT_FEATURES) for i in range(2000)]
+    negatives = models._settled([(values, False) for values in examples], T0)
+    assert negatives == again._settled([(values, False) for values in examples], T0), "the same in every run"
+    assert 0.2 < len(negatives) / len(examples) < 0.3
+    assert len(models._settled([(values, True) for values in examples], T0)) == len(examples)
+    assert len(UserModels(replace(CONFIG, intent_negative_share=1.0))._settled(
+        [(values, False) for values in examples], T0)) == len(examples)
+
+
 def test_training_inputs_teach_the_trainer_without_a_user() -> None:
     models, trainer = UserModels(CONFIG), ModelTrainer(CONFIG)
     state = UserModelState()

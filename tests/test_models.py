@@ -102,7 +102,8 @@ CASES = [
                                                   "refit_every": 100, "sample_users": 64},
                         [(x, None) for x in behaviour_points(520)]), id=f"clusterer-{name}")
       for name in CLUSTERERS),
-    pytest.param(Case(IntentClassifier, {"learning_rate": 0.05, "l2": 0.001}, intent_examples(300)), id="intent"),
+    pytest.param(Case(IntentClassifier, {"learning_rate": 0.05, "l2": 0.001, "negative_share": 0.5},
+                      intent_examples(300)), id="intent"),
 ]
 
 
@@ -356,6 +357,22 @@ def pending_at(*hours: float) -> PendingExamples:
     return pending
 
 
+def test_learning_from_a_share_of_the_negatives_keeps_probabilities_calibrated() -> None:
+    """Fed every positive and a quarter of the negatives, the classifier that knows it still predicts the
+    true purchase rates; one that does not overstates them about threefold."""
+    rng = random.Random(11)
+    corrected, naive = IntentClassifier(negative_share=0.25), IntentClassifier()
+    for _ in range(40_000):
+        carts = float(rng.random() < 0.5)
+        label = rng.random() < (0.04 if carts == 0.0 else 0.2)
+        if label or rng.random() < 0.25:
+            corrected.learn_one({"carts": carts}, label)
+            naive.learn_one({"carts": carts}, label)
+    for carts, rate in ((0.0, 0.04), (1.0, 0.2)):
+        assert corrected.predict_proba_one({"carts": carts})[True] == pytest.approx(rate, abs=0.03)
+        assert naive.predict_proba_one({"carts": carts})[True] > 2 * rate
+
+
 def test_a_purchase_labels_examples_within_the_horizon_before_it() -> None:
     pending = pending_at(0, 5, 10)
     settled = LABELER.purchase(pending, T0 + 5 * HOUR)  # the example taken at the purchase itself waits
@@ -543,6 +560,14 @@ def test_a_restored_trainer_publishes_the_same_snapshots() -> None:
     train(trainer, 40)
     restored = pickle.loads(pickle.dumps(trainer))
     assert published(train(restored, 80)) == published(train(trainer, 80))
+
+
+def test_a_trainer_checkpointed_before_negative_sampling_corrects_for_the_configured_share() -> None:
+    trainer = ModelTrainer(CONFIG)
+    train(trainer, 40)
+    del trainer.models.intent.__dict__["negative_share"]  # as pickled before the parameter existed
+    restored = pickle.loads(pickle.dumps(trainer))
+    assert restored.models.intent.negative_share == CONFIG.intent_negative_share == 0.5
 
 
 def test_the_scorer_uses_the_newest_snapshot_only() -> None:

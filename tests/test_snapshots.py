@@ -31,7 +31,7 @@ INPUTS = tuple(dict.fromkeys((*INTENT_FEATURES, *BEHAVIOUR_FEATURES)))
 
 def trained_models(seed: int, clusterer: str = "kmeans") -> tuple[BehaviourClusterer, IntentClassifier]:
     rng = random.Random(seed)
-    clusters, intent = BehaviourClusterer(clusterer, 4, seed), IntentClassifier()
+    clusters, intent = BehaviourClusterer(clusterer, 4, seed), IntentClassifier(negative_share=0.25)
     for _ in range(300):
         x = {name: rng.uniform(0, 3) for name in INPUTS}
         x["email_open_rate"] = 0.0  # a feature without variance scales to 0, as in River

@@ -27,6 +27,8 @@ class ModelConfig:
     intent_max_pending: int = 16
     """Examples awaiting their label per user; the oldest goes when a new one does not fit."""
     intent_learning_rate: float = 0.05
+    intent_negative_share: float = 0.5
+    """Share of negative intent examples the trainer learns (positives: all); see :class:`IntentClassifier`."""
     snapshot_every: int = 1000
     """Publish a snapshot after this many learned examples..."""
     snapshot_interval_ms: int = 600_000

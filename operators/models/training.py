@@ -149,7 +149,8 @@ class ModelTrainer:
         """Names this trainer's snapshots apart from another trainer's (a job started without state)."""
         self.models = SegmentModels(BehaviourClusterer(config.clusterer, config.n_clusters, config.seed,
                                                        config.refit_every, config.sample_users),
-                                    IntentClassifier(config.intent_learning_rate))
+                                    IntentClassifier(config.intent_learning_rate,
+                                                     negative_share=config.intent_negative_share))
         self.stats = ClusterStats()
         self.intent_auc = BinnedAUC()
         self.intent_log_loss = metrics.LogLoss()
@@ -163,6 +164,13 @@ class ModelTrainer:
         self.drifted = False
         self.vectors_learned = 0
         self.intent_examples = 0
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A trainer checkpointed before negative sampling (2026-12-07) learned every negative; from its
+        restore on the user operators send the configured share, so its classifier corrects for that share
+        (its odds run high for a while, until SGD has moved to the sampled stream)."""
+        self.__dict__.update(state)
+        self.models.intent.negative_share = self.config.intent_negative_share
 
     def learn_vector(self, values: Mapping[str, Any], ts: int) -> DriftEvent | None:
         """Learn the clusters from one emitted feature vector (assigned first, for sizes and drift)."""
@@ -190,8 +198,9 @@ class ModelTrainer:
     def learn_intent(self, example: ModelInput, label: bool, ts: int) -> DriftEvent | None:
         """Learn one settled intent example; ``ts`` is when its label became known."""
         p_true = self.models.intent.predict_proba_one(example).get(True, 0.0)
-        self.intent_auc.update(label, p_true)
-        self.intent_log_loss.update(label, p_true)
+        self.intent_auc.update(label, p_true)  # a random share of the negatives: the AUC's estimate is unbiased
+        # ...and each learned negative stands for 1 / share of them in the loss
+        self.intent_log_loss.update(label, p_true, 1.0 if label else 1.0 / self.config.intent_negative_share)
         self.intent_examples += 1
         self.models.intent.learn_one(example, label)
         self._learned(ts)

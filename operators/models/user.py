@@ -24,6 +24,9 @@ MODEL_FIELDS = ("intent",)
 """What the models add to the fields rules may compare (``intent``: P(purchase within the horizon))."""
 
 
+NEGATIVE_SAMPLE_BUCKETS = 1 << 16
+
+
 class TrainingInput(NamedTuple):
     """One thing for the trainer to learn: a behaviour input (``label`` None) or a labelled intent example."""
 
@@ -130,9 +133,13 @@ class UserModels:
     def deadline(self, state: UserModelState) -> int | None:
         return self.labeler.next_deadline(state.pending)
 
-    @staticmethod
-    def _settled(settled: list[Labelled], ts: int) -> list[TrainingInput]:
-        return [TrainingInput(ts, intent_example(values), label) for values, label in settled]
+    def _settled(self, settled: list[Labelled], ts: int) -> list[TrainingInput]:
+        """The settled examples the trainer learns: every positive and ``intent_negative_share`` of the
+        negatives, picked by a hash of the example's values (a float tuple's hash is the same in every
+        process and run, so a replay sends the same ones)."""
+        threshold = int(self.config.intent_negative_share * NEGATIVE_SAMPLE_BUCKETS)
+        return [TrainingInput(ts, intent_example(values), label) for values, label in settled
+                if label or hash(values) % NEGATIVE_SAMPLE_BUCKETS < threshold]
 
     def score(self, state: UserModelState, vector: FeatureVector, scorer: ModelScorer) -> Rescored | None:
         """Score with the loaded snapshot; a :class:`Rescored` when the cluster membership changed."""
