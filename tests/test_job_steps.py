@@ -97,6 +97,7 @@ def test_every_positive_and_a_share_of_the_negatives_reach_the_trainer_the_same_
     negatives = models._settled([(values, False) for values in examples], T0)
     assert negatives == again._settled([(values, False) for values in examples], T0), "the same in every run"
     assert 0.2 < len(negatives) / len(examples) < 0.3
+    assert {example.weight for example in negatives} == {4.0}, "each stands for four"
     assert len(models._settled([(values, True) for values in examples], T0)) == len(examples)
     assert len(UserModels(replace(CONFIG, intent_negative_share=1.0))._settled(
         [(values, False) for values in examples], T0)) == len(examples)

@@ -562,12 +562,14 @@ def test_a_restored_trainer_publishes_the_same_snapshots() -> None:
     assert published(train(restored, 80)) == published(train(trainer, 80))
 
 
-def test_a_trainer_checkpointed_before_negative_sampling_corrects_for_the_configured_share() -> None:
+def test_a_trainer_restored_from_before_negative_sampling_follows_what_its_senders_send() -> None:
     trainer = ModelTrainer(CONFIG)
     train(trainer, 40)
     del trainer.models.intent.__dict__["negative_share"]  # as pickled before the parameter existed
     restored = pickle.loads(pickle.dumps(trainer))
-    assert restored.models.intent.negative_share == CONFIG.intent_negative_share == 0.5
+    assert restored.models.intent.negative_share == 1.0, "it learned every negative until now"
+    restored.learn_intent(intent_input(VALUES[0]), False, T0, weight=4.0)
+    assert restored.models.intent.negative_share == 0.25
 
 
 def test_the_scorer_uses_the_newest_snapshot_only() -> None:

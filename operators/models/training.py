@@ -165,13 +165,6 @@ class ModelTrainer:
         self.vectors_learned = 0
         self.intent_examples = 0
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """A trainer checkpointed before negative sampling (2026-12-07) learned every negative; from its
-        restore on the user operators send the configured share, so its classifier corrects for that share
-        (its odds run high for a while, until SGD has moved to the sampled stream)."""
-        self.__dict__.update(state)
-        self.models.intent.negative_share = self.config.intent_negative_share
-
     def learn_vector(self, values: Mapping[str, Any], ts: int) -> DriftEvent | None:
         """Learn the clusters from one emitted feature vector (assigned first, for sizes and drift)."""
         if not has_behaviour(values):
@@ -195,14 +188,18 @@ class ModelTrainer:
         """The user of sample ``slot`` left (erasure, retention, a merge): their input leaves the sample."""
         self.models.clusterer.forget(slot)
 
-    def learn_intent(self, example: ModelInput, label: bool, ts: int) -> DriftEvent | None:
-        """Learn one settled intent example; ``ts`` is when its label became known."""
-        p_true = self.models.intent.predict_proba_one(example).get(True, 0.0)
+    def learn_intent(self, example: ModelInput, label: bool, ts: int, weight: float = 1.0) -> DriftEvent | None:
+        """Learn one settled intent example; ``ts`` is when its label became known, ``weight`` how many it
+        stands for (a sampled negative: ``1 / share``, which the classifier then corrects its odds for: a
+        trainer restored from before sampling, or with another configured share, follows its senders)."""
+        intent = self.models.intent
+        if not label:
+            intent.negative_share = 1.0 / weight
+        p_true = intent.predict_proba_one(example).get(True, 0.0)
         self.intent_auc.update(label, p_true)  # a random share of the negatives: the AUC's estimate is unbiased
-        # ...and each learned negative stands for 1 / share of them in the loss
-        self.intent_log_loss.update(label, p_true, 1.0 if label else 1.0 / self.config.intent_negative_share)
+        self.intent_log_loss.update(label, p_true, weight)
         self.intent_examples += 1
-        self.models.intent.learn_one(example, label)
+        intent.learn_one(example, label)
         self._learned(ts)
         return self._drift(self.loss_drift.update(log_loss(p_true, label), ts, self.version))
 

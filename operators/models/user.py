@@ -36,12 +36,15 @@ class TrainingInput(NamedTuple):
     top_category: str = ""
     slot: int | None = None
     """A behaviour input's sample slot: the clusterer keeps each slot's newest input."""
+    weight: float = 1.0
+    """How many examples an intent example stands for: ``1 / intent_negative_share`` for a negative (the
+    sender's share, so the trainer follows what the user operators do, whatever config it was restored with)."""
 
     def learn(self, trainer: ModelTrainer) -> DriftEvent | None:
         """Apply to ``trainer``; returns its drift event, if any."""
         if self.label is None:
             return trainer.learn_behaviour(self.x, self.top_category, self.ts, self.slot)
-        return trainer.learn_intent(self.x, self.label, self.ts)
+        return trainer.learn_intent(self.x, self.label, self.ts, self.weight)
 
 
 class ForgetSlot(NamedTuple):
@@ -137,9 +140,10 @@ class UserModels:
         """The settled examples the trainer learns: every positive and ``intent_negative_share`` of the
         negatives, picked by a hash of the example's values (a float tuple's hash is the same in every
         process and run, so a replay sends the same ones)."""
-        threshold = int(self.config.intent_negative_share * NEGATIVE_SAMPLE_BUCKETS)
-        return [TrainingInput(ts, intent_example(values), label) for values, label in settled
-                if label or hash(values) % NEGATIVE_SAMPLE_BUCKETS < threshold]
+        share = self.config.intent_negative_share
+        threshold = int(share * NEGATIVE_SAMPLE_BUCKETS)
+        return [TrainingInput(ts, intent_example(values), label, weight=1.0 if label else 1.0 / share)
+                for values, label in settled if label or hash(values) % NEGATIVE_SAMPLE_BUCKETS < threshold]
 
     def score(self, state: UserModelState, vector: FeatureVector, scorer: ModelScorer) -> Rescored | None:
         """Score with the loaded snapshot; a :class:`Rescored` when the cluster membership changed."""
