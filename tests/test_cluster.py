@@ -134,6 +134,7 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
     deadline = time.monotonic() + timeout_s
     last: tuple[dict[str, Any], int | None] = ({}, None)
     quiet_since = time.monotonic()
+    reason = "not polled"
     sentinel_keys = {user_profile_key("", user) for user in sentinel_users(settings)}
     final_watermark = None if sentinel_ts is None else sentinel_ts - settings.job.max_out_of_orderness_ms - 1
     while time.monotonic() < deadline:
@@ -145,12 +146,33 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
         # only the user operator's record counters show that it is still working.
         through = None if job_id is None else cluster.records_through(settings.cluster, job_id, "user-state")
         now = (state, through)
-        if now != last or not started or (sentinels and not sentinel_keys <= state.keys()) or watermark_behind:
-            last, quiet_since = now, time.monotonic()
+        unsettled = unsettled_reason(last, now, started, sentinel_keys - state.keys() if sentinels else set(),
+                                     watermark if watermark_behind else None, final_watermark)
+        if unsettled:
+            last, quiet_since, reason = now, time.monotonic(), unsettled
         elif time.monotonic() - quiet_since > quiet_s:
             return
         time.sleep(2)
-    raise AssertionError("Redis did not settle")
+    raise AssertionError(f"Redis did not settle within {timeout_s} s: {reason}")
+
+
+def unsettled_reason(last: tuple[dict[str, Any], int | None], now: tuple[dict[str, Any], int | None],
+                     started: bool, missing_sentinels: set[str], watermark_behind: int | None,
+                     final_watermark: int | None) -> str:
+    """Why a settling run is not quiet yet (empty when it is): said in the failure, so that a run that
+    never settles shows what kept it going."""
+    if not started:
+        return "no profile in Redis yet"
+    if missing_sentinels:
+        return f"{len(missing_sentinels)} sentinel profiles missing, such as {sorted(missing_sentinels)[0]}"
+    if watermark_behind is not None:
+        return f"the user operator's input watermark {watermark_behind} is behind {final_watermark}"
+    if now[1] != last[1]:
+        return f"the user operator's record count still moves ({last[1]} -> {now[1]})"
+    if now[0] != last[0]:
+        changed = sorted(key for key in now[0].keys() | last[0].keys() if now[0].get(key) != last[0].get(key))
+        return f"{len(changed)} Redis keys still change, such as {changed[0]}"
+    return ""
 
 
 #: Feature fields scored against the R/F/M population that instances share through Redis with a
