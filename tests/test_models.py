@@ -307,6 +307,27 @@ def test_sampled_kmeans_centers_come_with_the_scaler_they_were_fitted_in() -> No
         assert published.cluster == trained.cluster and published.distance == pytest.approx(trained.distance)
 
 
+def test_sampled_kmeans_scales_halfway_between_every_learned_input_and_the_sample() -> None:
+    """A busy user's hundreds of inputs weigh on the learned inputs' scale, once on the sample's: the
+    re-fit takes the middle of the two (docs/models.md, "Scaling for the re-fit")."""
+    rng = random.Random(6)
+    model = BehaviourClusterer("sampled_kmeans", 2, seed=1, refit_every=10_000, sample_users=1024)
+    for user in range(40):
+        model.learn_one(blob(0.0 if user % 2 else 4.0, 0.3, rng), slot=user)
+    for _ in range(200):
+        model.learn_one(blob(9.0, 0.3, rng), slot=99)
+    sample = model._sample
+    assert sample is not None
+    learned_means, learned_variances = dict(model._scaler.means), dict(model._scaler.vars)
+    sample.fit(learned_means, learned_variances)
+    rows = sample.inputs[sample.filled].astype(float)
+    means, variances = sample.scaler
+    for i, name in enumerate(BEHAVIOUR_FEATURES):
+        assert means[name] == pytest.approx((learned_means[name] + rows[:, i].mean()) / 2)
+        assert variances[name] == pytest.approx((learned_variances[name] + rows[:, i].var()) / 2)
+    assert sample.means == tuple(means[name] for name in BEHAVIOUR_FEATURES)
+
+
 # --- inputs ---------------------------------------------------------------------------------------------------
 
 def feature_values(*types: str) -> dict[str, Any]:

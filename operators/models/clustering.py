@@ -176,12 +176,21 @@ class SampledKMeans:
                 for i, (name, mean, std) in enumerate(zip(BEHAVIOUR_FEATURES, self.means, self.stds, strict=True))}
 
     def fit(self, means: Mapping[Hashable, float], variances: Mapping[Hashable, float]) -> None:
-        """Fit the sample scaled by ``means`` and ``variances`` (a feature without variance scales to 0)."""
+        """Fit the sample in a scale halfway between ``means`` and ``variances`` (every learned input's) and
+        the sample's own (each sampled user's newest input once); a feature without variance scales to 0.
+
+        Why both: the sample's own scale counts users as the clusters do, but moves at every re-fit, and
+        each move shifts the boundaries under users scored before; the scale of every learned input moves
+        slowly but weighs busy users more. Either alone did worse over eleven generated streams
+        (docs/models.md, "Scaling for the re-fit")."""
         self.stored_since_fit = 0
-        self.means = tuple(means.get(name, 0.0) for name in BEHAVIOUR_FEATURES)
-        self.stds = tuple(math.sqrt(variances.get(name, 0.0)) for name in BEHAVIOUR_FEATURES)
-        mean, std = np.array(self.means), np.array(self.stds)
         raw = self.inputs[self.filled].astype(np.float64)
+        learned_mean = np.array([means.get(name, 0.0) for name in BEHAVIOUR_FEATURES])
+        learned_variance = np.array([variances.get(name, 0.0) for name in BEHAVIOUR_FEATURES])
+        mean = (learned_mean + raw.mean(axis=0)) / 2
+        variance = (learned_variance + raw.var(axis=0)) / 2
+        std = np.sqrt(variance)
+        self.means, self.stds = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         points = np.where(std > 0, (raw - mean) / np.where(std > 0, std, 1.0), 0.0)
         starts = [_kmeans_plus_plus_start(points, self.n_clusters, self.rng) for _ in range(RESTARTS)]
         previous = np.array([[self.centers[c][i] for i in range(len(BEHAVIOUR_FEATURES))]
@@ -193,7 +202,8 @@ class SampledKMeans:
             _, order = linear_sum_assignment(((previous[:, None, :] - fitted[None]) ** 2).sum(axis=2))
             fitted = fitted[order]
         self.centers = {c: {i: float(v) for i, v in enumerate(center)} for c, center in enumerate(fitted)}
-        self.scaler = (dict(means), dict(variances))
+        self.scaler = (dict(zip(BEHAVIOUR_FEATURES, self.means, strict=True)),
+                       dict(zip(BEHAVIOUR_FEATURES, (float(v) for v in variance), strict=True)))
 
 
 @dataclass(frozen=True)
