@@ -46,8 +46,8 @@ def connector_jars() -> list[Path]:
     return bootstrap.ensure_connector_jars()
 
 
-def _environment(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None,
-                 transactional_id_prefix: str | None, savepoint: str | None = None) -> StreamExecutionEnvironment:
+def job_environment(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None,
+                    transactional_id_prefix: str | None, savepoint: str | None = None) -> StreamExecutionEnvironment:
     env, t_env = create_environment(settings, list(jars) if jars is not None else connector_jars(), savepoint)
     build_pipeline(env, t_env, settings, kafka_io(settings, spec, transactional_id_prefix))
     return env
@@ -59,7 +59,7 @@ def run_job(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None = 
 
     Blocks until a bounded job has consumed its input; an unbounded job runs until cancelled.
     """
-    env = _environment(settings, spec, jars, transactional_id_prefix)
+    env = job_environment(settings, spec, jars, transactional_id_prefix)
     started = time.monotonic()
     env.execute(settings.job.name)
     return JobRun(seconds=time.monotonic() - started, job_name=settings.job.name)
@@ -69,7 +69,7 @@ def start_job(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None 
               savepoint: str | None = None) -> JobClient:
     """Submit the job without waiting (an unbounded run to cancel later, e.g. in tests), optionally
     restoring the state of ``savepoint``."""
-    return _environment(settings, spec, jars, None, savepoint).execute_async(settings.job.name)
+    return job_environment(settings, spec, jars, None, savepoint).execute_async(settings.job.name)
 
 
 def stop_with_savepoint(job: JobClient, directory: str, drain: bool = False) -> str:

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import yaml
-from pyflink.common import Configuration, Row, Types
-from pyflink.datastream import DataStream, StreamExecutionEnvironment
+from pyflink.common import Configuration, Types
+from pyflink.datastream import DataStream, KeyedStream, StreamExecutionEnvironment
+from pyflink.java_gateway import get_gateway
 from pyflink.table import StreamTableEnvironment
-from pyflink.table.expressions import col, lit
 
 from connectors.kafka import OUTPUT_TYPE, SourceSpec, attach_kafka_sink, event_time_expression, kafka_source
 from connectors.pii_secret import SECRET_FILE_NAME, SecretSource
@@ -429,8 +429,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         trainer = TrainerSettings(models, {"models": topics.models.name, "drift": topics.drift.name}, io.redis,
                                   job.model_state_write_ms, secret)
         outputs.append(
-            routed(t_env, users, TRAINING_ROUTE)
-            .key_by(receiver, key_type=Types.STRING())
+            routed(users, TRAINING_ROUTE)
             .process(ModelTrainerFunction(trainer), output_type=OUTPUT_TYPE)
             .name("model-trainer").uid("model-trainer")
         )
@@ -441,8 +440,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
                                           secret, topics.deadletter.name, settings.privacy.redact_deadletters)
         # The control topic's experiment commands reach the recommender too: experiments may start at run time.
         lists = (
-            routed(t_env, users, RECS_ROUTE)
-            .key_by(receiver, key_type=Types.STRING())
+            routed(users, RECS_ROUTE)
             .connect(rules.broadcast(EXPERIMENT_CATALOG))
             .process(RecommenderFunction(recommender), output_type=OUTPUT_TYPE)
             .name("recommender").uid("recommender")
@@ -450,8 +448,7 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         metrics = ExperimentMetricsSettings(settings.experiments.confidence, topics.experiments.name, io.redis,
                                             settings.experiments.publish_interval_ms)
         outputs += [lists, (
-            routed(t_env, lists, EXPERIMENTS_ROUTE)
-            .key_by(receiver, key_type=Types.STRING())
+            routed(lists, EXPERIMENTS_ROUTE)
             .process(ExperimentMetricsFunction(metrics), output_type=OUTPUT_TYPE)
             .name("experiment-metrics").uid("experiment-metrics")
         )]
@@ -460,11 +457,12 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     return output
 
 
-def routed(t_env: StreamTableEnvironment, stream: DataStream, route: str) -> DataStream:
-    """The rows of ``stream`` whose ``topic`` is ``route``, filtered in Java (no Python call per record)."""
-    return t_env.to_data_stream(t_env.from_data_stream(stream).where(col("topic") == lit(route)))
-
-
-def receiver(row: Row) -> str:
-    """The key an internal record is addressed to (its ``k``)."""
-    return bytes(row[0]).decode("utf-8")
+def routed(stream: DataStream, route: str) -> KeyedStream:
+    """The rows of ``stream`` whose ``topic`` is ``route``, keyed by the key they are addressed to (their
+    ``k``): picked and keyed in Java, with no Python call per record (``RouteByKey``)."""
+    gateway = get_gateway()
+    pairs = stream._j_data_stream.flatMap(gateway.jvm.personalize.flink.RouteByKey(route),
+                                          Types.ROW([Types.STRING(), OUTPUT_TYPE]).get_java_type_info())
+    pairs.name(f"route {route}")
+    keyed = pairs.keyBy(gateway.jvm.KeyByKeySelector(), Types.ROW([Types.STRING()]).get_java_type_info())
+    return KeyedStream(keyed, OUTPUT_TYPE, DataStream(pairs))

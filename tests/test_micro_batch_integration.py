@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from jobs.personalize_job import run_job, source_spec
+from jobs.personalize_job import job_environment, run_job, source_spec
 from personalize import stack
 from personalize.generator import EventGenerator
 from personalize.kafka_tools import read_topic
@@ -63,3 +63,15 @@ def test_the_same_input_gives_the_same_outputs_per_event_and_per_list(stack_sett
             assert differ <= ORDER_DEPENDENT[name], (name, differ)
         else:
             assert per_list[name] == per_event[name], name
+
+
+def test_no_python_call_keys_a_record(stack_settings: Settings) -> None:
+    """The lists (by shard) and the internal routes to the trainer, the recommender and the experiment
+    metrics are keyed in Java: the job graph has none of the Python operators PyFlink's ``key_by`` adds."""
+    settings = replace(isolated(stack_settings), job=replace(stack_settings.job, parallelism=1))
+    env = job_environment(settings, source_spec(settings, "earliest", None), None, None)
+    plan = json.loads(env.get_execution_plan())
+    names = [node["contents"] for node in plan["nodes"]]
+    assert any("user-state" in name for name in names) and any("recommender" in name for name in names)
+    assert not [name for name in names if "_stream_key_by_map_operator" in name]
+    assert sum("route " in name for name in names) == 3
