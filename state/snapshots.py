@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from operators.models.clustering import ClusterDescription
-from operators.models.scoring import ScoringModel, ScoringModelError
+from operators.models.scaler import ScoringModelError
+from operators.models.scoring import ScoringModel
 from operators.models.training import ModelSnapshot
 from state.signing import Signer, UnsignedRecord
 

@@ -292,6 +292,24 @@ def test_a_sample_pickled_with_other_clustering_features_restores_empty_and_refi
     assert restored.predict_one(blob(0.0, 0.0, rng)) != restored.predict_one(blob(4.0, 0.0, rng))
 
 
+def test_a_sample_pickled_with_its_scale_as_two_tuples_restores_and_assigns_alike() -> None:
+    """A savepoint from before the shared ``Scaler`` (2026-12-07) holds the sample's scale as ``means`` and
+    ``stds`` tuples: the restored sample scales with them."""
+    rng = random.Random(9)
+    model = BehaviourClusterer("sampled_kmeans", 2, seed=1, refit_every=20, sample_users=64)
+    for user in range(40):
+        model.learn_one(blob(0.0 if user % 2 else 4.0, 0.3, rng), slot=user)
+    sample = model._sample
+    assert sample is not None and sample.centers
+    point = blob(4.0, 0.3, rng)
+    expected = model.assign(point)
+    scale = sample.__dict__.pop("fitted_scale")
+    sample.__dict__.update(means=scale.means, stds=scale.stds)
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored._sample is not None and restored._sample.fitted_scale == scale
+    assert "means" not in restored._sample.__dict__ and restored.assign(point) == expected
+
+
 def test_sampled_kmeans_centers_come_with_the_scaler_they_were_fitted_in() -> None:
     """The published scaler is the one of the last re-fit, so a snapshot scores as the trainer assigns."""
     rng = random.Random(8)
@@ -325,7 +343,7 @@ def test_sampled_kmeans_scales_halfway_between_every_learned_input_and_the_sampl
     for i, name in enumerate(BEHAVIOUR_FEATURES):
         assert means[name] == pytest.approx((learned_means[name] + rows[:, i].mean()) / 2)
         assert variances[name] == pytest.approx((learned_variances[name] + rows[:, i].var()) / 2)
-    assert sample.means == tuple(means[name] for name in BEHAVIOUR_FEATURES)
+    assert sample.fitted_scale.means == tuple(means[name] for name in BEHAVIOUR_FEATURES)
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from connectors.redis_keys import (
 from connectors.redis_writer import RedisStateWriter
 from jobs.personalize_job import run_job, source_spec
 from operators.models.clustering import ClusterDescription
-from operators.models.scoring import Scaler, ScoringModel
+from operators.models.scaler import Scaler
+from operators.models.scoring import ScoringModel
 from operators.models.training import ModelSnapshot
 from operators.profile import ProfileUpdate
 from operators.rules.engine import SegmentChange

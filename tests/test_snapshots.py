@@ -16,7 +16,8 @@ from operators.models.clustering import BehaviourClusterer
 from operators.models.config import ModelConfig
 from operators.models.inputs import BEHAVIOUR_FEATURES, INTENT_FEATURES
 from operators.models.intent import IntentClassifier
-from operators.models.scoring import ScoringModel, ScoringModelError
+from operators.models.scaler import ScoringModelError
+from operators.models.scoring import ScoringModel
 from operators.models.training import ModelScorer, ModelSnapshot, ModelTrainer
 from state.signing import Signer, canonical
 from state.snapshots import SNAPSHOT_SCHEMA, SnapshotError, decode_snapshot, encode_snapshot, snapshot_signer

@@ -18,6 +18,7 @@ from river import base, cluster, preprocessing
 from scipy.optimize import linear_sum_assignment
 
 from operators.models.inputs import BEHAVIOUR_FEATURES
+from operators.models.scaler import Scaler
 
 SAMPLED = "sampled_kmeans"
 CLUSTERERS = (SAMPLED, "kmeans", "streamkmeans", "dbstream", "clustream")
@@ -128,6 +129,10 @@ class SampledKMeans:
         self.n_clusters = n_clusters
         self.refit_every = refit_every
         self.rng = np.random.default_rng(seed)
+        self._empty(slots)
+
+    def _empty(self, slots: int) -> None:
+        """No input and no centers (a new sample, or one restored from another input space)."""
         self.inputs = np.zeros((slots, len(BEHAVIOUR_FEATURES)), dtype=np.float32)
         """Row ``slot``: the slot's newest input, raw, in ``BEHAVIOUR_FEATURES`` order. One array, not a
         dict of tuples: the trainer's state is pickled at every snapshot, and an array pickles as one copy."""
@@ -139,20 +144,19 @@ class SampledKMeans:
         """Cluster id -> center by position, in the space of :attr:`scaler`; empty before the first fit."""
         self.scaler: tuple[dict[Hashable, float], dict[Hashable, float]] = ({}, {})
         """The means and variances by feature name the centers were fitted in (what scoring must use)."""
-        self.means: tuple[float, ...] = ()
-        self.stds: tuple[float, ...] = ()
-        """The same scaler in ``BEHAVIOUR_FEATURES`` order, as :meth:`scale` uses it for every assignment."""
+        self.fitted_scale = Scaler((), ())
+        """The same scale in ``BEHAVIOUR_FEATURES`` order, as :meth:`scale` and the published model use it."""
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A sample checkpointed with other clustering features (an older version) restores empty: its rows
-        and centers are in a space the scorers no longer use, and a re-fit follows within ``n_clusters``
-        new inputs."""
+        """Restore a checkpointed sample. One pickled before the scale was a :class:`Scaler` (2026-12-07)
+        holds its means and deviations as two tuples. One checkpointed with other clustering features (an
+        older version) restores empty: its rows and centers are in a space the scorers no longer use, and
+        a re-fit follows within ``n_clusters`` new inputs."""
+        if "means" in state:
+            state["fitted_scale"] = Scaler(state.pop("means"), state.pop("stds"))
         self.__dict__.update(state)
         if self.inputs.shape[1] != len(BEHAVIOUR_FEATURES):
-            self.inputs = np.zeros((len(self.filled), len(BEHAVIOUR_FEATURES)), dtype=np.float32)
-            self.filled[:] = False
-            self.size = self.stored_since_fit = 0
-            self.centers, self.scaler, self.means, self.stds = {}, ({}, {}), (), ()
+            self._empty(len(self.filled))
 
     def store(self, slot: int, x: Mapping[Hashable, float]) -> bool:
         """Keep ``x`` as the slot's newest input; True when a re-fit is due."""
@@ -172,8 +176,7 @@ class SampledKMeans:
 
     def scale(self, x: Mapping[Hashable, Any]) -> dict[Hashable, float]:
         """``x`` by position in the space the centers were fitted in (a feature without variance scales to 0)."""
-        return {i: (x[name] - mean) / std if std > 0 else 0.0
-                for i, (name, mean, std) in enumerate(zip(BEHAVIOUR_FEATURES, self.means, self.stds, strict=True))}
+        return dict(enumerate(self.fitted_scale.scale(x, BEHAVIOUR_FEATURES)))
 
     def fit(self, means: Mapping[Hashable, float], variances: Mapping[Hashable, float]) -> None:
         """Fit the sample in a scale halfway between ``means`` and ``variances`` (every learned input's) and
@@ -190,7 +193,7 @@ class SampledKMeans:
         mean = (learned_mean + raw.mean(axis=0)) / 2
         variance = (learned_variance + raw.var(axis=0)) / 2
         std = np.sqrt(variance)
-        self.means, self.stds = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        self.fitted_scale = Scaler(tuple(float(m) for m in mean), tuple(float(s) for s in std))
         points = np.where(std > 0, (raw - mean) / np.where(std > 0, std, 1.0), 0.0)
         starts = [_kmeans_plus_plus_start(points, self.n_clusters, self.rng) for _ in range(RESTARTS)]
         previous = np.array([[self.centers[c][i] for i in range(len(BEHAVIOUR_FEATURES))]
@@ -202,7 +205,7 @@ class SampledKMeans:
             _, order = linear_sum_assignment(((previous[:, None, :] - fitted[None]) ** 2).sum(axis=2))
             fitted = fitted[order]
         self.centers = {c: {i: float(v) for i, v in enumerate(center)} for c, center in enumerate(fitted)}
-        self.scaler = (dict(zip(BEHAVIOUR_FEATURES, self.means, strict=True)),
+        self.scaler = (dict(zip(BEHAVIOUR_FEATURES, self.fitted_scale.means, strict=True)),
                        dict(zip(BEHAVIOUR_FEATURES, (float(v) for v in variance), strict=True)))
 
 

@@ -13,57 +13,19 @@ never code to run.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from operators.models.clustering import Assignment, BehaviourClusterer
 from operators.models.inputs import BEHAVIOUR_FEATURES, INTENT_FEATURES, ModelInput
 from operators.models.intent import IntentClassifier
+from operators.models.scaler import Scaler, ScoringModelError, finite_numbers
 
 #: More centers than any configuration asks for (``models.n_clusters`` is at most 50) is malformed data.
 MAX_CENTERS = 256
 LOGIT_CLAMP = 30.0
 """River's sigmoid returns exactly 0 or 1 beyond +-30."""
-
-
-class ScoringModelError(ValueError):
-    """Model data that is not a well-formed :class:`ScoringModel`; the message says what is wrong."""
-
-
-@dataclass(frozen=True)
-class Scaler:
-    """A standard scaler's state in a fixed feature order: ``(x - mean) / std``, 0 where std is 0."""
-
-    means: tuple[float, ...]
-    stds: tuple[float, ...]
-
-    def scale(self, x: ModelInput, features: Sequence[str]) -> list[float]:
-        return [(x[name] - mean) / std if std else 0.0
-                for name, mean, std in zip(features, self.means, self.stds, strict=True)]
-
-    def to_data(self) -> dict[str, list[float]]:
-        return {"mean": list(self.means), "std": list(self.stds)}
-
-    @classmethod
-    def from_data(cls, data: Any, size: int, where: str) -> Scaler:
-        if not isinstance(data, Mapping):
-            raise ScoringModelError(f"{where}: expected an object with mean and std")
-        return cls(_numbers(data.get("mean"), size, f"{where}.mean"), _numbers(data.get("std"), size, f"{where}.std"))
-
-    @classmethod
-    def of(cls, means: Mapping[Any, float], variances: Mapping[Any, float], features: Sequence[Any]) -> Scaler:
-        """From River's ``StandardScaler.means`` and ``.vars`` (absent features: never seen, so 0)."""
-        return cls(tuple(float(means.get(name, 0.0)) for name in features),
-                   tuple(float(variances.get(name, 0.0)) ** 0.5 for name in features))
-
-
-def _numbers(values: Any, size: int, where: str) -> tuple[float, ...]:
-    if not isinstance(values, list) or len(values) != size:
-        raise ScoringModelError(f"{where}: expected a list of {size} numbers")
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        raise ScoringModelError(f"{where}: expected finite numbers")
-    return tuple(float(v) for v in values)
 
 
 @dataclass(frozen=True)
@@ -120,13 +82,14 @@ class ScoringModel:
         for key, center in raw_centers.items():
             if not (isinstance(key, str) and key.isdigit() and len(key) <= 4):
                 raise ScoringModelError("model.clusters.centers: cluster ids are small non-negative integers")
-            centers[int(key)] = _numbers(center, len(BEHAVIOUR_FEATURES), f"model.clusters.centers.{key}")
+            centers[int(key)] = finite_numbers(center, len(BEHAVIOUR_FEATURES), f"model.clusters.centers.{key}")
         intercept = intent.get("intercept")
         if isinstance(intercept, bool) or not isinstance(intercept, int | float) or not math.isfinite(intercept):
             raise ScoringModelError("model.intent.intercept: expected a finite number")
         return cls(Scaler.from_data(clusters.get("scaler"), len(BEHAVIOUR_FEATURES), "model.clusters.scaler"),
                    centers, Scaler.from_data(intent.get("scaler"), len(INTENT_FEATURES), "model.intent.scaler"),
-                   _numbers(intent.get("weights"), len(INTENT_FEATURES), "model.intent.weights"), float(intercept))
+                   finite_numbers(intent.get("weights"), len(INTENT_FEATURES), "model.intent.weights"),
+                   float(intercept))
 
     @classmethod
     def of(cls, clusterer: BehaviourClusterer, intent: IntentClassifier) -> ScoringModel:
