@@ -471,17 +471,37 @@ def records_through(cluster: ClusterSettings, job_id: str, operator: str) -> int
     return total
 
 
-def input_watermark(cluster: ClusterSettings, job_id: str, operator: str) -> int | None:
-    """The lowest input watermark (ms) of the subtasks of the job vertex whose name contains ``operator``
-    (``user-state``), or None while a subtask reports none (seen after a restore from a checkpoint,
-    for the two-input user operator, while its output was complete)."""
+def watermark_metrics(cluster: ClusterSettings, job_id: str) -> dict[str, dict[str, int]]:
+    """Every watermark metric of every vertex (the sources' outputs, each input of a two-input
+    operator), lowest and highest over its subtasks: which input holds a watermark back."""
+    job = rest(cluster, f"/jobs/{job_id}")
+    report: dict[str, dict[str, int]] = {}
+    for vertex in job["vertices"]:
+        base = f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/metrics"
+        names = [metric["id"] for metric in rest(cluster, base) if "atermark" in metric["id"]]
+        if not names:
+            continue
+        values = rest(cluster, f"{base}?get={','.join(names)}&agg=min,max")
+        report[vertex["name"][:80]] = {f"{metric['id']}.{agg}": int(float(metric[agg]))
+                                       for metric in values for agg in ("min", "max") if agg in metric}
+    return report
+
+
+def output_watermark(cluster: ClusterSettings, job_id: str, operator: str) -> int | None:
+    """The lowest watermark (ms) the operator named ``operator`` (``user-state``) emitted over its
+    subtasks, or None while one reports none: the operator's own event time, its timers up to there
+    fired. Its input watermark metric is no measure of that: for a two-input operator it is the lower
+    of the last watermarks each input received, idle or not, so an idle input (the model snapshots,
+    after the trainer's last one) held it back for good while the operator's time had moved on."""
     job = rest(cluster, f"/jobs/{job_id}")
     vertices = [vertex for vertex in job["vertices"] if operator in vertex["name"]]
     if not vertices:
         raise ClusterError(f"job {job_id} has no vertex named like {operator!r}")
-    values = [int(float(entry["value"])) for vertex in vertices
-              for entry in rest(cluster, f"/jobs/{job_id}/vertices/{vertex['id']}/watermarks")]
+    metric = f"{operator}.currentOutputWatermark"
+    values = [int(float(entry["value"])) for vertex in vertices for subtask in range(vertex["parallelism"])
+              for entry in rest(cluster, f"/jobs/{job_id}/vertices/{vertex['id']}/subtasks/{subtask}/metrics"
+                                         f"?get={metric}")]
     parallelism = sum(vertex["parallelism"] for vertex in vertices)
-    if len(values) != parallelism or not values or min(values) <= LONG_MIN:
+    if len(values) != parallelism or min(values) <= LONG_MIN:
         return None
     return min(values)

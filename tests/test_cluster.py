@@ -127,7 +127,7 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
     """Until the sentinels (if sent) were counted and Redis then stops changing for ``quiet_s``
     (longer than the idleness timeout, so the last watermarks and their timers have passed too).
 
-    Given the job and the sentinels' event time, also until the user operator's input watermark has
+    Given the job and the sentinels' event time, also until the user operator's watermark has
     reached the sentinels (its timers up to there have fired), when the job reports one: a loaded
     machine can pause a job for longer than ``quiet_s``.
     """
@@ -140,7 +140,7 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
     while time.monotonic() < deadline:
         state = redis_state(settings)
         started = any(key.endswith(":profile") for key in state)
-        watermark = None if job_id is None else cluster.input_watermark(settings.cluster, job_id, "user-state")
+        watermark = None if job_id is None else cluster.output_watermark(settings.cluster, job_id, "user-state")
         watermark_behind = watermark is not None and final_watermark is not None and watermark < final_watermark
         # A replay after a restore rewrites what Redis already holds (guarded writes change nothing):
         # only the user operator's record counters show that it is still working.
@@ -153,6 +153,8 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
         elif time.monotonic() - quiet_since > quiet_s:
             return
         time.sleep(2)
+    if job_id is not None and reason.startswith("the user operator's watermark"):
+        reason += f"; watermark metrics: {json.dumps(cluster.watermark_metrics(settings.cluster, job_id))}"
     raise AssertionError(f"Redis did not settle within {timeout_s} s: {reason}")
 
 
@@ -166,7 +168,7 @@ def unsettled_reason(last: tuple[dict[str, Any], int | None], now: tuple[dict[st
     if missing_sentinels:
         return f"{len(missing_sentinels)} sentinel profiles missing, such as {sorted(missing_sentinels)[0]}"
     if watermark_behind is not None:
-        return f"the user operator's input watermark {watermark_behind} is behind {final_watermark}"
+        return f"the user operator's watermark {watermark_behind} is behind {final_watermark}"
     if now[1] != last[1]:
         return f"the user operator's record count still moves ({last[1]} -> {now[1]})"
     if now[0] != last[0]:
