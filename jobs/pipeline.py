@@ -92,10 +92,8 @@ def feature_config(features: FeatureSettings) -> FeatureConfig:
         raise SettingsError(f"features: {exc.args[0]}") from None
 
 
-#: Rule commands have no event time, and their watermark must never move the users' event time:
-#: while event partitions are idle, a two-input operator follows its other input's watermark, and
-#: a wall-clock watermark there would expire every window at once. Pinned at the epoch, the rules
-#: input holds event time back only until it is idle itself (``job.idleness_ms`` after a command).
+#: Rule commands have no event time; the table source needs one, pinned at the epoch. Its watermarks
+#: never reach the operators the commands are broadcast to (:func:`without_event_time`).
 RULES_EVENT_TIME = "TO_TIMESTAMP_LTZ(0, 3)"
 
 
@@ -410,9 +408,9 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
         redact_deadletters=settings.privacy.redact_deadletters, experiments=experiments,
         experiment_bounds=experiment_bounds(settings), cache_users=job.state_cache_users,
     )
-    rules = control = io.rules(env, t_env)
+    rules = control = without_event_time(io.rules(env, t_env), "rules-time")
     if models is not None:
-        control = control.union(io.snapshots(env, t_env))
+        control = control.union(without_event_time(io.snapshots(env, t_env), "snapshots-time"))
     if sharding is None:
         keyed, function = parsed.key_by(key, key_type=Types.STRING()), UserFunction(operators)
     else:
@@ -455,6 +453,20 @@ def build_pipeline(env: StreamExecutionEnvironment, t_env: StreamTableEnvironmen
     output = users.union(*outputs)
     io.sink(t_env, output)
     return output
+
+
+def without_event_time(control: DataStream, name: str) -> DataStream:
+    """A control stream (rule commands, model snapshots) that never holds back the event time of the
+    operators it is broadcast to: idle from the start, without watermarks (``ControlStreamTime``).
+
+    Broadcast with its own watermarks, it did: a two-input operator's event time is the lower of its
+    inputs' unless one is idle, and the snapshots' watermark (the trainer's event time, behind the
+    users') stayed in force whenever their source was not marked idle after its last snapshot; a
+    wall-clock one would instead expire every window at once while the event partitions are idle."""
+    strategy = get_gateway().jvm.personalize.flink.ControlStreamTime()
+    timed = control._j_data_stream.assignTimestampsAndWatermarks(strategy)
+    timed.name(name).uid(name)
+    return DataStream(timed)
 
 
 def routed(stream: DataStream, route: str) -> KeyedStream:

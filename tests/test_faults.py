@@ -158,9 +158,8 @@ def run(cluster_settings: Settings, inputs: Inputs, tmp_path: Path, name: str, f
     try:
         measured = fault(settings, job_id) if fault else {}
         end_of_input(settings, inputs)
-        # After a restore the trainer republishes snapshots for a while, and the user operator's event-time
-        # timers (session closes, dormancy) wait until that input has been idle for job.idleness_ms: quiet
-        # for long enough to cover both, on a loaded machine.
+        # After a restore the trainer republishes snapshots for a while (the users' event time no longer
+        # waits for them: jobs/pipeline.py without_event_time): quiet for long enough, on a loaded machine.
         quiet_s = 20.0 if fault is None else 60.0
         settle(settings, sentinels=True, job_id=job_id, sentinel_ts=inputs.sentinel_ts, quiet_s=quiet_s)
     except BaseException:

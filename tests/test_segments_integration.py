@@ -139,6 +139,35 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 90) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def test_control_topics_never_hold_back_the_users_event_time(stack_settings: Settings) -> None:
+    """Rule commands and model snapshots are broadcast without event time: with an idleness timeout
+    longer than the test, the rules topic's source (its table watermark pinned at the epoch) is never
+    marked idle after a command, and the user operator's event time and timers used to stay there."""
+    settings = isolated(stack_settings)
+    settings = replace(settings, job=replace(settings.job, idleness_ms=3_600_000, parallelism=1),
+                       privacy=replace(settings.privacy, stitch_identities=False))
+    stack.up(settings)
+    client = redis.Redis.from_url(settings.redis.url, decode_responses=True)
+    job = start_job(settings, source_spec(settings, "earliest", None))
+    try:
+        publish(settings, settings.kafka.topics.rules.name, [b'{"command": "delete"}'])
+        nora = json.dumps(event("n1", "nora", "page_view", T0)).encode()
+        publish(settings, settings.kafka.topics.behavior.name, [nora])
+        # A later event on every partition of every input topic (none stays empty, so none waits for the
+        # idleness timeout): the watermark moves 31 days on and nora turns dormant, if the control topics
+        # let it.
+        for topic in settings.kafka.topics.inputs():
+            for partition in range(topic.partitions):
+                later = event(f"later-{topic.name}-{partition}", f"walker-{partition}", "page_view",
+                              T0 + 31 * 24 * HOUR)
+                publish(settings, topic.name, [json.dumps(later).encode()], partition=partition)
+        dormant = wait_for("nora dormant in Redis", lambda: client.hget(
+            user_segments_key(settings.redis.key_prefix, "nora"), "dormant"))
+        assert int(dormant) == T0 + 30 * 24 * HOUR
+    finally:
+        job.cancel().result()
+
+
 def test_rule_commands_apply_mid_stream_without_a_restart(stack_settings: Settings) -> None:
     settings = isolated(stack_settings)
     stack.up(settings)
