@@ -134,7 +134,7 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
     deadline = time.monotonic() + timeout_s
     last: tuple[dict[str, Any], int | None] = ({}, None)
     quiet_since = time.monotonic()
-    reason = "not polled"
+    reason, watermark_behind = "not polled", False
     sentinel_keys = {user_profile_key("", user) for user in sentinel_users(settings)}
     final_watermark = None if sentinel_ts is None else sentinel_ts - settings.job.max_out_of_orderness_ms - 1
     while time.monotonic() < deadline:
@@ -153,7 +153,7 @@ def settle(settings: Settings, sentinels: bool, timeout_s: float = 360, quiet_s:
         elif time.monotonic() - quiet_since > quiet_s:
             return
         time.sleep(2)
-    if job_id is not None and reason.startswith("the user operator's watermark"):
+    if job_id is not None and watermark_behind:
         reason += f"; watermark metrics: {json.dumps(cluster.watermark_metrics(settings.cluster, job_id))}"
     raise AssertionError(f"Redis did not settle within {timeout_s} s: {reason}")
 
