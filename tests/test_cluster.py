@@ -24,6 +24,7 @@ from personalize import cluster, stack
 from personalize.generator import EventGenerator, GeneratedRecord
 from personalize.paths import ROOT
 from personalize.publish import publish
+from personalize.segment_format import TRACKING_ROLE, segment_message, segment_spec
 from personalize.settings import Settings
 from tests.conftest import isolated
 
@@ -99,16 +100,20 @@ def sentinel_users(settings: Settings) -> dict[str, tuple[str, int]]:
     runs produce the same records), with its topic and partition."""
     topics = settings.kafka.topics
     return {f"sentinel-{role}-{partition}": (getattr(topics, role).name, partition)
-            for role in ("behavior", "profile", "consent") for partition in range(getattr(topics, role).partitions)}
+            for role in ("behavior", "profile", "consent", TRACKING_ROLE)
+            for partition in range(getattr(topics, role).partitions)}
 
 
 def send_sentinels(settings: Settings, ts: int) -> None:
     """One far-future event on every input partition: every partition's watermark then passes all the
-    real events' timers, so runs that end at different moments still end at the same event time."""
+    real events' timers, so runs that end at different moments still end at the same event time (none
+    waits for its partition's idleness timeout). The tracking topic's are Segment messages."""
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers, acks="all")
+    tracking, spec = settings.kafka.topics.tracking.name, segment_spec(settings)
     for user, (topic, partition) in sentinel_users(settings).items():
         event = {"event_id": f"sentinel-event-{user}", "user_id": user, "type": "page_view", "ts": ts}
-        producer.send(topic, value=json.dumps(event).encode(), partition=partition, timestamp_ms=ts)
+        payload = segment_message(event, spec) if topic == tracking else event
+        producer.send(topic, value=json.dumps(payload).encode(), partition=partition, timestamp_ms=ts)
     producer.flush()
     producer.close()
 
