@@ -13,7 +13,8 @@ Stages, all over the same generated events (``--events N``):
   5. state   keyed state bytes per active user (the codecs' bytes) and Redis bytes per user;
   6. cluster the job submitted to the bundled standalone cluster with 1, then 2 TaskManagers of one
              slot each (parallelism 1, then 2): each TaskManager runs its own Python interpreter,
-             which the MiniCluster's subtasks share, so this is where scale-out shows.
+             which the MiniCluster's subtasks share, so this is where scale-out shows; with the
+             cores the machine and each local process role used while the job ran (benchmarks/cpu.py).
 
 Jobs run on a local MiniCluster against the local stack (started if needed). The stack's topics are
 emptied before each job, as ``personalize demo`` does: do not point it at a stack another job uses
@@ -44,6 +45,7 @@ from typing import Any
 import redis
 
 from benchmarks.common import RESULTS, machine
+from benchmarks.cpu import cpu_used, read_cpu
 from benchmarks.probe import BrokerProbe
 from connectors.redis_keys import segment_changes_key
 from personalize import stack
@@ -278,13 +280,20 @@ class Suite:
             started = time.monotonic()
             job_id = cluster.submit(settings, ["--config", str(config), "--start", "earliest", "--end-offsets",
                                                str(ends)])
-            state = cluster.wait_for_state(settings.cluster, job_id, cluster.TERMINAL_STATES,
-                                           timeout_s=600 + self.events / 20)
+            timeout_s = 600 + self.events / 20
+            cluster.wait_for_state(settings.cluster, job_id, {"RUNNING", *cluster.TERMINAL_STATES}, timeout_s=timeout_s)
+            running = read_cpu()
+            state = cluster.wait_for_state(settings.cluster, job_id, cluster.TERMINAL_STATES, timeout_s=timeout_s)
+            cores = cpu_used(running, read_cpu())
             wall_s = time.monotonic() - started
             if state != "FINISHED":
                 raise cluster.ClusterError(f"the benchmark job ended {state}; see the logs in {run_dir / 'log'}")
             stamps = cluster.rest(settings.cluster, f"/jobs/{job_id}")["timestamps"]
-            return self.report({"running_s": (stamps["FINISHED"] - stamps["RUNNING"]) / 1000, "wall_s": wall_s})
+            result = self.report({"running_s": (stamps["FINISHED"] - stamps["RUNNING"]) / 1000, "wall_s": wall_s})
+            if cores:
+                say(f"      CPU while running: {cores['busy']} of {os.cpu_count()} cores busy; "
+                    + ", ".join(f"{role} {used}" for role, used in cores.items() if role != "busy"))
+            return {**result, "cpu_cores": cores}
         finally:
             cluster.down(settings.cluster)
             clear_redis(settings)
