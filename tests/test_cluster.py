@@ -34,10 +34,20 @@ pytestmark = pytest.mark.integration
 UNSTABLE = (":population:", ":rules:instances", ":{segments}:changes")
 
 
+#: Idleness timeout of runs compared record by record: longer than any of them lasts.
+COMPARISON_IDLENESS_MS = 3_600_000
+
+
 def for_comparison(settings: Settings) -> Settings:
     """For runs compared record by record: no consent gating or identity stitching, whose outcome
-    depends on the read order of different topics (docs/privacy.md), not on failures or parallelism."""
-    return replace(settings, privacy=replace(settings.privacy, enabled=False))
+    depends on the read order of different topics (docs/privacy.md), not on failures or parallelism.
+
+    And no partition goes idle during a run: a partition stalled by backpressure for longer than
+    ``job.idleness_ms`` (processing time) would count as idle, the watermark would follow the others,
+    and its next events would be late in one run and not in another. Every input partition ends with a
+    sentinel (``send_sentinels``), so the last watermark needs no idleness either."""
+    return replace(settings, privacy=replace(settings.privacy, enabled=False),
+                   job=replace(settings.job, idleness_ms=COMPARISON_IDLENESS_MS))
 
 
 def redis_state(settings: Settings) -> dict[str, Any]:
