@@ -260,7 +260,7 @@ class UserCore:
             self._after_features(values, step, features, vector, registered)
             if self.user_models is not None:
                 purchase = event.ts if event.type == "purchase" else None
-                rescored, decision["intent"] = self._models(values, step, vector, purchase, None)
+                rescored, decision["intent"] = self._models(values, step, event.user_key, vector, purchase, None)
         engine = self.engine
         if engine is not None:
             first_seen = profile.first_seen
@@ -289,7 +289,7 @@ class UserCore:
                 vector = self.features.close_session(features, user, timestamp)
                 self._after_features(values, step, features, vector, registered)
             if self.user_models is not None:  # intent deadlines, and scoring the closed session's vector
-                rescored, _ = self._models(values, step, vector, None, timestamp)
+                rescored, _ = self._models(values, step, user, vector, None, timestamp)
         if engine is not None and (values.get("rules") is not None or rescored is not None):
             self._segments(values, step, lambda state: engine.advance(state, user, timestamp)
                            + self._model_segment(engine, state, user, timestamp, rescored))
@@ -437,10 +437,11 @@ class UserCore:
 
     # --- the user's steps ---------------------------------------------------------------------------
 
-    def _models(self, values: UserValues, step: Step, vector: FeatureVector | None, purchase_ts: int | None,
-                now: int | None) -> tuple[Rescored | None, float | None]:
+    def _models(self, values: UserValues, step: Step, user: str, vector: FeatureVector | None,
+                purchase_ts: int | None, now: int | None) -> tuple[Rescored | None, float | None]:
         """Settle intent examples (a purchase at ``purchase_ts``: positives; a timer at ``now``:
-        negatives), send the trainer its inputs, score a new vector: (a membership change, the intent)."""
+        negatives, and a re-score with a newer snapshot at an intent deadline), send the trainer its
+        inputs, score a new vector: (a membership change, the intent)."""
         models = self.user_models
         assert models is not None
         state: UserModelState | None = values.get("models")
@@ -449,16 +450,18 @@ class UserCore:
         state = state or UserModelState()
         deadline_before = models.deadline(state)
         inputs = models.purchase(state, purchase_ts) if purchase_ts is not None else []
+        rescored = None
         if now is not None:
             inputs += models.expire(state, now)
-        rescored = None
+            if vector is None and deadline_before is not None and deadline_before <= now:
+                rescores = state.rescores
+                rescored = models.rescore(state, self.scorer)  # an intent deadline: a day after a vector
+                if state.rescores != rescores:
+                    self._stage_scores(step, user, state, now)
         if vector is not None:
             inputs += models.vector(state, vector, by_purchase=purchase_ts is not None)
             rescored = models.score(state, vector, self.scorer)
-            step.redis.append(StageModelScores(vector.user_key, vector.version, [
-                "model_version", state.version, "cluster", state.membership.cluster
-                if state.membership.cluster is not None else "", "intent",
-                "" if state.intent is None else round(state.intent, 4), "ts", vector.ts]))
+            self._stage_scores(step, vector.user_key, state, vector.ts)
         values.put("models", state)
         deadline = models.deadline(state)
         if deadline is not None and deadline != deadline_before:
@@ -466,6 +469,14 @@ class UserCore:
         for training_input in inputs:
             step.sends.append((TRAINING_ROUTE, TRAINER_KEY, training_input))
         return rescored, state.intent
+
+    @staticmethod
+    def _stage_scores(step: Step, user: str, state: UserModelState, ts: int) -> None:
+        """The user's model-scores hash as of a scoring (``ts``: the vector's time, or a re-score's)."""
+        step.redis.append(StageModelScores(user, state.scores_version, [
+            "model_version", state.version, "cluster", state.membership.cluster
+            if state.membership.cluster is not None else "", "intent",
+            "" if state.intent is None else round(state.intent, 4), "ts", ts]))
 
     @staticmethod
     def _model_segment(engine: SegmentEngine, state: RuleState, user: str, now: int,

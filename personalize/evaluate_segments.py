@@ -175,7 +175,7 @@ class ModelRun:
         self.latest: dict[str, Scoring] = {}
         """Each key's latest scoring after the warm-up."""
         self.cluster_switches = self.membership_switches = 0
-        self.positives = self.negatives = self.scored = 0
+        self.positives = self.negatives = self.scored = self.rescored = 0
         self.vector_learn_s = self.intent_learn_s = self.score_s = 0.0
 
     def step(self, step: FeatureVector | Purchase) -> None:
@@ -184,6 +184,7 @@ class ModelRun:
             state = self.states[key]
             if self.models.deadline(state) == deadline:
                 self._learn(self.models.expire(state, deadline))
+                self._rescore(key, state, deadline)
                 self._wake(key, state, deadline)
         key = step.user_key
         state = self.states.setdefault(key, UserModelState())
@@ -215,6 +216,17 @@ class ModelRun:
                 self.negatives += not training_input.label
             if drift is not None:
                 self.drifts.append(drift)
+
+    def _rescore(self, key: str, state: UserModelState, deadline: int) -> None:
+        """At an intent deadline, the latest vector's cluster with a newer snapshot (as the core does)."""
+        rescores = state.rescores
+        self.models.rescore(state, self.scorer)
+        score, latest = self.models.last_score, self.latest.get(key)
+        if state.rescores == rescores or score is None or score.assignment is None:
+            return
+        self.rescored += 1
+        if latest is not None:  # the vector was scored after the warm-up
+            self.latest[key] = (deadline, score.assignment.cluster, state.membership.cluster, latest[3])
 
     def _vector(self, state: UserModelState, vector: FeatureVector, by_purchase: bool) -> None:
         key = vector.user_key
@@ -312,6 +324,7 @@ def summarize(timeline: Timeline, run: ModelRun) -> dict[str, Any]:
         },
         "vectors": vectors,
         "vectors_learned": trainer.vectors_learned,
+        "rescored": run.rescored,
         "switches": {"cluster": run.cluster_switches, "with_hysteresis": run.membership_switches},
         "snapshots": len(run.snapshots),
         "snapshot_model_bytes": len(canonical(final.model.to_data())) if final else 0,

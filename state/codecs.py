@@ -28,7 +28,7 @@ from operators.features.rfm import PurchaseHistory
 from operators.features.sessions import Session, SessionTracker
 from operators.features.windows import SlidingCount
 from operators.jsontext import compact_json
-from operators.models.inputs import HALF_MAX, INTENT_FEATURES
+from operators.models.inputs import BEHAVIOUR_FEATURES, HALF_MAX, INTENT_FEATURES
 from operators.models.intent import PendingExamples
 from operators.models.membership import Membership as ClusterMembership
 from operators.models.user import UserModelState
@@ -270,43 +270,56 @@ def decode_recs(data: bytes) -> UserRecState:
                         checkout_ts=document["k"], reference_ts=document["t"], arms=document.get("x", {}))
 
 
-MODELS_CODEC_VERSION = 2
-#: Layout of an encoded :class:`~operators.models.user.UserModelState` (version 2)::
+MODELS_CODEC_VERSION = 3
+#: Layout of an encoded :class:`~operators.models.user.UserModelState` (version 3)::
 #:
-#:     byte 0      codec version (2)
-#:     bytes 1..4  header length (uint32), then the JSON header {"d", "m", "i", "s"}
+#:     byte 0      codec version (3)
+#:     bytes 1..4  header length (uint32), then the JSON header {"d", "m", "i", "s", "b", "g", "r"}
+#:     then        if "b" (1): the latest scored behaviour input, ``BEHAVIOUR_FEATURES`` as float16
 #:     then        the pending examples to the end: int64 event time, then the ``INTENT_FEATURES`` as float16
 #:
 #: Half precision (3 significant digits) is far below what SGD on these log counts and rates resolves,
-#: and an example takes 58 bytes instead of ~150 as JSON. Version 1 (all JSON) is still read.
+#: and an example takes 58 bytes instead of ~150 as JSON. Version 2 (no behaviour input, "g" and "r")
+#: and version 1 (all JSON) are still read.
 _EXAMPLE = struct.Struct(f"<q{len(INTENT_FEATURES)}e")
+_BEHAVIOUR = struct.Struct(f"<{len(BEHAVIOUR_FEATURES)}e")
 
 
 def encode_models(state: UserModelState) -> bytes:
     membership = state.membership
     examples = state.pending.examples
+    behaviour = state.behaviour
     header = compact_json({"d": state.pending.dropped,
                            "m": [membership.cluster, membership.candidate, membership.streak],
-                           "i": state.intent, "s": state.version})
+                           "i": state.intent, "s": state.version, "b": int(behaviour is not None),
+                           "g": state.vector_version, "r": state.rescores})
     try:  # capping every value costs more than trying first: values past HALF_MAX are rare
         packed = b"".join([_EXAMPLE.pack(ts, *values) for ts, values in examples])
     except OverflowError:
         packed = b"".join([_EXAMPLE.pack(ts, *(min(value, HALF_MAX) for value in values)) for ts, values in examples])
-    return bytes([MODELS_CODEC_VERSION]) + struct.pack("<I", len(header)) + header + packed
+    kept = b"" if behaviour is None else _BEHAVIOUR.pack(*behaviour)  # already capped (behaviour_values)
+    return bytes([MODELS_CODEC_VERSION]) + struct.pack("<I", len(header)) + header + kept + packed
 
 
 def decode_models(data: bytes) -> UserModelState:
     if data[:1] == b"{":
         return _decode_models_v1(data)
-    if data[:1] != bytes([MODELS_CODEC_VERSION]):
+    if data[:1] not in (b"\x02", bytes([MODELS_CODEC_VERSION])):
         raise CodecError(f"unknown model codec version {data[:1]!r}; expected {MODELS_CODEC_VERSION}")
     try:
         (header_length,) = struct.unpack_from("<I", data, 1)
-        header = orjson.loads(data[5:5 + header_length])
-        examples = [(row[0], row[1:]) for row in _EXAMPLE.iter_unpack(data[5 + header_length:])]
+        start = 5 + header_length
+        header = orjson.loads(data[5:start])
+        behaviour = None
+        if header.get("b"):  # version 2 has no "b"
+            behaviour = _BEHAVIOUR.unpack_from(data, start)
+            start += _BEHAVIOUR.size
+        examples = [(row[0], row[1:]) for row in _EXAMPLE.iter_unpack(data[start:])]
     except (struct.error, ValueError) as exc:
         raise CodecError(f"model state is not readable: {exc}") from exc
-    return _model_state(examples, header)
+    state = _model_state(examples, header)
+    state.behaviour, state.vector_version, state.rescores = behaviour, header.get("g", 0), header.get("r", 0)
+    return state
 
 
 def _decode_models_v1(data: bytes) -> UserModelState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
@@ -26,9 +27,16 @@ from operators.experiments.serving import ExperimentPolicy
 from operators.features.config import FeatureConfig
 from operators.features.operator import FeatureOperator, FeatureVector
 from operators.features.rfm import LocalPopulation
-from operators.models.inputs import INTENT_FEATURES, behaviour_input, intent_example, intent_input, intent_values
+from operators.models.inputs import (
+    BEHAVIOUR_FEATURES,
+    INTENT_FEATURES,
+    behaviour_input,
+    intent_example,
+    intent_input,
+    intent_values,
+)
 from operators.models.training import ModelScorer, ModelTrainer
-from operators.models.user import TrainingInput, UserModels, UserModelState
+from operators.models.user import RESCORE_SLOTS, TrainingInput, UserModels, UserModelState
 from operators.privacy.identity import Handover
 from operators.profile import ProfileOperator, ProfileUpdate
 from operators.recs.config import RecConfig
@@ -37,7 +45,7 @@ from operators.recs.serving import Published, RecommendationServer, RecommenderC
 from operators.recs.user import UserRecState
 from operators.rules.catalog import RuleCatalog
 from operators.rules.engine import RuleState, SegmentEngine
-from operators.user_core import RECS_ROUTE, CoreSettings, IdentitySettings, Step, UserCore
+from operators.user_core import RECS_ROUTE, CoreSettings, IdentitySettings, StageModelScores, Step, UserCore
 from personalize import settings as settings_module
 from state.codecs import (
     HALF_MAX,
@@ -125,6 +133,51 @@ def test_scoring_sets_intent_and_reports_only_membership_changes() -> None:
     assert models.score(state, vector(0, T0 + 1, 2), scorer) is None  # same cluster: nothing to emit
 
 
+def test_a_newer_snapshot_rescores_the_latest_vector_and_keeps_its_intent() -> None:
+    trainer, scorer = trained_scorer()
+    models, state = UserModels(CONFIG), UserModelState()
+    assert models.rescore(state, scorer) is None and state.rescores == 0  # nothing scored yet
+    models.score(state, vector(0, T0, version=5), scorer)
+    scored_intent, first_version = state.intent, state.version
+    assert state.behaviour is not None and (state.vector_version, state.rescores) == (5, 0)
+    assert models.rescore(state, scorer) is None and state.rescores == 0, "the same snapshot: no re-score"
+    for snapshot in train(trainer, 400, start=T0 + 10 * HOUR):
+        scorer.load(snapshot)
+    assert scorer.version > first_version
+    models.rescore(state, scorer)
+    assert (state.version, state.rescores, state.intent) == (scorer.version, 1, scored_intent)
+    score = models.last_score
+    assert score is not None and score.assignment == scorer.assign(
+        dict(zip(BEHAVIOUR_FEATURES, state.behaviour, strict=True)))
+    assert 5 * RESCORE_SLOTS < state.scores_version < 6 * RESCORE_SLOTS, "above the vector's writes, below the next's"
+    models.score(state, vector(0, T0 + 1, version=6), scorer)
+    assert state.rescores == 0 and state.scores_version == 6 * RESCORE_SLOTS
+
+
+def test_an_intent_deadline_rescores_with_a_newer_snapshot_and_writes_the_scores() -> None:
+    """The core re-scores at an intent deadline (a day after a vector), not at other wake-ups."""
+    trainer, scorer = trained_scorer()
+    settings = CoreSettings(profile=ProfileOperator(), features=FeatureConfig(), features_enabled=True, topics={},
+                            allowed_lateness_ms=0, models=CONFIG)
+    core, cells = UserCore(settings, FeatureOperator(FeatureConfig(), LocalPopulation())), UserCells()
+    core.scorer = scorer
+
+    def models_step(vector_: FeatureVector | None, now: int | None) -> list[StageModelScores]:
+        step, values = Step(), StoredValues(cells)
+        core._models(values, step, "u1", vector_, None, now)
+        values.store()
+        return [write for write in step.redis if isinstance(write, StageModelScores)]
+
+    assert [write.version for write in models_step(vector(0, T0, version=5), None)] == [5 * RESCORE_SLOTS]
+    for snapshot in train(trainer, 400, start=T0 + 10 * HOUR):
+        scorer.load(snapshot)
+    assert models_step(None, T0 + HOUR) == [], "no intent deadline was due"
+    rescored = models_step(None, T0 + CONFIG.intent_horizon_ms)
+    assert [write.version for write in rescored] == [5 * RESCORE_SLOTS + 1]
+    assert rescored[0].fields[:2] == ["model_version", scorer.version]
+    assert decode_models(cells["models"].value() or b"").rescores == 1
+
+
 def test_model_state_codec_round_trip_is_compact() -> None:
     models, state = UserModels(CONFIG), UserModelState()
     for i in range(CONFIG.intent_max_pending):
@@ -138,6 +191,8 @@ def test_model_state_codec_round_trip_is_compact() -> None:
     for (_, before), (_, after) in zip(state.pending.examples, restored.pending.examples, strict=True):
         assert len(after) == len(before) == len(INTENT_FEATURES)
         assert all(a == pytest.approx(b, rel=1e-3, abs=1e-4) for a, b in zip(after, before, strict=True))
+    assert (restored.behaviour, restored.vector_version, restored.rescores) == (state.behaviour, 99, 0)
+    assert restored.behaviour is not None and len(restored.behaviour) == len(BEHAVIOUR_FEATURES)
     assert len(data) < 1_100, "16 pending examples must stay well under the 2 KB per-user budget"
     assert encode_models(restored) == data  # decoding is exact: a stored example is learned as stored
 
@@ -156,6 +211,11 @@ def test_model_state_of_the_previous_codec_version_is_still_read() -> None:
     state = decode_models(v1)
     assert state.pending.examples == [(T0, tuple(values))]
     assert (state.pending.dropped, state.membership.cluster, state.intent, state.version) == (2, 3, 0.25, 7)
+    header = b'{"d":2,"m":[3,null,0],"i":0.25,"s":7}'
+    v2 = b"\x02" + struct.pack("<I", len(header)) + header
+    before_rescores = decode_models(v2 + struct.pack(f"<q{len(INTENT_FEATURES)}e", T0, *values))
+    assert before_rescores.pending.examples == [(T0, tuple(float(v) for v in values))]
+    assert (before_rescores.version, before_rescores.behaviour, before_rescores.rescores) == (7, None, 0)
     with pytest.raises(CodecError):
         decode_models(b"\x09" + v1)
     with pytest.raises(CodecError, match="not readable"):

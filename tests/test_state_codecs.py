@@ -15,18 +15,25 @@ from operators.events import Event
 from operators.features.config import FeatureConfig
 from operators.features.operator import FeatureOperator, UserFeatures
 from operators.features.rfm import LocalPopulation
+from operators.models.inputs import BEHAVIOUR_FEATURES, INTENT_FEATURES
+from operators.models.intent import PendingExamples
+from operators.models.membership import Membership as ClusterMembership
+from operators.models.user import UserModelState
 from operators.rules.engine import Membership, RuleState
 from operators.rules.signals import SignalLog
 from state.codecs import (
     FEATURES_CODEC_VERSION,
+    MODELS_CODEC_VERSION,
     RAW_JSON_MAX_BYTES,
     RULES_CODEC_VERSION,
     CodecError,
     _compressed,
     _compressed_document,
     decode_features,
+    decode_models,
     decode_rules,
     encode_features,
+    encode_models,
     encode_rules,
 )
 
@@ -138,3 +145,27 @@ def test_rule_state_round_trips_in_every_version(state: RuleState) -> None:
     assert decode_rules(encoded) == state
     for older in older_versions(encoded):
         assert decode_rules(older) == state
+
+
+half = st.floats(0, 60_000, allow_nan=False, width=16)
+model_states = st.builds(
+    UserModelState,
+    pending=st.builds(PendingExamples, st.lists(st.tuples(timestamps, st.tuples(*[half] * len(INTENT_FEATURES))),
+                                                max_size=4), st.integers(0, 99)),
+    membership=st.builds(ClusterMembership, st.none() | st.integers(0, 9), st.none() | st.integers(0, 9),
+                         st.integers(0, 3)),
+    intent=st.none() | st.floats(0, 1), version=st.integers(0, 10**6),
+    behaviour=st.none() | st.tuples(*[half] * len(BEHAVIOUR_FEATURES)),
+    vector_version=st.integers(0, 10**6), rescores=st.integers(0, 2_000),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(model_states)
+def test_model_state_round_trips_with_its_rescore_input(state: UserModelState) -> None:
+    encoded = encode_models(state)
+    assert encoded[0] == MODELS_CODEC_VERSION
+    assert decode_models(encoded) == state
+    for broken in (encoded[:-1], b"\x07" + encoded[1:]):  # a cut value, an unknown version
+        with pytest.raises(CodecError):
+            decode_models(broken)

@@ -51,6 +51,16 @@ def half_precision(values: IntentValues) -> IntentValues:
     except OverflowError:
         return _HALF.unpack(_HALF.pack(*(min(value, HALF_MAX) for value in values)))
 _INTENT_VALUES = operator.itemgetter(*INTENT_FEATURES)
+BehaviourValues = tuple[float, ...]
+"""A behaviour input's values in ``BEHAVIOUR_FEATURES`` order, in half precision: how a user's latest scored
+input is kept for a re-score (in keyed state and between events)."""
+_BEHAVIOUR_HALF = struct.Struct(f"<{len(BEHAVIOUR_FEATURES)}e")
+_BEHAVIOUR_VALUES = operator.itemgetter(*BEHAVIOUR_FEATURES)
+
+
+def behaviour_values(x: ModelInput) -> BehaviourValues:
+    """A behaviour input as kept for a re-score (:data:`BehaviourValues`), capped at :data:`HALF_MAX`."""
+    return _BEHAVIOUR_HALF.unpack(_BEHAVIOUR_HALF.pack(*(min(value, HALF_MAX) for value in _BEHAVIOUR_VALUES(x))))
 
 
 def has_behaviour(values: Mapping[str, Any]) -> bool:

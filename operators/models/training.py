@@ -275,6 +275,10 @@ class ModelScorer:
         self.version, self.lineage, self.cause = snapshot.version, snapshot.lineage, snapshot.cause
         return True
 
+    def assign(self, behaviour: ModelInput) -> Assignment | None:
+        """The cluster of a behaviour input; None before the first snapshot."""
+        return None if self._model is None else self._model.assign(behaviour)
+
     def score(self, values: Mapping[str, Any],
               inputs: tuple[ModelInput | None, ModelInput] | None = None) -> ModelScore | None:
         """Cluster, distances and intent of a feature vector; None before the first snapshot.

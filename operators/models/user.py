@@ -15,7 +15,16 @@ from typing import NamedTuple
 from operators.features.operator import FeatureVector
 from operators.models.config import ModelConfig
 from operators.models.drift import DriftEvent
-from operators.models.inputs import ModelInput, half_precision, intent_example, intent_values, model_inputs
+from operators.models.inputs import (
+    BEHAVIOUR_FEATURES,
+    BehaviourValues,
+    ModelInput,
+    behaviour_values,
+    half_precision,
+    intent_example,
+    intent_values,
+    model_inputs,
+)
 from operators.models.intent import IntentLabeler, Labelled, PendingExamples
 from operators.models.membership import Membership, MembershipPolicy, update_membership
 from operators.models.training import ModelScore, ModelScorer, ModelTrainer, learns_from
@@ -25,6 +34,8 @@ MODEL_FIELDS = ("intent",)
 
 
 NEGATIVE_SAMPLE_BUCKETS = 1 << 16
+RESCORE_SLOTS = 1 << 10
+"""Re-scorings of one vector that can still be written to Redis: more than an intent's pending examples."""
 
 
 class TrainingInput(NamedTuple):
@@ -70,6 +81,18 @@ class UserModelState:
     """The latest intent score (what rules compare as ``intent``); None before the first snapshot."""
     version: int = 0
     """Model version of the latest score."""
+    behaviour: BehaviourValues | None = None
+    """The behaviour input of the latest scored vector (half precision): what a newer snapshot re-scores."""
+    vector_version: int = 0
+    """The feature vector version of the latest scored vector."""
+    rescores: int = 0
+    """Re-scorings of that vector with newer snapshots."""
+
+    @property
+    def scores_version(self) -> int:
+        """What the user's model-scores hash is guarded by: the scored vector's version, then its re-scorings
+        (capped, so a vector's re-scores never reach the next vector's version)."""
+        return self.vector_version * RESCORE_SLOTS + min(self.rescores, RESCORE_SLOTS - 1)
 
 
 @dataclass(frozen=True)
@@ -147,10 +170,30 @@ class UserModels:
 
     def score(self, state: UserModelState, vector: FeatureVector, scorer: ModelScorer) -> Rescored | None:
         """Score with the loaded snapshot; a :class:`Rescored` when the cluster membership changed."""
-        score = self.last_score = scorer.score(vector.values, self._inputs(vector))
+        behaviour, intent = self._inputs(vector)
+        score = self.last_score = scorer.score(vector.values, (behaviour, intent))
         if score is None:
             return None
-        state.intent, state.version = score.intent, score.version
+        state.intent = score.intent
+        state.behaviour = None if behaviour is None else behaviour_values(behaviour)
+        state.vector_version, state.rescores = vector.version, 0
+        return self._assign(state, score, scorer)
+
+    def rescore(self, state: UserModelState, scorer: ModelScorer) -> Rescored | None:
+        """The latest scored vector's cluster again, when a newer snapshot was loaded since it was scored.
+
+        Called at the user's intent deadlines, a day after each vector: a user who went quiet would
+        otherwise keep the cluster of the snapshot at their last visit however the model moved since
+        (docs/models.md). The intent score stays the vector's: it describes the moment of the vector."""
+        if state.behaviour is None or scorer.version in (0, state.version):
+            return None
+        assignment = scorer.assign(dict(zip(BEHAVIOUR_FEATURES, state.behaviour, strict=True)))
+        score = self.last_score = ModelScore(scorer.version, assignment, state.intent or 0.0)
+        state.rescores += 1
+        return self._assign(state, score, scorer)
+
+    def _assign(self, state: UserModelState, score: ModelScore, scorer: ModelScorer) -> Rescored | None:
+        state.version = score.version
         before = state.membership.segment
         state.membership = update_membership(self.policy, state.membership, score.assignment)
         after = state.membership.segment

@@ -201,8 +201,8 @@ def merge_rule_states(known: RuleState | None, anonymous: RuleState | None,
 def merge_model_states(known: UserModelState | None, anonymous: UserModelState | None,
                        max_pending: int) -> UserModelState | None:
     """Pending intent examples unite (newest ``max_pending`` kept; evicted ones count as dropped):
-    what the anonymous visitor did before a later purchase is a valid example. Membership and
-    intent stay the known user's."""
+    what the anonymous visitor did before a later purchase is a valid example. Membership, intent and
+    the input a newer snapshot re-scores stay the known user's."""
     if anonymous is None:
         return known
     base = known or UserModelState()
@@ -212,7 +212,8 @@ def merge_model_states(known: UserModelState | None, anonymous: UserModelState |
     overflow = max(len(examples) - max_pending, 0)
     return UserModelState(
         pending=PendingExamples(examples[overflow:], base.pending.dropped + anonymous.pending.dropped + overflow),
-        membership=copy.copy(base.membership), intent=base.intent, version=base.version)
+        membership=copy.copy(base.membership), intent=base.intent, version=base.version, behaviour=base.behaviour,
+        vector_version=base.vector_version, rescores=base.rescores)
 
 
 def _by_time(a: Mapping[str, int], b: Mapping[str, int], limit: int) -> dict[str, int]:
