@@ -3,6 +3,10 @@
 It reads the job's input topics as the job's source does (``read_committed``, the same fetch wait),
 so publish -> probe is what the broker and the machine cost before the job sees an event. A stall
 that shows in the probe is not the job's.
+
+With the input topics stamping records at append (:func:`stamp_at_append`), it also learns when the
+broker appended each event: publish -> append is the load generator's share (its client's batching,
+and its process waiting for a core on a busy machine), append -> Redis the broker's and the job's.
 """
 
 from __future__ import annotations
@@ -11,9 +15,13 @@ import json
 import threading
 import time
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType
 
 from personalize.settings import KafkaSettings
+
+#: ``ConsumerRecord.timestamp_type`` of a record stamped by the broker.
+LOG_APPEND_TIME = 1
 
 
 class BrokerProbe(threading.Thread):
@@ -22,6 +30,8 @@ class BrokerProbe(threading.Thread):
     def __init__(self, kafka: KafkaSettings) -> None:
         super().__init__(name="broker-probe", daemon=True)
         self.seen: dict[str, float] = {}
+        self.appended: dict[str, float] = {}
+        """Event id -> when the broker appended it (epoch seconds), from topics stamped at append."""
         self._stopping = threading.Event()
         self._consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, isolation_level="read_committed",
                                        enable_auto_commit=False, group_id=None,
@@ -41,12 +51,26 @@ class BrokerProbe(threading.Thread):
                         event_id = _event_id(record.value)
                         if event_id is not None:
                             self.seen.setdefault(event_id, now)
+                            if record.timestamp_type == LOG_APPEND_TIME:
+                                self.appended.setdefault(event_id, record.timestamp / 1000)
         finally:
             self._consumer.close()
 
     def stop(self) -> None:
         self._stopping.set()
         self.join(timeout=10)
+
+
+def stamp_at_append(kafka: KafkaSettings) -> None:
+    """Have the input topics stamp each record with the broker's append time (``LogAppendTime``), for the
+    probe to read. Only for the benchmark's own topics: a record's time is then no longer the producer's."""
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, client_id="personalize-bench")
+    try:
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic.name,
+                                            configs={"message.timestamp.type": "LogAppendTime"})
+                             for topic in kafka.topics.inputs()])
+    finally:
+        admin.close()
 
 
 def _event_id(value: bytes | None) -> str | None:

@@ -46,7 +46,7 @@ import redis
 
 from benchmarks.common import RESULTS, machine
 from benchmarks.cpu import cpu_used, read_cpu
-from benchmarks.probe import BrokerProbe
+from benchmarks.probe import BrokerProbe, stamp_at_append
 from connectors.redis_keys import segment_changes_key
 from personalize import stack
 from personalize.generator import EventGenerator, GeneratedRecord
@@ -343,6 +343,7 @@ class Suite:
                            redis=replace(self.base.redis, key_prefix=f"{name}:", changes_stream_maxlen=10_000_000))
         clear_redis(settings)
         stack.reset_topics(settings)
+        stamp_at_append(settings.kafka)
         count = int(rate * self.latency_seconds)
         generator = replace(settings.generator, events=count, seed=settings.generator.seed + 1)
         sent: dict[str, float] = {}
@@ -384,6 +385,12 @@ class Suite:
                           for event_id, at in sent.items() if event_id in probe.seen)
         steady_from = warmup_end - started
         kept = [change for change in measured if change.at >= steady_from]
+        # The same split at the broker's append time: the load generator's share, and the rest.
+        appended = probe.appended
+        to_append = [1000 * (appended[event_id] - sent[event_id]) for event_id in sent
+                     if event_id in appended and sent[event_id] - started >= steady_from]
+        append_to_redis = [stream_ms - 1000 * appended[event_id] for stream_ms, _, event_id, _ in changes
+                           if event_id in appended and event_id in sent and sent[event_id] - started >= steady_from]
         warmup = [change.total for change in measured if change.at < steady_from]
         if not kept:
             return {"offered_rate": round(rate), "samples": 0}
@@ -406,6 +413,8 @@ class Suite:
             "to_job_ms": spread([change.to_job for change in kept]),
             "job_to_redis_ms": spread([change.to_redis for change in kept]),
             "to_broker_probe_ms": spread([ms for at, ms in readable if at >= steady_from]) if readable else {},
+            "publish_to_broker_append_ms": spread(to_append) if to_append else {},
+            "broker_append_to_redis_ms": spread(append_to_redis) if append_to_redis else {},
             "warmup": {"seconds": round(warmup_end - started, 1), "samples": len(warmup),
                        **({"p50_ms": round(percentile(warmup, 0.50)), "p99_ms": round(percentile(warmup, 0.99)),
                            "max_ms": round(max(warmup))} if warmup else {})},
@@ -572,9 +581,11 @@ def summary(result: dict[str, Any]) -> str:
             if latency.get(part, {}).get("samples"):
                 lines.append(f"  {label:<29} p50 {latency[part]['p50']} ms, p99 {latency[part]['p99']} ms "
                              f"({latency[part]['samples']:,} changes)")
-        if latency.get("to_broker_probe_ms"):
-            lines.append(f"  publish -> readable (probe)   p50 {latency['to_broker_probe_ms']['p50']} ms, "
-                         f"p99 {latency['to_broker_probe_ms']['p99']} ms")
+        for part, label in (("to_broker_probe_ms", "publish -> readable (probe)"),
+                            ("publish_to_broker_append_ms", "publish -> broker append"),
+                            ("broker_append_to_redis_ms", "broker append -> Redis")):
+            if latency.get(part):
+                lines.append(f"  {label:<29} p50 {latency[part]['p50']} ms, p99 {latency[part]['p99']} ms")
     state = result.get("state", {})
     if "keyed_bytes_per_user" in state:
         lines.append(f"keyed state per user            {state['keyed_bytes_per_user']['mean']:>8,} bytes (mean)")
