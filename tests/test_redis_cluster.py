@@ -215,7 +215,9 @@ def test_the_job_runs_on_a_redis_cluster_with_each_membership_in_both_slots(
         user = key.removeprefix(f"{prefix}user:{{").removesuffix("}:segments")
         fields: list[str] = client.hkeys(key)  # type: ignore[assignment]
         by_users |= {(user, segment) for segment in fields if not segment.startswith("_")}
-    assert by_members == by_users and len(by_members) > 10
+    # How many memberships are left at the end depends on timing (expiries fire as the watermark moves, and
+    # partitions are read at the machine's speed): 10 under load in one CI run. The check needs some.
+    assert by_members == by_users and len(by_members) >= 5
     assert {segment: len([1 for _, s in by_members if s == segment]) for segment in on_cluster.segment_members} == \
         on_cluster.segment_members  # the counts are the member sets' sizes
     assert on_cluster.users_with_recommendations > 0
