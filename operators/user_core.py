@@ -453,11 +453,10 @@ class UserCore:
         rescored = None
         if now is not None:
             inputs += models.expire(state, now)
-            if vector is None and deadline_before is not None and deadline_before <= now:
-                rescores = state.rescores
-                rescored = models.rescore(state, self.scorer)  # an intent deadline: a day after a vector
-                if state.rescores != rescores:
-                    self._stage_scores(step, user, state, now)
+            if vector is None and deadline_before is not None and deadline_before <= now \
+                    and models.rescorable(state, self.scorer):  # an intent deadline: a day after a vector
+                rescored = models.rescore(state, self.scorer)
+                self._stage_scores(step, user, state, now)
         if vector is not None:
             inputs += models.vector(state, vector, by_purchase=purchase_ts is not None)
             rescored = models.score(state, vector, self.scorer)

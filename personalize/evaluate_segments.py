@@ -219,10 +219,11 @@ class ModelRun:
 
     def _rescore(self, key: str, state: UserModelState, deadline: int) -> None:
         """At an intent deadline, the latest vector's cluster with a newer snapshot (as the core does)."""
-        rescores = state.rescores
+        if not self.models.rescorable(state, self.scorer):
+            return
         self.models.rescore(state, self.scorer)
         score, latest = self.models.last_score, self.latest.get(key)
-        if state.rescores == rescores or score is None or score.assignment is None:
+        if score is None or score.assignment is None:
             return
         self.rescored += 1
         if latest is not None:  # the vector was scored after the warm-up

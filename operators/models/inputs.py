@@ -46,10 +46,14 @@ _HALF = struct.Struct(f"<{len(INTENT_FEATURES)}e")
 def half_precision(values: IntentValues) -> IntentValues:
     """``values`` in half precision (3 significant digits), capped at :data:`HALF_MAX`: how a waiting
     example is kept, in memory as in keyed state, so a value read back is the one kept."""
+    return _halved(_HALF, values)
+
+
+def _halved(layout: struct.Struct, values: tuple[float, ...]) -> tuple[float, ...]:
     try:  # capping every value costs more than trying first: values past HALF_MAX are rare
-        return _HALF.unpack(_HALF.pack(*values))
+        return layout.unpack(layout.pack(*values))
     except OverflowError:
-        return _HALF.unpack(_HALF.pack(*(min(value, HALF_MAX) for value in values)))
+        return layout.unpack(layout.pack(*(min(value, HALF_MAX) for value in values)))
 _INTENT_VALUES = operator.itemgetter(*INTENT_FEATURES)
 BehaviourValues = tuple[float, ...]
 """A behaviour input's values in ``BEHAVIOUR_FEATURES`` order, in half precision: how a user's latest scored
@@ -60,7 +64,7 @@ _BEHAVIOUR_VALUES = operator.itemgetter(*BEHAVIOUR_FEATURES)
 
 def behaviour_values(x: ModelInput) -> BehaviourValues:
     """A behaviour input as kept for a re-score (:data:`BehaviourValues`), capped at :data:`HALF_MAX`."""
-    return _BEHAVIOUR_HALF.unpack(_BEHAVIOUR_HALF.pack(*(min(value, HALF_MAX) for value in _BEHAVIOUR_VALUES(x))))
+    return _halved(_BEHAVIOUR_HALF, _BEHAVIOUR_VALUES(x))
 
 
 def has_behaviour(values: Mapping[str, Any]) -> bool:

@@ -179,13 +179,18 @@ class UserModels:
         state.vector_version, state.rescores = vector.version, 0
         return self._assign(state, score, scorer)
 
+    @staticmethod
+    def rescorable(state: UserModelState, scorer: ModelScorer) -> bool:
+        """Whether :meth:`rescore` would score: a kept behaviour input, and a newer snapshot than its score's."""
+        return state.behaviour is not None and scorer.version not in (0, state.version)
+
     def rescore(self, state: UserModelState, scorer: ModelScorer) -> Rescored | None:
         """The latest scored vector's cluster again, when a newer snapshot was loaded since it was scored.
 
         Called at the user's intent deadlines, a day after each vector: a user who went quiet would
         otherwise keep the cluster of the snapshot at their last visit however the model moved since
         (docs/models.md). The intent score stays the vector's: it describes the moment of the vector."""
-        if state.behaviour is None or scorer.version in (0, state.version):
+        if state.behaviour is None or not self.rescorable(state, scorer):
             return None
         assignment = scorer.assign(dict(zip(BEHAVIOUR_FEATURES, state.behaviour, strict=True)))
         score = self.last_score = ModelScore(scorer.version, assignment, state.intent or 0.0)
