@@ -13,8 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -260,7 +259,6 @@ class UserStateSink(Protocol):
     def empty(self) -> bool: ...
     def due(self) -> bool: ...
     def flush(self) -> None: ...
-    def flush_in_background(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -293,30 +291,8 @@ def run_script(pipe: Any, script: Script, keys: list[str], args: list[Any]) -> N
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
-@dataclass
-class StagedWrites:
-    """What the next flush writes. A flush in the background takes it whole, so staging goes on meanwhile."""
-
-    pending: dict[str, tuple[int, list[Any]]] = field(default_factory=dict)
-    rec_lists: dict[str, tuple[RecList, int]] = field(default_factory=dict)
-    segment_changes: list[tuple[SegmentChange, bytes]] = field(default_factory=list)
-    forgotten: set[str] = field(default_factory=set)
-    erased: set[str] = field(default_factory=set)
-    """Users whose entries leave the segment-change stream at the next flush (after their exits)."""
-    new_users: set[str] = field(default_factory=set)
-
-    def empty(self) -> bool:
-        return not (self.pending or self.forgotten or self.segment_changes or self.rec_lists or self.erased)
-
-
 class RedisStateWriter:
-    """Buffers per-user hashes and writes them in guarded, pipelined batches.
-
-    The operator's flushes (:meth:`flush_in_background`) hand a batch to one writer thread and go on
-    processing while Redis works: a flush's round trip and Redis' script runs took ~half its time, all of
-    it on the operator's thread before. One batch is in flight at a time, in order, so a Redis outage
-    still stops the operator at its next flush (backpressure) and an outage past the deadline fails it.
-    """
+    """Buffers per-user hashes and writes them in guarded, pipelined batches."""
 
     def __init__(self, settings: RedisSettings, clock: Callable[[], float] = time.monotonic,
                  retry_deadline_s: float = FLUSH_RETRY_DEADLINE_S) -> None:
@@ -336,25 +312,27 @@ class RedisStateWriter:
         self.scripts_loaded = False
         """Whether Redis holds the scripts: a flush then calls them by digest alone, with no ``SCRIPT
         EXISTS`` round trip first (what redis-py's pipelines do on every execute)."""
-        self.staged = StagedWrites()
+        self.pending: dict[str, tuple[int, list[Any]]] = {}
+        self.rec_lists: dict[str, tuple[RecList, int]] = {}
+        self.segment_changes: list[tuple[SegmentChange, bytes]] = []
+        self.forgotten: set[str] = set()
+        self.erased: set[str] = set()
+        """Users whose entries leave the segment-change stream at the next flush (after their exits)."""
+        self.new_users: set[str] = set()
         self.last_flush = clock()
         self.stats = WriteStats()
-        self.background: ThreadPoolExecutor | None = None
-        """The writer thread, started at the first flush in the background."""
-        self.in_flight: Future[None] | None = None
 
     def _stage(self, key: str, version: int, fields: Callable[[], list[Any]]) -> None:
-        staged = self.staged
-        current = staged.pending.get(key)
+        current = self.pending.get(key)
         if current is None or version > current[0]:
-            staged.pending[key] = (version, fields())
-        staged.forgotten.discard(key)
+            self.pending[key] = (version, fields())
+        self.forgotten.discard(key)
 
     def stage_profile(self, update: ProfileUpdate) -> None:
         self._stage(user_profile_key(self.settings.key_prefix, update.user_key), update.seq,
                     lambda: profile_fields(update))
         if update.seq == 1:
-            self.staged.new_users.add(update.user_key)
+            self.new_users.add(update.user_key)
 
     def stage_features(self, vector: FeatureVector) -> None:
         self._stage(user_features_key(self.settings.key_prefix, vector.user_key), vector.version,
@@ -362,8 +340,8 @@ class RedisStateWriter:
 
     def stage_segment_change(self, change: SegmentChange, record: bytes) -> None:
         """Apply an enter/exit (``record`` is its JSON, for the stream) in order at the next flush."""
-        self.staged.segment_changes.append((change, record))
-        self.staged.forgotten.discard(user_segments_key(self.settings.key_prefix, change.user_key))
+        self.segment_changes.append((change, record))
+        self.forgotten.discard(user_segments_key(self.settings.key_prefix, change.user_key))
 
     def write_rules(self, instance: int, fingerprint: int, entries: Iterable[RuleEntry]) -> None:
         """Publish rule definitions, versions and statuses, and which rule set this instance runs.
@@ -388,12 +366,11 @@ class RedisStateWriter:
 
     def stage_recs(self, recs: RecList, ttl_s: int) -> None:
         """Replace the user's recommendation list at the next flush (the newest ``seq`` of the batch)."""
-        staged = self.staged
-        current = staged.rec_lists.get(recs.user_key)
+        current = self.rec_lists.get(recs.user_key)
         if current is None or recs.seq > current[0].seq:
-            staged.rec_lists[recs.user_key] = (recs, ttl_s)
+            self.rec_lists[recs.user_key] = (recs, ttl_s)
         prefix = self.settings.key_prefix
-        staged.forgotten.difference_update({user_recs_key(prefix, recs.user_key),
+        self.forgotten.difference_update({user_recs_key(prefix, recs.user_key),
                                           user_recs_info_key(prefix, recs.user_key)})
 
     def stage_forget(self, user_key: str) -> None:
@@ -408,27 +385,27 @@ class RedisStateWriter:
     def stage_erase(self, user_key: str) -> None:
         """Forget the user as :meth:`stage_forget` does, and remove their entries from the change stream."""
         self.stage_forget(user_key)
-        self.staged.erased.add(user_key)
-        self.staged.new_users.discard(user_key)
+        self.erased.add(user_key)
+        self.new_users.discard(user_key)
 
     def stage_forget_recs(self, user_key: str) -> None:
         """Delete the user's recommendation list (written by the recommender, so forgotten there)."""
-        self.staged.rec_lists.pop(user_key, None)
+        self.rec_lists.pop(user_key, None)
         prefix = self.settings.key_prefix
         self._forget([user_recs_key(prefix, user_key), user_recs_info_key(prefix, user_key)])
 
     def _forget(self, keys: list[str]) -> None:
         for key in keys:
-            self.staged.pending.pop(key, None)
-        self.staged.forgotten.update(keys)
+            self.pending.pop(key, None)
+        self.forgotten.update(keys)
 
     def write_model(self, snapshot: ModelSnapshot, quality: dict[str, float]) -> None:
         """Publish a new model snapshot's summary and cluster descriptions (rare: written at once)."""
         prefix = self.settings.key_prefix
         summary: list[Any] = []
-        for name, value in {"version": snapshot.version, "lineage": snapshot.lineage, "ts": snapshot.ts,
+        for field, value in {"version": snapshot.version, "lineage": snapshot.lineage, "ts": snapshot.ts,
                              "cause": snapshot.cause, **quality}.items():
-            summary += [name, value]
+            summary += [field, value]
         clusters: list[Any] = []
         for description in snapshot.clusters:
             clusters += [str(description.cluster),
@@ -452,48 +429,25 @@ class RedisStateWriter:
 
     def empty(self) -> bool:
         """Whether nothing waits for the next flush."""
-        return self.staged.empty()
+        return not (self.pending or self.forgotten or self.segment_changes or self.rec_lists or self.erased)
 
     def due(self) -> bool:
         """Whether the buffer should be written now (size or age limit reached)."""
-        staged = self.staged
-        if staged.empty():
+        if self.empty():
             return False
         age_ms = (self.clock() - self.last_flush) * 1000
-        size = len(staged.pending) + len(staged.segment_changes) + len(staged.rec_lists)
+        size = len(self.pending) + len(self.segment_changes) + len(self.rec_lists)
         return size >= self.settings.flush_max_ops or age_ms >= self.settings.flush_interval_ms
 
     def flush(self) -> None:
-        """Write the buffer and wait for it, waiting out a Redis outage for up to ``retry_deadline_s``.
+        """Write the buffer, waiting out a Redis outage for up to ``retry_deadline_s``.
 
         While Redis is down the task blocks here: Flink backpressures the sources and nothing is
         replayed or duplicated. A longer outage fails the task and Flink's restart strategy takes
         over (restore from the last checkpoint). Re-sending a half-applied batch is safe: every
         write is version-guarded or idempotent.
         """
-        self.wait()
-        self.last_flush = self.clock()
-        if not self.staged.empty():
-            self._retrying(lambda: self._write(self.staged))
-            self.staged = StagedWrites()
-
-    def flush_in_background(self) -> None:
-        """Hand the buffer to the writer thread and return, as :meth:`flush` would write it; first wait for
-        the batch before it (so an outage blocks the caller here, and its failure fails the caller)."""
-        self.wait()
-        self.last_flush = self.clock()
-        if self.staged.empty():
-            return
-        staged, self.staged = self.staged, StagedWrites()
-        if self.background is None:
-            self.background = ThreadPoolExecutor(1, thread_name_prefix="redis-writer")
-        self.in_flight = self.background.submit(self._retrying, lambda: self._write(staged))
-
-    def wait(self) -> None:
-        """Wait for the batch in flight; its error (an outage past the deadline, a bug) is raised here."""
-        in_flight, self.in_flight = self.in_flight, None
-        if in_flight is not None:
-            in_flight.result()
+        self._retrying(self._flush_once)
 
     def _retrying(self, write: Callable[[], Any]) -> None:
         """Run ``write`` until it succeeds, backing off through a Redis outage of up to ``retry_deadline_s``."""
@@ -517,8 +471,10 @@ class RedisStateWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_DELAY_S)
 
-    def _write(self, staged: StagedWrites) -> None:
-        """One attempt at writing ``staged``."""
+    def _flush_once(self) -> None:
+        self.last_flush = self.clock()
+        if self.empty():
+            return
         started = time.monotonic()
         if not self.scripts_loaded:
             for script in (self.guarded_hset, self.apply_segment_change, self.apply_user_segment_change,
@@ -526,45 +482,51 @@ class RedisStateWriter:
                 self.client.script_load(script.script)
             self.scripts_loaded = True
         try:
-            self._write_buffer(staged)
+            self._write_buffer()
         except redis.RedisError:  # Redis may have restarted or flushed its scripts: load them before a retry
             self.scripts_loaded = False
             raise
         self.stats.flushed(started)
+        self.pending.clear()
+        self.forgotten.clear()
+        self.erased.clear()
+        self.new_users.clear()
+        self.segment_changes.clear()
+        self.rec_lists.clear()
 
-    def _write_buffer(self, staged: StagedWrites) -> None:
-        """One pipeline of everything staged; in a cluster, the segment-wide part of the changes the
+    def _write_buffer(self) -> None:
+        """One pipeline of everything buffered; in a cluster, the segment-wide part of the changes the
         first pipeline applied follows in a second one."""
         pipe = self.client.pipeline(transaction=False)
-        self._segment_changes(pipe, staged)
+        self._segment_changes(pipe)
         if not self.settings.cluster:
-            self._scrub_erased(pipe, staged)
-        for key in staged.forgotten:  # one key per command: a cluster routes each to its own slot
+            self._scrub_erased(pipe)
+        for key in self.forgotten:  # one key per command: a cluster routes each to its own slot
             pipe.unlink(key)
         ttl_s = self.settings.user_ttl_s
-        for key, (version, fields) in staged.pending.items():
+        for key, (version, fields) in self.pending.items():
             run_script(pipe, self.guarded_hset, [key], [ttl_s, version, *fields])
-        self._rec_lists(pipe, staged)
-        if staged.new_users:
-            pipe.pfadd(users_hll_key(self.settings.key_prefix), *staged.new_users)
+        self._rec_lists(pipe)
+        if self.new_users:
+            pipe.pfadd(users_hll_key(self.settings.key_prefix), *self.new_users)
         replies = pipe.execute()
         if self.settings.cluster:
             pipe = self.client.pipeline(transaction=False)
-            for (change, record), reply in zip(staged.segment_changes, replies, strict=False):
+            for (change, record), reply in zip(self.segment_changes, replies, strict=False):
                 if reply:
                     run_script(pipe, self.apply_segment_wide_change, self._segment_wide_keys(change),
                                self._segment_change_args(change, record))
-            self._scrub_erased(pipe, staged)  # after the erased users' exits reached the stream
+            self._scrub_erased(pipe)  # after the erased users' exits reached the stream
             pipe.execute()
 
-    def _scrub_erased(self, pipe: Any, staged: StagedWrites) -> None:
-        if staged.erased:
+    def _scrub_erased(self, pipe: Any) -> None:
+        if self.erased:
             run_script(pipe, self.scrub_user_changes, [segment_changes_key(self.settings.key_prefix)],
-                       sorted(staged.erased))
+                       sorted(self.erased))
 
-    def _rec_lists(self, pipe: Any, staged: StagedWrites) -> None:
+    def _rec_lists(self, pipe: Any) -> None:
         prefix = self.settings.key_prefix
-        for user, (recs, ttl_s) in staged.rec_lists.items():
+        for user, (recs, ttl_s) in self.rec_lists.items():
             members: list[Any] = []
             for candidate in recs.ranking.candidates:
                 members += [candidate.score, candidate.item_id]
@@ -572,9 +534,9 @@ class RedisStateWriter:
             run_script(pipe, self.apply_recs, [user_recs_key(prefix, user), user_recs_info_key(prefix, user)],
                        [recs.seq, ttl_s, recs.ts, recs.ranking.suppressed, items, *members])
 
-    def _segment_changes(self, pipe: Any, staged: StagedWrites) -> None:
+    def _segment_changes(self, pipe: Any) -> None:
         """Queue the staged changes first, in order (their replies lead the pipeline's)."""
-        for change, record in staged.segment_changes:
+        for change, record in self.segment_changes:
             user_keys = [user_segments_key(self.settings.key_prefix, change.user_key)]
             if self.settings.cluster:
                 run_script(pipe, self.apply_user_segment_change, user_keys, self._segment_change_args(change, record))
@@ -593,8 +555,6 @@ class RedisStateWriter:
 
     def close(self) -> None:
         self.flush()
-        if self.background is not None:
-            self.background.shutdown()
         self.client.close()
 
 

@@ -439,7 +439,7 @@ class UserFunction(KeyedBroadcastProcessFunction):
     def on_timer(self, timestamp: int, ctx: KeyedBroadcastProcessFunction.OnTimerContext) -> Iterator[Any]:
         if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
             self.flush_timer_set = False
-            self.sink.flush_in_background()
+            self.sink.flush()
             self.metrics.tick()
             return
         timers = ctx.timer_service()
@@ -755,7 +755,7 @@ class RecommenderFunction(KeyedBroadcastProcessFunction):
         """The Redis flush timer, or a shard's model write timer."""
         self.models.on_timer(ctx.get_current_key(), timestamp)
         self.flush_timer_set = False
-        self.sink.flush_in_background()
+        self.sink.flush()
         self.metrics.tick()
         return iter(())
 
@@ -842,9 +842,9 @@ class ModelTrainerFunction(KeyedProcessFunction):
 
 def flush_later(function: Any, timers: TimerService, interval_ms: int) -> None:
     """Flush the function's Redis sink now when due, else at most ``interval_ms`` from now (one timer);
-    nothing when nothing is staged. Either way the writes go out on the sink's own thread."""
+    nothing when nothing is staged."""
     if function.sink.due():
-        function.sink.flush_in_background()
+        function.sink.flush()
     elif not function.flush_timer_set and not function.sink.empty():
         timers.register_processing_time_timer(timers.current_processing_time() + interval_ms)
         function.flush_timer_set = True

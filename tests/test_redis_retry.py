@@ -5,7 +5,6 @@ job) is in tests/test_faults.py."""
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,13 +17,12 @@ import redis
 
 from connectors import redis_writer
 from connectors.population import SharedPopulation
-from connectors.redis_keys import rule_instances_key, segment_changes_key, segment_members_key, user_segments_key
+from connectors.redis_keys import rule_instances_key, user_segments_key
 from connectors.redis_writer import (
     RETRY_MAX_DELAY_S,
     DeadLetterCounter,
     RedisStateWriter,
     RedisUnavailable,
-    StagedWrites,
     redis_address,
 )
 from operators.features.rfm import RFM_METRICS
@@ -46,14 +44,13 @@ def test_a_flush_retries_transient_errors_with_growing_delays(monkeypatch: pytes
                 *[redis.ConnectionError("down")] * 5]
     calls: list[int] = []
 
-    def flush_once(staged: StagedWrites) -> None:
+    def flush_once() -> None:
         calls.append(1)
         if failures:
             raise failures.pop(0)
 
     delays: list[float] = []
-    writer.staged.pending["t:user:u1:profile"] = (1, ["total", 1])
-    monkeypatch.setattr(writer, "_write", flush_once)
+    monkeypatch.setattr(writer, "_flush_once", flush_once)
     monkeypatch.setattr(redis_writer.time, "sleep", delays.append)
     writer.flush()
     assert len(calls) == 9 and writer.stats.retries == 8 and writer.stats.failures == 0
@@ -64,11 +61,10 @@ def test_a_flush_retries_transient_errors_with_growing_delays(monkeypatch: pytes
 def test_other_errors_are_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     writer = RedisStateWriter(unreachable())
 
-    def flush_once(staged: StagedWrites) -> None:
+    def flush_once() -> None:
         raise redis.ResponseError("WRONGTYPE")  # a bug, not an outage: fail the task at once
 
-    writer.staged.pending["t:user:u1:profile"] = (1, ["total", 1])
-    monkeypatch.setattr(writer, "_write", flush_once)
+    monkeypatch.setattr(writer, "_flush_once", flush_once)
     with pytest.raises(redis.ResponseError):
         writer.flush()
     assert (writer.stats.retries, writer.stats.failures) == (0, 1)
@@ -78,66 +74,16 @@ def test_an_outage_longer_than_the_deadline_fails_the_flush() -> None:
     settings = unreachable()
     settings = replace(settings, url=settings.url.replace("redis://", "redis://:hunter2@"))
     writer = RedisStateWriter(settings, retry_deadline_s=1.0)
-    writer.staged.pending["t:user:u1:profile"] = (1, ["total", 1])
+    writer.pending["t:user:u1:profile"] = (1, ["total", 1])
     started = time.monotonic()
     with pytest.raises(RedisUnavailable) as failed:
         writer.flush()
     assert 0.5 < time.monotonic() - started < 2.0
-    assert writer.staged.pending  # nothing is dropped: a restart restores the state and replays
+    assert writer.pending  # nothing is dropped: a restart restores the state and replays
     message = str(failed.value)  # what the CLI shows when the job fails (one line, no password)
     assert message.startswith(f"Redis at {redis_address(settings.url)} refused writes for 1 s: ConnectionError")
     assert "hunter2" not in message and "\n" not in message
 
-
-
-def test_a_flush_in_the_background_returns_at_once_and_the_next_one_waits_for_it(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The operator goes on while a batch is written; one batch at a time, in order."""
-    writer = RedisStateWriter(unreachable())
-    release, written = threading.Event(), []
-
-    def write(staged: StagedWrites) -> None:
-        release.wait(10)
-        written.append(sorted(staged.pending))
-
-    monkeypatch.setattr(writer, "_write", write)
-    writer.staged.pending["t:user:a:profile"] = (1, ["total", 1])
-    writer.flush_in_background()  # back at once: the write waits for `release` in the writer thread
-    writer.staged.pending["t:user:b:profile"] = (1, ["total", 1])  # staging goes on meanwhile
-    assert written == [] and not writer.empty()
-    threading.Timer(0.2, release.set).start()
-    writer.flush_in_background()  # waits for the first batch, then hands over the second
-    writer.wait()
-    assert written == [["t:user:a:profile"], ["t:user:b:profile"]] and writer.empty()
-    writer.close()
-
-
-def test_a_background_flush_that_fails_fails_the_operator_at_its_next_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    writer = RedisStateWriter(unreachable(), retry_deadline_s=0.0)
-    monkeypatch.setattr(redis_writer.time, "sleep", lambda _: None)
-    writer.staged.pending["t:user:u1:profile"] = (1, ["total", 1])
-    writer.flush_in_background()
-    with pytest.raises(RedisUnavailable):
-        writer.flush_in_background()
-    assert writer.stats.failures == 1
-
-
-@pytest.mark.integration
-def test_flushes_in_the_background_apply_a_users_changes_in_order(stack_settings: Settings) -> None:
-    settings = replace(stack_settings.redis, key_prefix=f"t{uuid.uuid4().hex[:8]}:")
-    writer = RedisStateWriter(settings)
-    for seq in range(1, 41):  # enter and exit in turn, flushed every few changes while earlier ones are in flight
-        action = "enter" if seq % 2 else "exit"
-        writer.stage_segment_change(SegmentChange("u1", seq, "vip", action, {}, (), (), 1_767_225_600_000 + seq),
-                                    f'{{"seq":{seq}}}'.encode())
-        if seq % 3 == 0:
-            writer.flush_in_background()
-    writer.close()
-    client = writer.client.__class__.from_url(settings.url)
-    stream = [fields[b"change"] for _, fields in client.xrange(segment_changes_key(settings.key_prefix))]
-    assert stream == [f'{{"seq":{seq}}}'.encode() for seq in range(1, 41)]
-    assert client.zcard(segment_members_key(settings.key_prefix, "vip")) == 0  # the last change is an exit
-    client.close()
 
 @pytest.fixture
 def full_redis(tmp_path: Path) -> Iterator[redis.Redis]:
@@ -172,7 +118,7 @@ def test_a_full_redis_is_waited_out_like_an_outage(full_redis: redis.Redis, monk
     the operator makes room."""
     port = full_redis.connection_pool.connection_kwargs["port"]
     writer = RedisStateWriter(replace(unreachable(), url=f"redis://127.0.0.1:{port}/0"))
-    writer.staged.pending["t:user:u1:profile"] = (1, ["total", 1])
+    writer.pending["t:user:u1:profile"] = (1, ["total", 1])
     waits: list[float] = []
 
     def operator_makes_room(delay: float) -> None:
@@ -188,7 +134,7 @@ def test_a_full_redis_is_waited_out_like_an_outage(full_redis: redis.Redis, monk
 def test_a_full_redis_fails_the_flush_after_the_deadline_in_one_line(full_redis: redis.Redis) -> None:
     port = full_redis.connection_pool.connection_kwargs["port"]
     writer = RedisStateWriter(replace(unreachable(), url=f"redis://127.0.0.1:{port}/0"), retry_deadline_s=0.5)
-    writer.staged.pending["t:user:u1:profile"] = (1, ["total", 1])
+    writer.pending["t:user:u1:profile"] = (1, ["total", 1])
     with pytest.raises(RedisUnavailable, match=rf"^Redis at 127.0.0.1:{port}/0 refused writes for 0.5 s: "
                                                r"OOM command not allowed when used memory > 'maxmemory'.$"):
         writer.flush()
