@@ -243,8 +243,10 @@ def status(cluster: ClusterSettings) -> dict[str, Any]:
 
 
 def job_config(settings: Settings, path: Path) -> Path:
-    """The job reads its settings itself (``--config``): write the ones a caller changed from the defaults
-    (broker, topics, Redis, parallelism) as an override file; returns ``path``."""
+    """The job reads its settings itself (``--config``): write the ones a caller may have changed from
+    the defaults (broker, topics, Redis, every ``job`` setting, privacy on or off) as an override file;
+    returns ``path``. The whole ``job`` section goes: a run's watermark and idleness settings must be the
+    job's, not only its parallelism (the fault tests' hour-long idleness once never reached the cluster)."""
     topics = settings.kafka.topics
     overrides = {
         "kafka": {"bootstrap_servers": settings.kafka.bootstrap_servers, "group_id": settings.kafka.group_id,
@@ -252,7 +254,7 @@ def job_config(settings: Settings, path: Path) -> Path:
                   "topics": {name: {"name": getattr(topics, name).name, "partitions": getattr(topics, name).partitions}
                              for name in topics.__dataclass_fields__}},
         "redis": {"url": settings.redis.url, "key_prefix": settings.redis.key_prefix},
-        "job": {"parallelism": settings.job.parallelism},
+        "job": dataclasses.asdict(settings.job),
         "stack": {"run_dir": str(Path(settings.stack.run_dir).resolve())},  # where the privacy secret is
         "privacy": {"enabled": settings.privacy.enabled},
     }

@@ -42,10 +42,12 @@ def for_comparison(settings: Settings) -> Settings:
     """For runs compared record by record: no consent gating or identity stitching, whose outcome
     depends on the read order of different topics (docs/privacy.md), not on failures or parallelism.
 
-    And no partition goes idle during a run: a partition stalled by backpressure for longer than
-    ``job.idleness_ms`` (processing time) would count as idle, the watermark would follow the others,
-    and its next events would be late in one run and not in another. Every input partition ends with a
-    sentinel (``send_sentinels``), so the last watermark needs no idleness either."""
+    And no partition goes idle during a run: a reader that delivers nothing for longer than
+    ``job.idleness_ms`` (processing time; a stalled TaskManager on a loaded machine) would count as
+    idle, the watermark would follow the others, and its next events would be late in one run and not
+    in another (docs/operations.md, "Determinism"); ``cluster.job_config`` carries it to cluster runs.
+    Every input partition ends with a sentinel (``send_sentinels``), so the last watermark needs no
+    idleness either."""
     return replace(settings, privacy=replace(settings.privacy, enabled=False),
                    job=replace(settings.job, idleness_ms=COMPARISON_IDLENESS_MS))
 

@@ -85,3 +85,14 @@ def test_restarts_back_off_exponentially_and_stay_bounded(defaults: Settings) ->
     assert options[prefix + "attempts-before-reset-backoff"] == str(defaults.job.restart_attempts)
     assert options[prefix + "initial-backoff"] == f"{defaults.job.restart_initial_delay_ms} ms"
     assert options[prefix + "max-backoff"] == f"{defaults.job.restart_max_delay_ms} ms"
+
+
+def test_the_job_config_carries_every_job_setting_a_caller_changed(defaults: Settings, tmp_path: Path) -> None:
+    """The cluster job reads its settings from this file: a changed idleness timeout must reach it too
+    (the fault tests' hour-long idleness once did not, and a stalled reader's backlog went late)."""
+    changed = replace(defaults, job=replace(defaults.job, parallelism=3, idleness_ms=3_600_000, micro_batch_ms=7),
+                      privacy=replace(defaults.privacy, enabled=False),
+                      redis=replace(defaults.redis, key_prefix="run-7:"))
+    loaded = load(cluster.job_config(changed, tmp_path / "job.yaml"), environ={})
+    assert loaded.job == changed.job
+    assert loaded.privacy.enabled is False and loaded.redis == changed.redis and loaded.kafka == changed.kafka
