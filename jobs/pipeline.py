@@ -304,9 +304,10 @@ def flink_log_dir(settings: Settings) -> Path:
     return directory
 
 
-def create_environment(settings: Settings, jars: list[Path], savepoint: str | None = None) -> tuple[
-        StreamExecutionEnvironment, StreamTableEnvironment]:
-    """The job's environment; ``savepoint``: restore from this savepoint or retained checkpoint."""
+def create_environment(settings: Settings, jars: list[Path], savepoint: str | None = None,
+                       bounded: bool = False) -> tuple[StreamExecutionEnvironment, StreamTableEnvironment]:
+    """The job's environment; ``savepoint``: restore from this savepoint or retained checkpoint;
+    ``bounded``: the input ends at given offsets (:func:`table_options`)."""
     put_interpreter_first_on_path()
     flink_log_dir(settings)
     config = Configuration()
@@ -331,9 +332,22 @@ def create_environment(settings: Settings, jars: list[Path], savepoint: str | No
     env.set_buffer_timeout(settings.job.buffer_timeout_ms)
     env.enable_checkpointing(settings.job.checkpoint_interval_ms)
     t_env = StreamTableEnvironment.create(env)
-    t_env.get_config().set("table.local-time-zone", "UTC")
-    t_env.get_config().set("table.exec.source.idle-timeout", f"{settings.job.idleness_ms} ms")
+    for key, value in table_options(settings.job, bounded).items():
+        t_env.get_config().set(key, value)
     return env, t_env
+
+
+def table_options(job: JobSettings, bounded: bool) -> dict[str, str]:
+    """The table environment's options: UTC, and the sources' idleness timeout unless ``bounded``.
+
+    A bounded input needs none: each of its partitions either has records to read or has ended, and
+    an ended one no longer holds back the watermark. With a timeout, a reader that delivers nothing
+    for ``job.idleness_ms`` (a stalled TaskManager) would count as idle and the rest of its backlog
+    would be late (docs/operations.md, "Determinism")."""
+    options = {"table.local-time-zone": "UTC"}
+    if not bounded:
+        options["table.exec.source.idle-timeout"] = f"{job.idleness_ms} ms"
+    return options
 
 
 def kafka_io(settings: Settings, spec: SourceSpec, transactional_id_prefix: str | None = None) -> PipelineIO:

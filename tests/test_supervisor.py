@@ -1,5 +1,6 @@
-"""The TaskManager supervisor's pacing and pid bookkeeping, and the job's restart strategy (no cluster;
-tests/test_cluster.py has the supervisor replacing a killed TaskManager of a real one)."""
+"""The TaskManager supervisor's pacing and pid bookkeeping; the job's restart strategy, table options and
+the settings file a cluster job reads (no cluster; tests/test_cluster.py has the supervisor replacing a
+killed TaskManager of a real one)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.pipeline import restart_strategy
+from jobs.pipeline import restart_strategy, table_options
 from personalize import cluster
 from personalize.settings import ClusterSettings, Settings, load
 from personalize.supervisor import RestartPacing
@@ -96,3 +97,10 @@ def test_the_job_config_carries_every_job_setting_a_caller_changed(defaults: Set
     loaded = load(cluster.job_config(changed, tmp_path / "job.yaml"), environ={})
     assert loaded.job == changed.job
     assert loaded.privacy.enabled is False and loaded.redis == changed.redis and loaded.kafka == changed.kafka
+
+
+def test_only_an_unbounded_input_has_an_idleness_timeout(defaults: Settings) -> None:
+    """A bounded input's partitions end instead of idling: without a timeout no stalled reader's backlog
+    can be declared late."""
+    assert table_options(defaults.job, bounded=False)["table.exec.source.idle-timeout"] == "10000 ms"
+    assert table_options(defaults.job, bounded=True) == {"table.local-time-zone": "UTC"}
