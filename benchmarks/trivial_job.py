@@ -68,7 +68,7 @@ def start(settings: Settings, spec: SourceSpec, transactional_id_prefix: str,
           output_topic: str = OUTPUT_TOPIC) -> JobClient:
     """Submit the counter job over ``spec`` (a bounded spec ends it) without waiting."""
     create_output_topics(settings, output_topic)
-    env, t_env = create_environment(settings, connector_jars(), bounded=spec.end_offsets is not None)
+    env, t_env = create_environment(settings, connector_jars(), bounded=spec.bounded)
     event_time = event_time_expression(settings.validation.min_event_time_ms, settings.validation.max_future_skew_ms)
     source = kafka_source(t_env, settings.kafka, spec, settings.job.max_out_of_orderness_ms, event_time)
     counts = (source.key_by(user_of, key_type=Types.STRING())

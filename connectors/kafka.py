@@ -49,6 +49,11 @@ class SourceSpec:
     bounded replay does (the demo: replaying a month in a minute and a half, a forwarded event's round
     trip would bring it back hours of event time behind the watermark, late)."""
 
+    @property
+    def bounded(self) -> bool:
+        """Whether the input ends (at ``end_offsets``)."""
+        return self.end_offsets is not None
+
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"

@@ -49,7 +49,7 @@ def connector_jars() -> list[Path]:
 def job_environment(settings: Settings, spec: SourceSpec, jars: Sequence[Path] | None,
                     transactional_id_prefix: str | None, savepoint: str | None = None) -> StreamExecutionEnvironment:
     env, t_env = create_environment(settings, list(jars) if jars is not None else connector_jars(), savepoint,
-                                    bounded=spec.end_offsets is not None)
+                                    bounded=spec.bounded)
     build_pipeline(env, t_env, settings, kafka_io(settings, spec, transactional_id_prefix))
     return env
 

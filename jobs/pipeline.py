@@ -361,7 +361,7 @@ def kafka_io(settings: Settings, spec: SourceSpec, transactional_id_prefix: str 
     rules_spec = SourceSpec([rules.name], "earliest", spec.end_offsets, {rules.name: rules.partitions})
     # Snapshots replay from the start too: the newest one is what scores (the newest lineage wins).
     models_spec = SourceSpec([models.name], "earliest", spec.end_offsets, {models.name: models.partitions})
-    reads_back = spec.end_offsets is None and spec.read_back and stitches_identities(settings)
+    reads_back = not spec.bounded and spec.read_back and stitches_identities(settings)
     if reads_back:  # handovers and forwarded events come back through the event source, keyed by user
         spec = replace(spec, topics=[*spec.topics, topics.handover.name],
                        partitions={**spec.partitions, topics.handover.name: topics.handover.partitions})
